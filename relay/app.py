@@ -1,0 +1,230 @@
+"""Builds the pipeline from settings and runs it: start, reload (SIGHUP), drain and stop.
+
+Owns: wiring sources -> spool -> shippers, the status server, the maintenance tick
+(age limit, gauges, systemd watchdog and STATUS), and the lifecycle. A reload that
+fails validation leaves the running pipeline untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+import psutil
+
+from relay import __version__, config, systemd
+from relay.export.shipper import Shipper
+from relay.identity import base_resource, instance_id
+from relay.schema import SchemaError
+from relay.server import StatusServer
+from relay.sources.base import Source, SourceRunner
+from relay.sources.host import HostSource
+from relay.sources.internal import InternalSource
+from relay.spool import Spool
+from relay.stats import Stats
+
+log = logging.getLogger("relay.app")
+
+MAINTENANCE_INTERVAL = 1.0
+
+
+class Relay:
+    def __init__(self, loaded: config.LoadedConfig) -> None:
+        self.loaded = loaded
+        self.stats = Stats()
+        self.started = time.time()
+        self.spool: Spool | None = None
+        self.runners: list[SourceRunner] = []
+        self.shippers: list[Shipper] = []
+        self.server: StatusServer | None = None
+        self.last_reload: float = self.started
+        self.last_reload_error: str | None = None
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+        self._maintenance: asyncio.Task[None] | None = None
+        self._process = psutil.Process()
+        self.resource: dict[str, Any] = {}
+
+    @property
+    def config(self) -> config.Config:
+        return self.loaded.config
+
+    # -- building ----------------------------------------------------------------------------------
+
+    def _sources(self) -> list[Source]:
+        s = self.config.sources
+        out: list[Source] = []
+        if s.host.enabled:
+            out.append(HostSource(s.host.interval, self.resource))
+        if s.internal.enabled:
+            out.append(InternalSource(s.internal.interval, self.resource, self.stats))
+        return out
+
+    async def _start_pipeline(self) -> None:
+        assert self.spool is not None
+        for d in self.config.destinations:
+            shipper = Shipper(d, self.loaded.api_keys.get(d.name), self.spool, self.stats, self.config.shutdown_timeout)
+            await shipper.start()
+            self.shippers.append(shipper)
+        for source in self._sources():
+            runner = SourceRunner(source, self.spool, self.stats)
+            runner.start()
+            self.runners.append(runner)
+
+    async def _stop_pipeline(self) -> None:
+        await asyncio.gather(*(r.stop() for r in self.runners))
+        self.runners = []
+        await asyncio.gather(*(s.stop() for s in self.shippers))
+        self.shippers = []
+
+    async def start(self) -> None:
+        cfg = self.config
+        state = os.path.abspath(cfg.state_dir)
+        os.makedirs(state, mode=0o700, exist_ok=True)
+        self.resource = base_resource(instance_id(state, cfg.instance_id))
+        self.spool = Spool(state, cfg.spool, [d.name for d in cfg.destinations], self.stats)
+        await self.spool.open()
+        self.server = StatusServer(cfg.server.listen, self.status, self.ready_problems, self.stats.registry)
+        await self.server.start()
+        await self._start_pipeline()
+        self._maintenance = asyncio.create_task(self._maintain(), name="maintenance")
+        # READY once each source has finished its first run (or failed it: readiness then says why).
+        try:
+            await asyncio.wait_for(asyncio.gather(*(r.ran.wait() for r in self.runners)), timeout=5.0)
+        except TimeoutError:
+            log.warning("a source is slow to finish its first run; reporting ready anyway")
+        systemd.notify("READY=1", f"STATUS={self.summary_line()}")
+        log.info(
+            "telemetry-relay %s running: %d sources, destinations %s",
+            __version__, len(self.runners), ", ".join(d.name for d in cfg.destinations),
+        )
+
+    async def run_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        loop.add_signal_handler(signal.SIGINT, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload.set)
+        await self.start()
+        while not self._stop.is_set():
+            reload_wait = asyncio.create_task(self._reload.wait())
+            stop_wait = asyncio.create_task(self._stop.wait())
+            await asyncio.wait([reload_wait, stop_wait], return_when=asyncio.FIRST_COMPLETED)
+            reload_wait.cancel()
+            stop_wait.cancel()
+            if self._reload.is_set() and not self._stop.is_set():
+                self._reload.clear()
+                await self.reload()
+        await self.stop()
+
+    async def stop(self) -> None:
+        systemd.notify("STOPPING=1")
+        log.info("stopping: collection halted, letting in-flight requests finish (up to %gs)",
+                 self.config.shutdown_timeout)
+        if self._maintenance:
+            self._maintenance.cancel()
+            await asyncio.gather(self._maintenance, return_exceptions=True)
+        await self._stop_pipeline()
+        if self.spool:
+            await self.spool.close()
+        if self.server:
+            await self.server.stop()
+        log.info("stopped; unsent data stays in the spool for the next start")
+
+    async def reload(self) -> None:
+        systemd.notify("RELOADING=1", f"MONOTONIC_USEC={systemd.monotonic_usec()}")
+        try:
+            new = config.load(self.loaded.path)
+        except SchemaError as e:
+            self.last_reload_error = str(e)
+            log.error("reload refused, the running config stays in force: %s", e)
+            systemd.notify("READY=1")
+            return
+        for what, old_v, new_v in (
+            ("state_dir", self.config.state_dir, new.config.state_dir),
+            ("server.listen", self.config.server.listen, new.config.server.listen),
+            ("spool", self.config.spool, new.config.spool),
+            ("destination names", [d.name for d in self.config.destinations],
+             [d.name for d in new.config.destinations]),
+        ):
+            if old_v != new_v:
+                self.last_reload_error = f"{what} changed: it takes effect only after a restart"
+                log.error("reload refused: %s; the running config stays in force", self.last_reload_error)
+                systemd.notify("READY=1")
+                return
+        await self._stop_pipeline()
+        self.loaded = new
+        await self._start_pipeline()
+        self.last_reload, self.last_reload_error = time.time(), None
+        log.info("configuration reloaded from %s", new.path)
+        systemd.notify("READY=1", f"STATUS={self.summary_line()}")
+
+    # -- periodic upkeep ---------------------------------------------------------------------------
+
+    async def _maintain(self) -> None:
+        watchdog = systemd.watchdog_interval()
+        last_age_check = 0.0
+        last_status = 0.0
+        while True:
+            now = time.monotonic()
+            if watchdog:
+                # Fed from the loop itself: a wedged loop stops these and systemd restarts us.
+                systemd.notify("WATCHDOG=1")
+            if now - last_age_check >= 30.0 and self.spool:
+                last_age_check = now
+                await self.spool.enforce_age()
+            if now - last_status >= 10.0:
+                last_status = now
+                systemd.notify(f"STATUS={self.summary_line()}")
+            await asyncio.sleep(min(MAINTENANCE_INTERVAL, watchdog or MAINTENANCE_INTERVAL))
+
+    # -- status ------------------------------------------------------------------------------------
+
+    def ready_problems(self) -> list[str]:
+        problems: list[str] = []
+        if self.spool is None:
+            return ["starting"]
+        if not self.spool.writable:
+            problems.append(f"spool is not writable: {self.spool.last_error}")
+        now = time.time()
+        for s in self.shippers:
+            p = s.ready_problem(now)
+            if p:
+                problems.append(p)
+        return problems
+
+    def summary_line(self) -> str:
+        if self.spool is None:
+            return "starting"
+        snap = self.spool.snapshot()
+        shipped = Stats.total(self.stats.points_shipped)
+        ages = [time.time() - s.state.last_success for s in self.shippers if s.state.last_success]
+        last = f"{min(ages):.0f}s ago" if ages else "never"
+        return (
+            f"shipped {shipped:.0f} points, backlog {snap['bytes']} B in {snap['entries']} entries, "
+            f"last export {last}"
+        )
+
+    def status(self) -> dict[str, Any]:
+        now = time.time()
+        problems = self.ready_problems()
+        mem = self._process.memory_info()
+        return {
+            "version": __version__,
+            "uptime_seconds": round(now - self.started, 3),
+            "ready": not problems,
+            "problems": problems,
+            "config": {
+                "path": self.loaded.path,
+                "last_reload": self.last_reload,
+                "last_reload_error": self.last_reload_error,
+            },
+            "resource": self.resource,
+            "process": {"pid": os.getpid(), "rss_bytes": mem.rss},
+            "sources": [r.snapshot() for r in self.runners],
+            "spool": self.spool.snapshot() if self.spool else None,
+            "destinations": [s.snapshot(now) for s in self.shippers],
+        }

@@ -1,0 +1,238 @@
+"""Command line: run, status, check-config, ingest, version.
+
+Owns: argument parsing and turning every expected failure into one clear line on
+stderr and an exit code (2 for bad config or usage). No traceback reaches the user
+unless --debug is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+from relay import __version__, config, logs
+from relay.schema import SchemaError, parse_size
+from relay.secrets import SecretError, read_secret, redact
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+DEFAULT_STATUS_URL = "http://127.0.0.1:8788"
+
+log = logging.getLogger("relay.cli")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="telemetry-relay", description="On-prem telemetry relay: collect, spool, redact, ship."
+    )
+    p.add_argument("--debug", action="store_true", help="show internal tracebacks")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the relay in the foreground")
+    run.add_argument("--config", default=config.DEFAULT_CONFIG_PATH, help="path to relay.yaml")
+
+    chk = sub.add_parser("check-config", help="validate the configuration without starting anything")
+    chk.add_argument("--config", default=config.DEFAULT_CONFIG_PATH, help="path to relay.yaml")
+
+    st = sub.add_parser("status", help="show what a running relay is doing (exit 1 when not ready)")
+    st.add_argument("--url", default=DEFAULT_STATUS_URL, help="status server base URL")
+    st.add_argument("--json", action="store_true", help="print the raw /status JSON")
+
+    ing = sub.add_parser("ingest", help="run the reference vendor ingest")
+    ing.add_argument("--listen", default="127.0.0.1:4319", help="host:port to listen on")
+    ing.add_argument("--store", help="directory for the received requests (JSON lines)")
+    ing.add_argument("--no-store", action="store_true", help="decode and count only (benchmarks)")
+    ing.add_argument("--api-key-file", help="require this bearer token")
+    ing.add_argument("--max-body", default="64MiB", help="largest decompressed body accepted")
+
+    sub.add_parser("version", help="print the version")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command is None:
+        _parser().print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return int(_dispatch(args))
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except (SchemaError, SecretError) as e:
+        print(f"telemetry-relay: {redact(str(e))}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as e:
+        if args.debug:
+            raise
+        print(
+            f"telemetry-relay: internal error: {e.__class__.__name__}: {redact(str(e))} "
+            "(run with --debug for details)",
+            file=sys.stderr,
+        )
+        return EXIT_FAIL
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "version":
+        print(f"telemetry-relay {__version__}")
+        return EXIT_OK
+    if args.command == "check-config":
+        loaded = config.load(args.config)
+        dests = ", ".join(f"{d.name} -> {d.endpoint}" for d in loaded.config.destinations)
+        print(f"{args.config}: OK ({len(loaded.config.destinations)} destinations: {dests})")
+        return EXIT_OK
+    if args.command == "run":
+        return _run(args.config)
+    if args.command == "status":
+        return _status(args.url, args.json)
+    if args.command == "ingest":
+        return _ingest(args)
+    raise AssertionError(args.command)
+
+
+def _run(path: str) -> int:
+    from relay.app import Relay
+
+    loaded = config.load(path)
+    logs.setup(loaded.config.log_level)
+    relay = Relay(loaded)
+    try:
+        asyncio.run(relay.run_forever())
+    except OSError as e:
+        # Typically the status port is taken or the state directory is not writable.
+        log.error("cannot start: %s", e)
+        return EXIT_FAIL
+    return EXIT_OK
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    from relay.ingest import Ingest, serve
+
+    logs.setup("info")
+    if not args.store and not args.no_store:
+        raise SchemaError("command line", None, "--store", "give --store DIR, or --no-store")
+    api_key = read_secret(args.api_key_file, None, "API key file") if args.api_key_file else None
+    try:
+        max_body = parse_size(args.max_body)
+    except ValueError as e:
+        raise SchemaError("command line", None, "--max-body", str(e)) from None
+    ingest = Ingest(None if args.no_store else args.store, api_key, max_body)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(args.listen, ingest, stop)
+
+    try:
+        asyncio.run(main())
+    except OSError as e:
+        log.error("cannot start the ingest on %s: %s", args.listen, e)
+        return EXIT_FAIL
+    return EXIT_OK
+
+
+# -- status -----------------------------------------------------------------------------------------
+
+
+def _fetch(url: str) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+def _status(base: str, raw: bool) -> int:
+    try:
+        _, data = _fetch(base.rstrip("/") + "/status")
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        print(f"telemetry-relay: no relay answering at {base}: {reason}", file=sys.stderr)
+        return EXIT_USAGE
+    if raw:
+        print(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        print(format_status(data))
+    return EXIT_OK if data.get("ready") else EXIT_FAIL
+
+
+def _ago(ts: float | None, now: float) -> str:
+    return "never" if not ts else f"{_duration(now - ts)} ago"
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def format_status(d: dict[str, Any]) -> str:
+    now = time.time()
+    verdict = "READY" if d.get("ready") else "NOT READY"
+    out = [f"telemetry-relay {d.get('version')}  {verdict}  (uptime {_duration(d.get('uptime_seconds', 0))})"]
+    for p in d.get("problems", []):
+        out.append(f"  ! {p}")
+    cfg = d.get("config", {})
+    reload_note = f"last reload refused: {cfg['last_reload_error']}" if cfg.get("last_reload_error") else "ok"
+    out.append(f"config: {cfg.get('path')} ({reload_note})")
+    out.append("")
+    out.append("Sources")
+    for s in d.get("sources", []):
+        state = "ok" if not s.get("last_error") else f"ERROR: {s['last_error']}"
+        out.append(
+            f"  {s['name']:<10} every {s['interval_seconds']:g}s  last run {_ago(s.get('last_run'), now)}  "
+            f"{s.get('last_points', 0)} points  total {s.get('points_collected', 0):.0f}  {state}"
+        )
+    sp = d.get("spool") or {}
+    out.append("")
+    out.append("Spool")
+    out.append(
+        f"  {sp.get('entries', 0)} entries, {_bytes(sp.get('bytes', 0))} of {_bytes(sp.get('max_bytes', 0))}, "
+        f"oldest {_duration(sp.get('oldest_age_seconds', 0))}"
+        + ("" if sp.get("writable", True) else f"  NOT WRITABLE: {sp.get('last_error')}")
+    )
+    dropped = sp.get("dropped_points") or {}
+    out.append("  dropped: " + (", ".join(f"{k} {v:.0f} points" for k, v in dropped.items()) or "none"))
+    out.append("")
+    out.append("Destinations")
+    for dst in d.get("destinations", []):
+        out.append(
+            f"  {dst['name']}  {dst['endpoint']}\n"
+            f"    last success {_ago(dst.get('last_success'), now)}, backlog {_bytes(dst.get('backlog_bytes', 0))} "
+            f"({dst.get('backlog_items', 0)} items), in flight {dst.get('in_flight', 0)}, "
+            f"shipped {dst.get('shipped_points', 0):.0f} points in {dst.get('shipped_requests', 0):.0f} requests"
+        )
+        if dst.get("backoff_seconds"):
+            out.append(f"    retrying in {dst['backoff_seconds']:.1f}s")
+        if dst.get("last_error"):
+            out.append(f"    last error ({_ago(dst.get('last_error_time'), now)}): {dst['last_error']}")
+        rej = dst.get("dropped_points") or {}
+        if rej:
+            out.append("    dropped: " + ", ".join(f"{k} {v:.0f} points" for k, v in rej.items()))
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

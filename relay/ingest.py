@@ -1,0 +1,143 @@
+"""Reference vendor ingest: the receiving half that `make run`, the tests and the benchmarks use.
+
+Owns: accepting OTLP/HTTP protobuf on /v1/{metrics,logs,traces}, bounded decompression
+(413 above the cap), decoding, proper OTLP responses, and storing each accepted request
+as one JSON line (OTLP JSON) in <store>/<signal>-YYYY-MM-DD.jsonl. /stats reports counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from google.protobuf.message import DecodeError, Message
+from google.rpc import code_pb2, status_pb2
+
+from relay.export.compression import BadEncoding, BodyTooLarge, decompress
+from relay.otlp import SIGNAL_INFO, SIGNALS, Signal, count_items, to_json_dict
+from relay.schema import split_host_port
+
+log = logging.getLogger("relay.ingest")
+
+PROTOBUF = "application/x-protobuf"
+
+
+def _status_body(code: int, message: str) -> bytes:
+    return bytes(status_pb2.Status(code=code, message=message).SerializeToString())
+
+
+class Ingest:
+    def __init__(
+        self, store: str | None, api_key: str | None = None, max_body: int = 64 * 1024 * 1024,
+    ) -> None:
+        self.store = Path(store) if store else None
+        self.api_key = api_key
+        self.max_body = max_body
+        self.counts: dict[str, dict[str, int]] = {s: {"requests": 0, "items": 0, "bytes": 0} for s in SIGNALS}
+        self.rejected: dict[str, int] = {}
+        self._write_lock = asyncio.Lock()
+        if self.store:
+            self.store.mkdir(parents=True, exist_ok=True)
+
+    def app(self) -> web.Application:
+        # We decompress ourselves, with a size cap: aiohttp would inflate without one.
+        app = web.Application(client_max_size=self.max_body + 1024, handler_args={"auto_decompress": False})
+        for signal in SIGNALS:
+            app.router.add_post(SIGNAL_INFO[signal].path, self._handler(signal))
+        app.router.add_get("/stats", self._stats)
+        app.router.add_get("/healthz", self._healthz)
+        return app
+
+    def _reject(self, reason: str, status: int, message: str) -> web.Response:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        log.warning("rejected request (%s): %s", reason, message)
+        code = code_pb2.UNAUTHENTICATED if status == 401 else code_pb2.INVALID_ARGUMENT
+        return web.Response(status=status, body=_status_body(code, message), content_type=PROTOBUF)
+
+    def _handler(self, signal: Signal) -> Any:
+        async def handle(request: web.Request) -> web.Response:
+            return await self.receive(signal, request)
+
+        return handle
+
+    async def receive(self, signal: Signal, request: web.Request) -> web.Response:
+        if self.api_key is not None:
+            auth = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(auth.encode(), f"Bearer {self.api_key}".encode()):
+                return self._reject("unauthenticated", 401, "missing or wrong bearer token")
+        ctype = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if ctype != PROTOBUF:
+            return self._reject("content_type", 415, f"unsupported Content-Type {ctype!r}")
+        try:
+            wire = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return self._reject("too_large", 413, "request body too large")
+        try:
+            body = decompress(wire, request.headers.get("Content-Encoding", ""), self.max_body)
+        except BodyTooLarge as e:
+            return self._reject("too_large", 413, str(e))
+        except BadEncoding as e:
+            return self._reject("bad_encoding", 400, str(e))
+        msg = SIGNAL_INFO[signal].request()
+        try:
+            msg.ParseFromString(body)
+        except DecodeError as e:
+            return self._reject("bad_protobuf", 400, f"cannot decode {signal} request: {e}")
+        items = count_items(signal, msg)
+        if self.store:
+            await self._store(signal, msg, request)
+        c = self.counts[signal]
+        c["requests"] += 1
+        c["items"] += items
+        c["bytes"] += len(wire)
+        resp = SIGNAL_INFO[signal].response()
+        return web.Response(body=resp.SerializeToString(), content_type=PROTOBUF)
+
+    async def _store(self, signal: Signal, msg: Message, request: web.Request) -> None:
+        assert self.store is not None
+        record = {
+            "received_at": time.time(),
+            "user_agent": request.headers.get("User-Agent", ""),
+            "key_id": None,
+            "request": None,
+        }
+        # JSON-encoding a large request is CPU work: keep it off the loop.
+        line = await asyncio.to_thread(_encode_line, record, msg)
+        path = self.store / f"{signal}-{time.strftime('%Y-%m-%d', time.gmtime())}.jsonl"
+        async with self._write_lock:
+            await asyncio.to_thread(_append, path, line)
+
+    async def _stats(self, _: web.Request) -> web.Response:
+        return web.json_response({"signals": self.counts, "rejected": self.rejected})
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"})
+
+
+def _encode_line(record: dict[str, Any], msg: Message) -> str:
+    record["request"] = to_json_dict(msg)
+    return json.dumps(record, separators=(",", ":")) + "\n"
+
+
+def _append(path: Path, line: str) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line)
+        f.flush()
+
+
+async def serve(listen: str, ingest: Ingest, stop: asyncio.Event) -> None:
+    runner = web.AppRunner(ingest.app(), access_log=None)
+    await runner.setup()
+    host, port = split_host_port(listen)
+    await web.TCPSite(runner, host, port).start()
+    log.info("ingest listening on http://%s:%d, storing in %s", host, port, ingest.store or "(nowhere)")
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()

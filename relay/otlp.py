@@ -1,0 +1,199 @@
+"""Small helpers over the OTLP protobuf messages: the one data model of the relay.
+
+Owns: the signal table (request/response classes and URL paths), attribute and
+metric builders used by the sources, item counting, and the OTLP JSON encoding.
+Requests are merged by concatenating their serialized bytes: protobuf's rule for
+repeated fields makes that a valid merge, with no decode.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+from opentelemetry.proto.common.v1 import common_pb2
+from opentelemetry.proto.metrics.v1 import metrics_pb2
+
+Signal = Literal["metrics", "logs", "traces"]
+SIGNALS: tuple[Signal, ...] = ("metrics", "logs", "traces")
+
+ExportMetricsServiceRequest = metrics_service_pb2.ExportMetricsServiceRequest
+ExportMetricsServiceResponse = metrics_service_pb2.ExportMetricsServiceResponse
+AGGREGATION_TEMPORALITY_CUMULATIVE = metrics_pb2.AGGREGATION_TEMPORALITY_CUMULATIVE
+
+
+@dataclass(frozen=True)
+class SignalInfo:
+    path: str
+    request: type[Message]
+    response: type[Message]
+
+
+SIGNAL_INFO: dict[Signal, SignalInfo] = {
+    "metrics": SignalInfo(
+        "/v1/metrics", metrics_service_pb2.ExportMetricsServiceRequest,
+        metrics_service_pb2.ExportMetricsServiceResponse,
+    ),
+    "logs": SignalInfo(
+        "/v1/logs", logs_service_pb2.ExportLogsServiceRequest, logs_service_pb2.ExportLogsServiceResponse
+    ),
+    "traces": SignalInfo(
+        "/v1/traces", trace_service_pb2.ExportTraceServiceRequest, trace_service_pb2.ExportTraceServiceResponse
+    ),
+}
+
+_POINT_FIELDS = {
+    "gauge": "data_points", "sum": "data_points", "histogram": "data_points",
+    "exponential_histogram": "data_points", "summary": "data_points",
+}
+
+
+def set_attributes(target: Any, attrs: Mapping[str, Any]) -> None:
+    """Append key/values to a repeated KeyValue field (resource, point, log or span attributes)."""
+    for key, value in attrs.items():
+        kv = target.add()
+        kv.key = key
+        set_any_value(kv.value, value)
+
+
+def set_any_value(av: common_pb2.AnyValue, value: Any) -> None:
+    if isinstance(value, bool):
+        av.bool_value = value
+    elif isinstance(value, int):
+        av.int_value = value
+    elif isinstance(value, float):
+        av.double_value = value
+    elif isinstance(value, bytes):
+        av.bytes_value = value
+    elif isinstance(value, list | tuple):
+        for v in value:
+            set_any_value(av.array_value.values.add(), v)
+    elif isinstance(value, Mapping):
+        set_attributes(av.kvlist_value.values, value)
+    else:
+        av.string_value = str(value)
+
+
+def any_value_to_python(av: common_pb2.AnyValue) -> Any:
+    kind = av.WhichOneof("value")
+    if kind is None:
+        return None
+    if kind == "array_value":
+        return [any_value_to_python(v) for v in av.array_value.values]
+    if kind == "kvlist_value":
+        return {kv.key: any_value_to_python(kv.value) for kv in av.kvlist_value.values}
+    return getattr(av, kind)
+
+
+def attributes_dict(kvs: Iterable[common_pb2.KeyValue]) -> dict[str, Any]:
+    return {kv.key: any_value_to_python(kv.value) for kv in kvs}
+
+
+class MetricsBuilder:
+    """Builds one ExportMetricsServiceRequest with one resource and one scope."""
+
+    def __init__(self, resource: Mapping[str, Any], scope_name: str, scope_version: str = "") -> None:
+        self.request = metrics_service_pb2.ExportMetricsServiceRequest()
+        rm = self.request.resource_metrics.add()
+        set_attributes(rm.resource.attributes, resource)
+        self._scope = rm.scope_metrics.add()
+        self._scope.scope.name = scope_name
+        self._scope.scope.version = scope_version
+        self.points = 0
+
+    def sum(self, name: str, unit: str, description: str = "", monotonic: bool = True) -> Any:
+        m = self._scope.metrics.add()
+        m.name, m.unit, m.description = name, unit, description
+        m.sum.aggregation_temporality = AGGREGATION_TEMPORALITY_CUMULATIVE
+        m.sum.is_monotonic = monotonic
+        return m
+
+    def gauge(self, name: str, unit: str, description: str = "") -> Any:
+        m = self._scope.metrics.add()
+        m.name, m.unit, m.description = name, unit, description
+        m.gauge.SetInParent()
+        return m
+
+    def point(
+        self, metric: metrics_pb2.Metric, value: float | int, time_ns: int, start_ns: int = 0,
+        attrs: Mapping[str, Any] | None = None,
+    ) -> None:
+        container = metric.sum if metric.WhichOneof("data") == "sum" else metric.gauge
+        dp = container.data_points.add()
+        dp.time_unix_nano = time_ns
+        if start_ns:
+            dp.start_time_unix_nano = start_ns
+        if isinstance(value, int) and not isinstance(value, bool):
+            dp.as_int = value
+        else:
+            dp.as_double = float(value)
+        if attrs:
+            set_attributes(dp.attributes, attrs)
+        self.points += 1
+
+    def finish(self) -> metrics_service_pb2.ExportMetricsServiceRequest:
+        """Drop metrics that got no points (empty metrics are invalid OTLP) and return the request."""
+        keep = [m for m in self._scope.metrics if len(getattr(m, m.WhichOneof("data") or "gauge").data_points)]
+        if len(keep) != len(self._scope.metrics):
+            kept = [m.SerializeToString() for m in keep]
+            del self._scope.metrics[:]
+            for raw in kept:
+                self._scope.metrics.add().ParseFromString(raw)
+        return self.request
+
+
+def count_items(signal: Signal, message: Message) -> int:
+    """Data points, log records or spans in a request."""
+    n = 0
+    if signal == "metrics":
+        for rm in message.resource_metrics:
+            for sm in rm.scope_metrics:
+                for m in sm.metrics:
+                    kind = m.WhichOneof("data")
+                    if kind:
+                        n += len(getattr(m, kind).data_points)
+    elif signal == "logs":
+        for rl in message.resource_logs:
+            for sl in rl.scope_logs:
+                n += len(sl.log_records)
+    else:
+        for rs in message.resource_spans:
+            for ss in rs.scope_spans:
+                n += len(ss.spans)
+    return n
+
+
+def parse_request(signal: Signal, body: bytes) -> Message:
+    msg = SIGNAL_INFO[signal].request()
+    msg.ParseFromString(body)
+    return msg
+
+
+_HEX_ID_FIELDS = {"traceId", "spanId", "parentSpanId"}
+
+
+def _ids_to_hex(node: Any) -> Any:
+    # OTLP JSON writes trace and span ids as hex, where proto3 JSON would use base64.
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k in _HEX_ID_FIELDS and isinstance(v, str):
+                node[k] = base64.b64decode(v).hex()
+            else:
+                _ids_to_hex(v)
+    elif isinstance(node, list):
+        for v in node:
+            _ids_to_hex(v)
+    return node
+
+
+def to_json_dict(message: Message) -> dict[str, Any]:
+    """OTLP JSON encoding: lowerCamelCase keys, enums as integers, int64 as strings, hex ids."""
+    d = json_format.MessageToDict(message, use_integers_for_enums=True)
+    return _ids_to_hex(d)  # type: ignore[no-any-return]

@@ -1,0 +1,71 @@
+"""Health and status server (default 127.0.0.1:8788).
+
+Owns: /healthz (the loop is alive), /readyz (200 only when config is loaded, the spool
+is writable and every destination is keeping up), /status (JSON for scripts and the
+`status` command) and /metrics (Prometheus text of the self-metrics).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from relay.schema import split_host_port
+from relay.secrets import redact
+
+log = logging.getLogger("relay.server")
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    # Redact at the edge too: any secret that slipped into a status string stays masked.
+    text = redact(json.dumps(data, indent=2, sort_keys=True, default=str))
+    return web.Response(text=text, status=status, content_type="application/json")
+
+
+class StatusServer:
+    def __init__(
+        self, listen: str, status: Callable[[], dict[str, Any]], ready_problems: Callable[[], list[str]],
+        registry: CollectorRegistry,
+    ) -> None:
+        self.listen = listen
+        self._status = status
+        self._ready_problems = ready_problems
+        self._registry = registry
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/status", self._status_handler)
+        app.router.add_get("/metrics", self._metrics)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        host, port = split_host_port(self.listen)
+        await web.TCPSite(self._runner, host, port).start()
+        log.info("status server listening on http://%s:%d", host, port)
+
+    async def stop(self) -> None:
+        if self._runner:
+            await self._runner.cleanup()
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        return _json({"status": "alive"})
+
+    async def _readyz(self, _: web.Request) -> web.Response:
+        problems = self._ready_problems()
+        if problems:
+            return _json({"ready": False, "reasons": problems}, status=503)
+        return _json({"ready": True, "reasons": []})
+
+    async def _status_handler(self, _: web.Request) -> web.Response:
+        return _json(self._status())
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        body = generate_latest(self._registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
