@@ -44,6 +44,7 @@ class SourceRunner:
         self.last_error: str | None = None
         self.last_points = 0
         self.runs = 0
+        self.successes = 0  # runs whose data is durably spooled
         self.errors = 0
         self.ran = asyncio.Event()  # set once the first run finished, well or not
         self._task: asyncio.Task[None] | None = None
@@ -96,6 +97,7 @@ class SourceRunner:
             return
         self.stats.points_collected.labels(name).inc(points)
         self.last_points = points
+        self.successes += 1
         self.last_success = time.time()
         if self.last_error is not None:
             log.info("source %s recovered", name)
@@ -118,6 +120,7 @@ class SourceRunner:
             "last_error": self.last_error,
             "last_points": self.last_points,
             "runs": self.runs,
+            "successes": self.successes,
             "errors": self.errors,
             "points_collected": Stats.total(self.stats.points_collected, source=self.source.name),
         }

@@ -1,0 +1,84 @@
+"""A scriptable vendor endpoint: a real aiohttp server on loopback, in a thread of the
+test process, that answers each request as the test says and records what arrived."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from relay.export.compression import decompress
+from relay.otlp import count_items, parse_request
+from tests.procs import free_port
+
+
+@dataclass
+class Arrival:
+    time: float
+    path: str
+    headers: dict[str, str]
+    digest: str
+    items: int
+    status: int
+
+
+Responder = Callable[[int, Arrival], tuple[int, dict[str, str], bytes]]
+
+
+@dataclass
+class Vendor:
+    responder: Responder
+    port: int = field(default_factory=free_port)
+    arrivals: list[Arrival] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> Vendor:
+        self._loop = asyncio.new_event_loop()
+        started = threading.Event()
+
+        async def handle(request: web.Request) -> web.Response:
+            wire = await request.read()
+            body = decompress(wire, request.headers.get("Content-Encoding", ""), 64 << 20)
+            msg = parse_request("metrics", body)
+            arrival = Arrival(time.monotonic(), request.path, dict(request.headers),
+                              hashlib.sha256(body).hexdigest(), count_items("metrics", msg), 0)
+            status, headers, resp = self.responder(len(self.arrivals), arrival)
+            arrival.status = status
+            self.arrivals.append(arrival)
+            return web.Response(status=status, headers=headers, body=resp,
+                                content_type="application/x-protobuf")
+
+        async def main() -> None:
+            app = web.Application(client_max_size=128 << 20, handler_args={"auto_decompress": False})
+            app.router.add_post("/v1/metrics", handle)
+            self._runner = web.AppRunner(app, access_log=None)
+            await self._runner.setup()
+            await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+            started.set()
+
+        def run() -> None:
+            self._loop.run_until_complete(main())
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        assert started.wait(10)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        fut = asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop)
+        fut.result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def accepted(self) -> list[Arrival]:
+        return [a for a in self.arrivals if 200 <= a.status < 300]
