@@ -416,8 +416,8 @@ class Spool:
 
     # -- age limit ---------------------------------------------------------------------------------
 
-    async def enforce_age(self) -> None:
-        await self._run(self._enforce_age_sync, time.time())
+    async def enforce_age(self, now: float | None = None) -> None:
+        await self._run(self._enforce_age_sync, time.time() if now is None else now)
 
     def _enforce_age_sync(self, now: float) -> None:
         limit = now - self.settings.max_age

@@ -91,7 +91,7 @@ def test_host_metrics_arrive_and_status_shows_them(tmp_path: Path) -> None:
                     resource.update({a["key"]: a["value"]["stringValue"] for a in rm["resource"]["attributes"]})
                     for sm in rm["scopeMetrics"]:
                         names.update(m["name"] for m in sm["metrics"])
-            return EXPECTED_NAMES <= names
+            return names >= EXPECTED_NAMES
 
         wait_until(arrived, what=f"host and self metrics at the ingest (have {names})")
         for key in ("host.name", "os.type", "service.name", "service.instance.id"):
@@ -118,7 +118,7 @@ def test_ingest_outage_spools_then_delivers_every_batch_once(tmp_path: Path) -> 
         wait_until(lambda: relay.destination()["shipped_points"] > 0, what="first export")
         ingest.terminate()
         # The relay keeps collecting into the spool, and readiness says why it is unhappy.
-        code, body = wait_until(lambda: (r := relay.readyz())[0] == 503 and r, timeout=15, what="readyz 503")
+        _code, body = wait_until(lambda: (r := relay.readyz())[0] == 503 and r, timeout=15, what="readyz 503")
         assert any("destination vendor" in reason and "waiting" in reason for reason in body["reasons"]), body
         backlog = relay.destination()["backlog_items"]
         assert backlog > 0
@@ -193,3 +193,43 @@ def test_bad_config_fails_with_path_and_line(tmp_path: Path, bad: str) -> None:
             assert f"{path}:4: destinations[0].compresion: unknown key" in p.stderr
         else:
             assert f"{path}:3: sources.host.interval: expected a duration" in p.stderr
+
+
+def test_status_command_reload_and_sigterm(tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.procs import CLI
+
+    def status_cmd(url: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*CLI, "status", "--url", url], capture_output=True, text=True, timeout=30)
+
+    ingest = Ingest(tmp_path)
+    ingest.start()
+    relay = Relay(tmp_path, relay_config(tmp_path, ingest.url))
+    relay.start()
+    try:
+        wait_until(lambda: relay.readyz()[0] == 200 and relay.destination()["shipped_points"] > 0, what="ready")
+        p = status_cmd(relay.status_url)
+        assert p.returncode == 0, p.stdout + p.stderr
+        for text in ("READY", "Sources", "host", "Spool", "Destinations", "vendor", "last success"):
+            assert text in p.stdout
+
+        # An invalid config on reload is refused; the old one stays in force.
+        good = dict(relay.cfg)
+        relay.config_path.write_text(relay.config_path.read_text() + "bogus_key: 1\n")
+        relay.signal(signal.SIGHUP)
+        err = wait_until(lambda: relay.status()["config"]["last_reload_error"], what="reload refusal")
+        assert f"{relay.config_path}:" in err and "bogus_key: unknown key" in err
+        shipped = relay.destination()["shipped_points"]
+        wait_until(lambda: relay.destination()["shipped_points"] > shipped, what="still shipping")
+        relay.write_config(good)
+
+        ingest.terminate()
+        p = wait_until(lambda: (q := status_cmd(relay.status_url)).returncode == 1 and q, what="not ready")
+        assert "NOT READY" in p.stdout and "destination vendor" in p.stdout
+    finally:
+        assert relay.terminate() == 0, "SIGTERM is a clean stop"
+        ingest.terminate()
+    p = status_cmd(relay.status_url)
+    assert p.returncode == 2 and "no relay answering" in p.stderr and "Traceback" not in p.stderr
+    assert "Traceback" not in relay.log()

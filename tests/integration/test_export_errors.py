@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import itertools
 from pathlib import Path
 
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
@@ -69,7 +70,7 @@ def test_503_backs_off_and_retries_until_accepted(tmp_path: Path) -> None:
             first = vendor.arrivals[0]
             retried = vendor.arrivals[:5]
             assert all(a.digest == first.digest for a in retried), "one batch retried until accepted"
-            gaps = [b.time - a.time for a, b in zip(retried, retried[1:], strict=False)]
+            gaps = [b.time - a.time for a, b in itertools.pairwise(retried)]
             assert all(0.04 <= g <= 1.5 for g in gaps), gaps
             assert relay.metric("relay_export_retries_total", reason="http_503") == 4
             assert relay.destination()["dropped_points"] == {}

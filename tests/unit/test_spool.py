@@ -1,0 +1,167 @@
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from relay.config import SpoolSettings
+from relay.spool import Spool
+from relay.stats import Stats
+
+MiB = 1024 * 1024
+
+
+def run(fn: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(fn())  # type: ignore[arg-type]
+
+
+async def opened(path: Path, dests: list[str], stats: Stats | None = None, **settings: object) -> Spool:
+    spool = Spool(path, SpoolSettings(**settings), dests, stats or Stats())  # type: ignore[arg-type]
+    await spool.open()
+    return spool
+
+
+def test_oldest_first_ack_and_survives_reopen(tmp_path: Path) -> None:
+    async def main() -> None:
+        s = await opened(tmp_path, ["a"])
+        for i in range(10):
+            await s.append("metrics", f"payload-{i}".encode(), i + 1)
+        lease = await s.lease("a", "metrics", 0, 30)
+        assert lease is not None
+        assert [e.payload for e in lease.entries] == [b"payload-0", b"payload-1", b"payload-2"]
+        assert lease.items == 6
+        await s.ack("a", lease)
+        assert s.backlog("a") == (sum(len(f"payload-{i}") for i in range(3, 10)), sum(range(4, 11)))
+        await s.close()
+
+        s = await opened(tmp_path, ["a"])
+        assert s.snapshot()["entries"] == 7
+        lease = await s.lease("a", "metrics", 0, 10 * MiB)
+        assert lease is not None and lease.entries[0].payload == b"payload-3" and len(lease.entries) == 7
+        await s.ack("a", lease)
+        assert s.snapshot()["entries"] == 0 and s.snapshot()["bytes"] == 0
+        await s.close()
+
+    run(main)
+    mode = os.stat(tmp_path / "spool").st_mode & 0o777
+    assert mode == 0o700
+
+
+def test_entry_leaves_only_when_every_destination_accepted(tmp_path: Path) -> None:
+    async def main() -> None:
+        s = await opened(tmp_path, ["a", "b"])
+        for _i in range(4):
+            await s.append("metrics", b"x" * 100, 10)
+        la = await s.lease("a", "metrics", 0, MiB)
+        assert la is not None
+        await s.ack("a", la)
+        assert s.backlog("a") == (0, 0) and s.backlog("b") == (400, 40)
+        assert s.snapshot()["entries"] == 4
+        lb = await s.lease("b", "metrics", 0, 250)
+        assert lb is not None and len(lb.entries) == 2
+        await s.ack("b", lb)
+        assert s.snapshot()["entries"] == 2
+        await s.close()
+
+    run(main)
+
+
+def test_byte_cap_evicts_oldest_and_counts_exactly(tmp_path: Path) -> None:
+    stats = Stats()
+
+    async def main() -> None:
+        s = await opened(tmp_path, ["a"], stats, max_bytes=MiB)
+        payload = b"y" * (50 * 1024)
+        for _ in range(60):
+            await s.append("metrics", payload, 7)
+        snap = s.snapshot()
+        assert snap["bytes"] <= MiB
+        assert snap["bytes"] > MiB - len(payload)  # within one entry of the cap
+        kept = snap["entries"]
+        evicted = 60 - kept
+        assert Stats.total(stats.entries_dropped, reason="max_bytes") == evicted
+        assert Stats.total(stats.points_dropped, reason="max_bytes") == evicted * 7
+        lease = await s.lease("a", "metrics", 0, 10 * MiB)
+        assert lease is not None and lease.first == evicted + 1  # the oldest kept entry
+        await s.close()
+
+    run(main)
+
+
+def test_max_age_drops_old_entries(tmp_path: Path) -> None:
+    stats = Stats()
+
+    async def main() -> None:
+        s = await opened(tmp_path, ["a"], stats, max_age=3600)
+        await s.append("metrics", b"old", 3)
+        await s.enforce_age(now=time.time() + 1800)
+        assert s.snapshot()["entries"] == 1
+        await s.enforce_age(now=time.time() + 7200)
+        assert s.snapshot()["entries"] == 0
+        assert Stats.total(stats.points_dropped, reason="max_age") == 3
+        await s.close()
+
+    run(main)
+
+
+def test_concurrent_appends_are_all_durable(tmp_path: Path) -> None:
+    stats = Stats()
+
+    async def main() -> None:
+        s = await opened(tmp_path, ["a"], stats)
+        await asyncio.gather(*(s.append("metrics", f"{i}".encode(), 1) for i in range(300)))
+        await s.close()
+        s = await opened(tmp_path, ["a"], stats)
+        lease = await s.lease("a", "metrics", 0, 10 * MiB)
+        assert lease is not None
+        assert sorted(int(e.payload) for e in lease.entries) == list(range(300))
+        await s.close()
+
+    run(main)
+    assert Stats.total(stats.points_spooled) == 300
+
+
+def test_large_values_stay_inside_sqlite(tmp_path: Path) -> None:
+    async def main() -> None:
+        s = await opened(tmp_path, ["a"])
+        await s.append("metrics", os.urandom(3 * MiB), 1)
+        await s.close()
+
+    run(main)
+    files = {p.name for p in (tmp_path / "spool" / "metrics").iterdir()}
+    assert files <= {"cache.db", "cache.db-wal", "cache.db-shm"}, files
+
+
+def test_dead_letter_keeps_the_batch_with_its_reason(tmp_path: Path) -> None:
+    stats = Stats()
+
+    async def main() -> None:
+        s = await opened(tmp_path, ["a"], stats)
+        await s.append("metrics", b"rejected", 4)
+        lease = await s.lease("a", "metrics", 0, MiB)
+        assert lease is not None
+        await s.dead_letter("a", lease, 400, "HTTP 400: bad")
+        await s.ack("a", lease)
+        records = s.dead_letters()
+        assert len(records) == 1 and records[0]["status"] == 400 and records[0]["reason"] == "HTTP 400: bad"
+        assert records[0]["items"] == 4
+        assert s.snapshot()["entries"] == 0
+        await s.close()
+
+    run(main)
+    assert Stats.total(stats.points_dropped, reason="dead_letter") == 4
+
+
+def test_signals_have_separate_queues(tmp_path: Path) -> None:
+    async def main() -> None:
+        s = await opened(tmp_path, ["a"])
+        await s.append("logs", b"log", 1)
+        await s.append("metrics", b"metric", 1)
+        assert set(s.signals()) == {"metrics", "logs"}
+        lease = await s.lease("a", "logs", 0, MiB)
+        assert lease is not None and [e.payload for e in lease.entries] == [b"log"]
+        await s.close()
+
+    run(main)
