@@ -39,7 +39,9 @@ class Ingest:
         self.store = Path(store) if store else None
         self.api_key = api_key
         self.max_body = max_body
-        self.counts: dict[str, dict[str, int]] = {s: {"requests": 0, "items": 0, "bytes": 0} for s in SIGNALS}
+        self.counts: dict[str, dict[str, float]] = {
+            s: {"requests": 0, "items": 0, "bytes": 0, "first_at": 0.0, "last_at": 0.0} for s in SIGNALS
+        }
         self.rejected: dict[str, int] = {}
         self._write_lock = asyncio.Lock()
         if self.store:
@@ -96,6 +98,8 @@ class Ingest:
         c["requests"] += 1
         c["items"] += items
         c["bytes"] += len(wire)
+        c["last_at"] = time.time()
+        c["first_at"] = c["first_at"] or c["last_at"]
         resp = SIGNAL_INFO[signal].response()
         return web.Response(body=resp.SerializeToString(), content_type=PROTOBUF)
 

@@ -1,0 +1,242 @@
+"""`make bench`: end-to-end throughput of the relay beside the OTel Python SDK, same run.
+
+Figures (each beside a baseline measured in this run, as a ratio):
+- spool append: pre-generated broker-shaped requests written to the spool with fsync
+  (the relay's Spool, group commit, in this process);
+- drain: a real relay process shipping that spool (merge, zstd, POST) to the reference
+  ingest on loopback, timed from process launch until the ingest has every point;
+- end to end = append + drain, in points/s and CPU seconds per million points;
+- baseline: the OTel Python SDK's OTLP/HTTP exporter sending the same points to the
+  same ingest (export loop only);
+- the relay's peak RSS (VmHWM).
+Prints a table and writes bench/results.json.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import psutil
+import yaml
+
+from bench.workload import otlp_requests, points_per_request
+from relay.config import SpoolSettings
+from relay.spool import Spool
+from relay.stats import Stats
+
+HERE = Path(__file__).parent
+WORK = HERE / "work"
+REQUESTS = int(os.environ.get("BENCH_REQUESTS", "300"))
+CLI = [sys.executable, "-m", "relay.cli"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def _wait(pred: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if pred():
+                return
+        except OSError:
+            pass
+        time.sleep(0.02)
+    raise SystemExit(f"bench: timed out waiting for {what}")
+
+
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _peak_rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+async def _append_all(state: Path, reqs: list[bytes], items: int) -> None:
+    spool = Spool(state, SpoolSettings(max_bytes=4 << 30, fsync="always"), ["ingest"], Stats())
+    await spool.open()
+    # Several writers at once, as several sources or pushing clients would be.
+    queue = list(reqs)
+
+    async def writer() -> None:
+        while queue:
+            await spool.append("metrics", queue.pop(), items)
+
+    await asyncio.gather(*(writer() for _ in range(8)))
+    await spool.close()
+
+
+class Ingest:
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.p = subprocess.Popen(
+            [*CLI, "ingest", "--listen", f"127.0.0.1:{self.port}", "--no-store"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        _wait(lambda: _get(self.url + "/healthz"), 20, "ingest")
+
+    def items(self) -> int:
+        return int(_get(self.url + "/stats")["signals"]["metrics"]["items"])
+
+    def stop(self) -> None:
+        self.p.terminate()
+        self.p.wait(20)
+
+
+def bench_end_to_end(ingest: Ingest, reqs: list[bytes]) -> dict[str, Any]:
+    per = points_per_request()
+    total = per * len(reqs)
+    state = WORK / "state"
+    shutil.rmtree(state, ignore_errors=True)
+
+    wall0, cpu0 = time.perf_counter(), _cpu()
+    asyncio.run(_append_all(state, reqs, per))
+    append_wall, append_cpu = time.perf_counter() - wall0, _cpu() - cpu0
+
+    cfg = {
+        "state_dir": str(state),
+        "server": {"listen": f"127.0.0.1:{_free_port()}"},
+        "sources": {"host": {"enabled": False}, "internal": {"enabled": False}},
+        "destinations": [{"name": "ingest", "endpoint": ingest.url, "compression": "zstd", "in_flight": 2}],
+    }
+    (WORK / "relay.yaml").write_text(yaml.safe_dump(cfg))
+    before = ingest.items()
+    wall0 = time.perf_counter()
+    relay = subprocess.Popen([*CLI, "run", "--config", str(WORK / "relay.yaml")],
+                             stdout=subprocess.DEVNULL, stderr=open(WORK / "relay.log", "wb"))  # noqa: SIM115
+    proc = psutil.Process(relay.pid)
+    _wait(lambda: ingest.items() - before >= total, 600, "the relay to drain the spool")
+    drain_wall = time.perf_counter() - wall0
+    t = proc.cpu_times()
+    drain_cpu = t.user + t.system
+    rss = _peak_rss(relay.pid)
+    status = _get(f"http://{cfg['server']['listen']}/status")  # type: ignore[index]
+    wire_bytes = status["destinations"][0]["shipped_bytes"]
+    relay.terminate()
+    relay.wait(30)
+    wall = append_wall + drain_wall
+    cpu = append_cpu + drain_cpu
+    return {
+        "points": total,
+        "append_points_per_s": total / append_wall,
+        "drain_points_per_s": total / drain_wall,
+        "points_per_s": total / wall,
+        "cpu_s_per_million": cpu / total * 1e6,
+        "wall_s": wall,
+        "peak_rss_bytes": rss,
+        "wire_bytes_per_point": wire_bytes / total,
+    }
+
+
+def bench_sdk(ingest: Ingest, requests: int) -> dict[str, Any]:
+    before = ingest.items()
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.sdk_baseline", "--endpoint", ingest.url, "--requests", str(requests)],
+        capture_output=True, text=True, check=True, timeout=900,
+    )
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    arrived = ingest.items() - before
+    if arrived != r["points"]:
+        raise SystemExit(f"bench: the SDK baseline delivered {arrived} of {r['points']} points")
+    return {
+        "points": r["points"],
+        "points_per_s": r["points"] / r["wall"],
+        "cpu_s_per_million": r["cpu"] / r["points"] * 1e6,
+        "wall_s": r["wall"],
+    }
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = ("figure", "value", "baseline", "ratio", "target", "result")
+    cells = [head] + [
+        (r["figure"], r["value"], r["baseline"], r["ratio"], r["target"], r["result"]) for r in rows
+    ]
+    widths = [max(len(str(c[i])) for c in cells) for i in range(len(head))]
+    lines = []
+    for n, c in enumerate(cells):
+        lines.append("| " + " | ".join(str(v).ljust(w) for v, w in zip(c, widths, strict=True)) + " |")
+        if n == 0:
+            lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    WORK.mkdir(parents=True, exist_ok=True)
+    print(f"bench: generating {REQUESTS} broker-shaped requests of {points_per_request()} points...", flush=True)
+    reqs = otlp_requests(REQUESTS)
+    ingest = Ingest()
+    try:
+        print("bench: relay end to end (spool append with fsync, then drain to the ingest)...", flush=True)
+        relay = bench_end_to_end(ingest, reqs)
+        print("bench: OpenTelemetry Python SDK OTLP/HTTP exporter, same points, same ingest...", flush=True)
+        sdk = bench_sdk(ingest, REQUESTS)
+    finally:
+        ingest.stop()
+
+    def fmt(v: float, unit: str = "") -> str:
+        return f"{v:,.0f}{unit}" if v >= 100 else f"{v:,.2f}{unit}"
+
+    throughput_ratio = relay["points_per_s"] / sdk["points_per_s"]
+    cpu_ratio = sdk["cpu_s_per_million"] / relay["cpu_s_per_million"]
+    rows = [
+        {"figure": "end-to-end throughput (points/s)", "value": fmt(relay["points_per_s"]),
+         "baseline": fmt(sdk["points_per_s"]) + " (OTel SDK)", "ratio": f"{throughput_ratio:.1f}x",
+         "target": ">= 300,000 and >= 5x", "result": "pass" if relay["points_per_s"] >= 300_000
+         and throughput_ratio >= 5 else "fail"},
+        {"figure": "CPU seconds per million points", "value": fmt(relay["cpu_s_per_million"]),
+         "baseline": fmt(sdk["cpu_s_per_million"]) + " (OTel SDK)", "ratio": f"{cpu_ratio:.1f}x less",
+         "target": "-", "result": "-"},
+        {"figure": "  spool append with fsync (points/s)", "value": fmt(relay["append_points_per_s"]),
+         "baseline": "-", "ratio": "-", "target": "-", "result": "-"},
+        {"figure": "  drain: relay process to ingest (points/s)", "value": fmt(relay["drain_points_per_s"]),
+         "baseline": "-", "ratio": "-", "target": "-", "result": "-"},
+        {"figure": "relay peak RSS while draining (MiB)", "value": fmt(relay["peak_rss_bytes"] / 2**20),
+         "baseline": "-", "ratio": "-", "target": "-", "result": "-"},
+        {"figure": "wire bytes per point (zstd)", "value": fmt(relay["wire_bytes_per_point"]),
+         "baseline": "-", "ratio": "-", "target": "-", "result": "-"},
+    ]
+    print()
+    print(table(rows))
+    results = {
+        "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "requests": REQUESTS,
+        "points_per_request": points_per_request(),
+        "relay": relay,
+        "otel_sdk": sdk,
+        "ratios": {"throughput": throughput_ratio, "cpu_per_point": cpu_ratio},
+        "table": rows,
+    }
+    (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nbench: wrote {HERE / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()
