@@ -16,8 +16,11 @@ from typing import Any
 
 import psutil
 
-from relay import __version__, config, systemd
+from relay import __version__, systemd
+from relay.config import Config, LoadedConfig, key_dir
+from relay.config import load as load_config
 from relay.export.shipper import Shipper
+from relay.export.signing import KeyStore, Signer, SigningKeyError
 from relay.identity import base_resource, instance_id
 from relay.schema import SchemaError
 from relay.server import StatusServer
@@ -33,7 +36,7 @@ MAINTENANCE_INTERVAL = 1.0
 
 
 class Relay:
-    def __init__(self, loaded: config.LoadedConfig) -> None:
+    def __init__(self, loaded: LoadedConfig) -> None:
         self.loaded = loaded
         self.stats = Stats()
         self.started = time.time()
@@ -48,9 +51,10 @@ class Relay:
         self._maintenance: asyncio.Task[None] | None = None
         self._process = psutil.Process()
         self.resource: dict[str, Any] = {}
+        self.signer: Signer | None = None
 
     @property
-    def config(self) -> config.Config:
+    def config(self) -> Config:
         return self.loaded.config
 
     # -- building ----------------------------------------------------------------------------------
@@ -64,10 +68,28 @@ class Relay:
             out.append(InternalSource(s.internal.interval, self.resource, self.stats))
         return out
 
+    def _signer(self, loaded: LoadedConfig) -> Signer | None:
+        """The signer for the keys in force; creates the first key if there is none."""
+        s = loaded.config.signing
+        if not s.enabled:
+            log.warning("request signing is disabled (signing.enabled: false)")
+            return None
+        store = KeyStore(key_dir(loaded.config), s.rotation_overlap)
+        if not store.exists():
+            key = store.init()
+            log.warning(
+                "created signing key %s in %s; register its public key with the vendor "
+                "(telemetry-relay keys show)", key.key_id, store.dir,
+            )
+        return Signer(store.active())
+
     async def _start_pipeline(self) -> None:
         assert self.spool is not None
         for d in self.config.destinations:
-            shipper = Shipper(d, self.loaded.api_keys.get(d.name), self.spool, self.stats, self.config.shutdown_timeout)
+            shipper = Shipper(
+                d, self.loaded.api_keys.get(d.name), self.spool, self.stats, self.config.shutdown_timeout,
+                signer=self.signer, proxy_password=self.loaded.proxy_passwords.get(d.name),
+            )
             await shipper.start()
             self.shippers.append(shipper)
         for source in self._sources():
@@ -86,6 +108,7 @@ class Relay:
         state = os.path.abspath(cfg.state_dir)
         os.makedirs(state, mode=0o700, exist_ok=True)
         self.resource = base_resource(instance_id(state, cfg.instance_id))
+        self.signer = self._signer(self.loaded)
         self.spool = Spool(state, cfg.spool, [d.name for d in cfg.destinations], self.stats)
         await self.spool.open()
         self.server = StatusServer(cfg.server.listen, self.status, self.ready_problems, self.stats.registry)
@@ -137,8 +160,9 @@ class Relay:
     async def reload(self) -> None:
         systemd.notify("RELOADING=1", f"MONOTONIC_USEC={systemd.monotonic_usec()}")
         try:
-            new = config.load(self.loaded.path)
-        except SchemaError as e:
+            new = load_config(self.loaded.path)
+            signer = self._signer(new)
+        except (SchemaError, SigningKeyError) as e:
             self.last_reload_error = str(e)
             log.error("reload refused, the running config stays in force: %s", e)
             systemd.notify("READY=1")
@@ -156,7 +180,7 @@ class Relay:
                 systemd.notify("READY=1")
                 return
         await self._stop_pipeline()
-        self.loaded = new
+        self.loaded, self.signer = new, signer
         await self._start_pipeline()
         self.last_reload, self.last_reload_error = time.time(), None
         log.info("configuration reloaded from %s", new.path)

@@ -19,6 +19,7 @@ import urllib.request
 from typing import Any
 
 from relay import __version__, config, logs
+from relay.export.signing import KeyStore, SigningKeyError, public_pem
 from relay.schema import SchemaError, parse_size
 from relay.secrets import SecretError, read_secret, redact
 
@@ -51,6 +52,19 @@ def _parser() -> argparse.ArgumentParser:
     ing.add_argument("--no-store", action="store_true", help="decode and count only (benchmarks)")
     ing.add_argument("--api-key-file", help="require this bearer token")
     ing.add_argument("--max-body", default="64MiB", help="largest decompressed body accepted")
+    ing.add_argument("--trusted-keys", help="directory of relay public keys (*.pem); verify every request")
+    ing.add_argument("--window", type=float, default=300.0, help="signature freshness and replay window, seconds")
+    ing.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM)")
+    ing.add_argument("--tls-key", help="private key of --tls-cert")
+    ing.add_argument("--client-ca", help="require client certificates signed by this CA (mTLS)")
+
+    keys = sub.add_parser("keys", help="manage the Ed25519 request-signing keys")
+    keys.add_argument("action", choices=["init", "show", "rotate", "export"],
+                      help="init: create if missing; show: print public keys and key ids; rotate: new key, "
+                           "old one kept for signing.rotation_overlap; export: write public keys to --out")
+    keys.add_argument("--config", default=config.DEFAULT_CONFIG_PATH, help="path to relay.yaml")
+    keys.add_argument("--out", help="with export: directory for <key id>.pem public keys")
+    keys.add_argument("--json", action="store_true", help="with show: machine-readable output")
 
     sub.add_parser("version", help="print the version")
     return p
@@ -65,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(_dispatch(args))
     except KeyboardInterrupt:
         return EXIT_OK
-    except (SchemaError, SecretError) as e:
+    except (SchemaError, SecretError, SigningKeyError) as e:
         print(f"telemetry-relay: {redact(str(e))}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as e:
@@ -94,6 +108,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _status(args.url, args.json)
     if args.command == "ingest":
         return _ingest(args)
+    if args.command == "keys":
+        return _keys(args)
     raise AssertionError(args.command)
 
 
@@ -123,20 +139,73 @@ def _ingest(args: argparse.Namespace) -> int:
         max_body = parse_size(args.max_body)
     except ValueError as e:
         raise SchemaError("command line", None, "--max-body", str(e)) from None
-    ingest = Ingest(None if args.no_store else args.store, api_key, max_body)
+    verifier = None
+    if args.trusted_keys:
+        from relay.export.signing import Verifier, load_trusted_keys
+
+        verifier = Verifier(load_trusted_keys(args.trusted_keys), window=args.window)
+    tls = None
+    if args.tls_cert or args.tls_key:
+        if not (args.tls_cert and args.tls_key):
+            raise SchemaError("command line", None, "--tls-cert", "--tls-cert and --tls-key go together")
+        from relay.ingest import server_tls
+
+        tls = server_tls(args.tls_cert, args.tls_key, args.client_ca)
+    ingest = Ingest(None if args.no_store else args.store, api_key, max_body, verifier)
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await serve(args.listen, ingest, stop)
+        await serve(args.listen, ingest, stop, tls)
 
     try:
         asyncio.run(main())
     except OSError as e:
         log.error("cannot start the ingest on %s: %s", args.listen, e)
         return EXIT_FAIL
+    return EXIT_OK
+
+
+def _keys(args: argparse.Namespace) -> int:
+    cfg = config.load(args.config).config
+    store = KeyStore(config.key_dir(cfg), cfg.signing.rotation_overlap)
+    if args.action == "init":
+        existed = store.exists()
+        key = store.init()
+        print(f"{'signing key exists' if existed else 'created signing key'}: key id {key.key_id}")
+        print(public_pem(key.public), end="")
+        return EXIT_OK
+    if args.action == "rotate":
+        new, old = store.rotate()
+        print(f"new signing key: {new.key_id}")
+        print(f"retired key {old.key_id} still signs (as a second signature) for "
+              f"{cfg.signing.rotation_overlap:g}s; register the new public key with the vendor:")
+        print(public_pem(new.public), end="")
+        print("Reload the relay to use it: systemctl reload telemetry-relay")
+        return EXIT_OK
+    keys = store.active()
+    if args.action == "export":
+        if not args.out:
+            raise SchemaError("command line", None, "--out", "keys export needs --out DIR")
+        from pathlib import Path
+
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        for k in keys:
+            (out / f"{k.key_id}.pem").write_text(public_pem(k.public))
+        print(f"wrote {len(keys)} public keys to {out}")
+        return EXIT_OK
+    if args.json:
+        print(json.dumps([{"key_id": k.key_id, "public_key_pem": public_pem(k.public),
+                           "retired_at": k.retired_at} for k in keys], indent=2))
+        return EXIT_OK
+    for k in keys:
+        when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(k.retired_at or 0))
+        state = "current" if k.retired_at is None else f"retired {when} UTC"
+        print(f"key id {k.key_id} ({state}, algorithm ed25519)")
+        print(public_pem(k.public), end="")
     return EXIT_OK
 
 

@@ -7,9 +7,9 @@ docs/configuration.md documents each key; a test keeps the two in step.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from relay import secrets
 from relay.schema import ByteSize, Duration, HostPort, HttpUrl, SchemaError, load_file, load_text
@@ -75,6 +75,21 @@ class RetrySettings:
 
 
 @dataclass(frozen=True)
+class TLSSettings:
+    # A PEM bundle of CAs to trust instead of the system store (pins a private CA).
+    ca_file: str | None = None
+    client_cert_file: str | None = None
+    client_key_file: str | None = None
+    min_version: Literal["1.2", "1.3"] = "1.2"
+    # Turns certificate verification off. Logged loudly at start and shown in /status.
+    insecure_skip_verify: bool = False
+
+    def validate(self) -> None:
+        if bool(self.client_cert_file) != bool(self.client_key_file):
+            raise ValueError("client_cert_file and client_key_file go together")
+
+
+@dataclass(frozen=True)
 class DestinationSettings:
     name: str
     endpoint: HttpUrl
@@ -87,8 +102,16 @@ class DestinationSettings:
     # /readyz fails when there is data to send and no success for this long.
     ready_threshold: Duration = Duration(300.0)
     retry: RetrySettings = field(default_factory=RetrySettings)
+    tls: TLSSettings = field(default_factory=TLSSettings)
+    # An explicit HTTP proxy (CONNECT for https). Without it, HTTPS_PROXY/HTTP_PROXY and
+    # NO_PROXY from the environment apply. NO_PROXY is honoured in both cases.
+    proxy_url: HttpUrl | None = None
+    proxy_username: str | None = None
+    proxy_password_file: str | None = None
 
     def validate(self) -> None:
+        if self.proxy_password_file and not self.proxy_username:
+            raise ValueError("proxy_password_file needs proxy_username")
         if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
             raise ValueError(f"name must be letters, digits, '-' or '_', got {self.name!r}")
         if self.api_key_file and self.api_key_env:
@@ -99,6 +122,15 @@ class DestinationSettings:
             raise ValueError("in_flight must be between 1 and 32")
         if self.timeout <= 0:
             raise ValueError("timeout must be positive")
+
+
+@dataclass(frozen=True)
+class SigningSettings:
+    enabled: bool = True
+    # Default: <state_dir>/keys. A key is created at first start if there is none.
+    key_dir: str | None = None
+    # After `keys rotate`, requests carry a second signature by the retired key this long.
+    rotation_overlap: Duration = Duration(86400.0)
 
 
 @dataclass(frozen=True)
@@ -116,6 +148,7 @@ class Config:
     server: ServerSettings = field(default_factory=ServerSettings)
     sources: SourcesSettings = field(default_factory=SourcesSettings)
     spool: SpoolSettings = field(default_factory=SpoolSettings)
+    signing: SigningSettings = field(default_factory=SigningSettings)
 
     def validate(self) -> None:
         if not self.destinations:
@@ -133,11 +166,14 @@ class LoadedConfig:
     config: Config
     path: str
     api_keys: dict[str, str | None] = field(repr=False)
+    proxy_passwords: dict[str, str | None] = field(repr=False, default_factory=dict)
 
 
 def _finish(cfg: Config, lines: dict[str, int], path: str) -> LoadedConfig:
     base = Path(path).resolve().parent if path != "<string>" else Path.cwd()
     keys: dict[str, str | None] = {}
+    proxy_passwords: dict[str, str | None] = {}
+    dests = []
     for i, d in enumerate(cfg.destinations):
         key_path = f"destinations[{i}].api_key_file" if d.api_key_file else f"destinations[{i}].api_key_env"
         file = str(base / d.api_key_file) if d.api_key_file else None
@@ -145,16 +181,41 @@ def _finish(cfg: Config, lines: dict[str, int], path: str) -> LoadedConfig:
             keys[d.name] = secrets.read_secret(file, d.api_key_env, "API key file" if file else "API key")
         except secrets.SecretError as e:
             raise SchemaError(path, lines.get(key_path), key_path, str(e)) from None
+        pw_path = f"destinations[{i}].proxy_password_file"
+        try:
+            proxy_passwords[d.name] = secrets.read_secret(
+                str(base / d.proxy_password_file) if d.proxy_password_file else None, None, "proxy password file"
+            )
+        except secrets.SecretError as e:
+            raise SchemaError(path, lines.get(pw_path), pw_path, str(e)) from None
+        tls = d.tls
+        for name in ("ca_file", "client_cert_file", "client_key_file"):
+            value = getattr(tls, name)
+            if value is None:
+                continue
+            full = base / value
+            key_path = f"destinations[{i}].tls.{name}"
+            if not full.is_file():
+                raise SchemaError(path, lines.get(key_path), key_path, f"{full} does not exist")
+            if name == "client_key_file":
+                try:
+                    secrets.check_private_file(full, "TLS client key file", allow_group=True)
+                except secrets.SecretError as e:
+                    raise SchemaError(path, lines.get(key_path), key_path, str(e)) from None
+            resolved: dict[str, Any] = {name: str(full)}
+            tls = replace(tls, **resolved)
+        dests.append(replace(d, tls=tls))
+    cfg = replace(cfg, destinations=tuple(dests))
     state = Path(cfg.state_dir)
     if not state.is_absolute():
-        cfg = _replace_state_dir(cfg, str(base / state))
-    return LoadedConfig(cfg, path, keys)
+        cfg = replace(cfg, state_dir=str(base / state))
+    if cfg.signing.key_dir is not None and not Path(cfg.signing.key_dir).is_absolute():
+        cfg = replace(cfg, signing=replace(cfg.signing, key_dir=str(base / cfg.signing.key_dir)))
+    return LoadedConfig(cfg, path, keys, proxy_passwords)
 
 
-def _replace_state_dir(cfg: Config, state_dir: str) -> Config:
-    from dataclasses import replace
-
-    return replace(cfg, state_dir=state_dir)
+def key_dir(cfg: Config) -> str:
+    return cfg.signing.key_dir or str(Path(cfg.state_dir) / "keys")
 
 
 def load(path: str) -> LoadedConfig:

@@ -1,8 +1,10 @@
 """Reference vendor ingest: the receiving half that `make run`, the tests and the benchmarks use.
 
-Owns: accepting OTLP/HTTP protobuf on /v1/{metrics,logs,traces}, bounded decompression
-(413 above the cap), decoding, proper OTLP responses, and storing each accepted request
-as one JSON line (OTLP JSON) in <store>/<signal>-YYYY-MM-DD.jsonl. /stats reports counts.
+Owns: accepting OTLP/HTTP protobuf on /v1/{metrics,logs,traces}, verifying each request's
+RFC 9421 signature and Content-Digest against trusted keys (401/400 otherwise, counted by
+reason, never stored), bounded decompression (413 above the cap), decoding, proper OTLP
+responses, and storing each accepted request, with the key id that signed it, as one JSON
+line (OTLP JSON) in <store>/<signal>-YYYY-MM-DD.jsonl. /stats reports counts.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import asyncio
 import hmac
 import json
 import logging
+import ssl
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, status_pb2
 
 from relay.export.compression import BadEncoding, BodyTooLarge, decompress
+from relay.export.signing import Rejected, Verifier
 from relay.otlp import SIGNAL_INFO, SIGNALS, Signal, count_items, to_json_dict
 from relay.schema import split_host_port
 
@@ -35,9 +39,11 @@ def _status_body(code: int, message: str) -> bytes:
 class Ingest:
     def __init__(
         self, store: str | None, api_key: str | None = None, max_body: int = 64 * 1024 * 1024,
+        verifier: Verifier | None = None,
     ) -> None:
         self.store = Path(store) if store else None
         self.api_key = api_key
+        self.verifier = verifier
         self.max_body = max_body
         self.counts: dict[str, dict[str, float]] = {
             s: {"requests": 0, "items": 0, "bytes": 0, "first_at": 0.0, "last_at": 0.0} for s in SIGNALS
@@ -60,6 +66,8 @@ class Ingest:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
         log.warning("rejected request (%s): %s", reason, message)
         code = code_pb2.UNAUTHENTICATED if status == 401 else code_pb2.INVALID_ARGUMENT
+        if reason in ("too_large",):
+            code = code_pb2.RESOURCE_EXHAUSTED
         return web.Response(status=status, body=_status_body(code, message), content_type=PROTOBUF)
 
     def _handler(self, signal: Signal) -> Any:
@@ -80,6 +88,12 @@ class Ingest:
             wire = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return self._reject("too_large", 413, "request body too large")
+        key_id = None
+        if self.verifier is not None:
+            try:
+                key_id = self.verifier.verify(request.method, str(request.url), request.headers, wire)
+            except Rejected as e:
+                return self._reject(e.reason, e.status, str(e))
         try:
             body = decompress(wire, request.headers.get("Content-Encoding", ""), self.max_body)
         except BodyTooLarge as e:
@@ -93,7 +107,7 @@ class Ingest:
             return self._reject("bad_protobuf", 400, f"cannot decode {signal} request: {e}")
         items = count_items(signal, msg)
         if self.store:
-            await self._store(signal, msg, request)
+            await self._store(signal, msg, request, key_id)
         c = self.counts[signal]
         c["requests"] += 1
         c["items"] += items
@@ -103,12 +117,12 @@ class Ingest:
         resp = SIGNAL_INFO[signal].response()
         return web.Response(body=resp.SerializeToString(), content_type=PROTOBUF)
 
-    async def _store(self, signal: Signal, msg: Message, request: web.Request) -> None:
+    async def _store(self, signal: Signal, msg: Message, request: web.Request, key_id: str | None) -> None:
         assert self.store is not None
         record = {
             "received_at": time.time(),
             "user_agent": request.headers.get("User-Agent", ""),
-            "key_id": None,
+            "key_id": key_id,
             "request": None,
         }
         # JSON-encoding a large request is CPU work: keep it off the loop.
@@ -135,12 +149,28 @@ def _append(path: Path, line: str) -> None:
         f.flush()
 
 
-async def serve(listen: str, ingest: Ingest, stop: asyncio.Event) -> None:
+def server_tls(cert: str, key: str, client_ca: str | None) -> ssl.SSLContext:
+    """TLS for the ingest listener; with client_ca, a client certificate is required (mTLS)."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert, key)
+    if client_ca:
+        ctx.load_verify_locations(client_ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+async def serve(listen: str, ingest: Ingest, stop: asyncio.Event, tls: ssl.SSLContext | None = None) -> None:
     runner = web.AppRunner(ingest.app(), access_log=None)
     await runner.setup()
     host, port = split_host_port(listen)
-    await web.TCPSite(runner, host, port).start()
-    log.info("ingest listening on http://%s:%d, storing in %s", host, port, ingest.store or "(nowhere)")
+    await web.TCPSite(runner, host, port, ssl_context=tls).start()
+    scheme = "https" if tls else "http"
+    log.info(
+        "ingest listening on %s://%s:%d, %s, storing in %s", scheme, host, port,
+        f"verifying signatures against {len(ingest.verifier.trusted)} trusted keys" if ingest.verifier
+        else "NOT verifying signatures", ingest.store or "(nowhere)",
+    )
     try:
         await stop.wait()
     finally:

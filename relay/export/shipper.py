@@ -13,7 +13,10 @@ import asyncio
 import email.utils
 import logging
 import random
+import ssl
 import time
+import urllib.parse
+import urllib.request
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +26,7 @@ import aiohttp
 from relay import __version__
 from relay.config import DestinationSettings
 from relay.export.compression import compress
+from relay.export.signing import Signer, content_digest
 from relay.otlp import SIGNAL_INFO, Signal
 from relay.secrets import redact
 from relay.spool import Lease, Spool
@@ -72,10 +76,12 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
 class Shipper:
     def __init__(
         self, settings: DestinationSettings, api_key: str | None, spool: Spool, stats: Stats,
-        shutdown_timeout: float,
+        shutdown_timeout: float, signer: Signer | None = None, proxy_password: str | None = None,
     ) -> None:
         self.settings = settings
         self.api_key = api_key
+        self.signer = signer
+        self.proxy_password = proxy_password
         self.spool = spool
         self.stats = stats
         self.shutdown_timeout = shutdown_timeout
@@ -89,10 +95,39 @@ class Shipper:
     def name(self) -> str:
         return self.settings.name
 
+    def _ssl_context(self) -> ssl.SSLContext:
+        tls = self.settings.tls
+        # With ca_file only that bundle is trusted (a pinned private CA); else the system store.
+        ctx = ssl.create_default_context(cafile=tls.ca_file)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if tls.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+        if tls.client_cert_file and tls.client_key_file:
+            ctx.load_cert_chain(tls.client_cert_file, tls.client_key_file)
+        if tls.insecure_skip_verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            log.warning(
+                "%s: TLS CERTIFICATE VERIFICATION IS OFF (tls.insecure_skip_verify): anyone on the path can "
+                "read and alter what this relay sends", self.name,
+            )
+        return ctx
+
+    def _proxy(self) -> tuple[str | None, aiohttp.BasicAuth | None]:
+        """The explicit proxy for this destination, unless NO_PROXY exempts its host."""
+        url = self.settings.proxy_url
+        host = urllib.parse.urlsplit(self.settings.endpoint).hostname or ""
+        if not url or urllib.request.proxy_bypass(host):
+            return None, None
+        auth = None
+        if self.settings.proxy_username:
+            auth = aiohttp.BasicAuth(self.settings.proxy_username, self.proxy_password or "")
+        return url, auth
+
     async def start(self) -> None:
         timeout = aiohttp.ClientTimeout(total=self.settings.timeout)
-        connector = aiohttp.TCPConnector(limit=self.settings.in_flight * 3 + 2)
-        self._session = aiohttp.ClientSession(timeout=timeout, connector=connector, trust_env=False)
+        connector = aiohttp.TCPConnector(limit=self.settings.in_flight * 3 + 2, ssl=self._ssl_context())
+        # trust_env: HTTPS_PROXY / NO_PROXY apply when no explicit proxy_url is configured.
+        self._session = aiohttp.ClientSession(timeout=timeout, connector=connector, trust_env=True)
+        self._proxy_url, self._proxy_auth = self._proxy()
         self.spool.add_listener(self._on_data)
         for signal in self.spool.signals():
             self._start_worker(signal)
@@ -107,7 +142,24 @@ class Shipper:
     def _start_worker(self, signal: Signal) -> None:
         self._data[signal] = asyncio.Event()
         self._data[signal].set()
-        self._workers[signal] = asyncio.create_task(self._run(signal), name=f"ship-{self.name}-{signal}")
+        self._workers[signal] = asyncio.create_task(self._supervise(signal), name=f"ship-{self.name}-{signal}")
+
+    async def _supervise(self, signal: Signal) -> None:
+        """Keep a worker alive: a bug or a disk error must not stop shipping for good."""
+        while not self._stopping.is_set():
+            try:
+                await self._run(signal)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                self._failed("internal", f"internal error: {e.__class__.__name__}: {e}", 0)
+                log.exception("%s: %s worker failed; restarting it (nothing is lost: data stays spooled)",
+                              self.name, signal)
+                try:
+                    await asyncio.wait_for(self._stopping.wait(), timeout=1.0)
+                except TimeoutError:
+                    pass
 
     async def stop(self) -> None:
         """Stop leasing; let requests on the wire finish within shutdown_timeout, then abandon.
@@ -175,9 +227,10 @@ class Shipper:
             wire = await asyncio.to_thread(compress, body, encoding)
         else:
             wire = compress(body, encoding)
+        digest = content_digest(wire) if self.signer else None
         attempt = 0
         while True:
-            outcome, delay = await self._attempt(lease, wire, attempt)
+            outcome, delay = await self._attempt(lease, wire, digest, attempt)
             if outcome == "done":
                 return
             if outcome == "split":
@@ -195,7 +248,7 @@ class Shipper:
                 self.state.backoff_until = None
             raise _Stopping()
 
-    def _headers(self) -> dict[str, str]:
+    def _headers(self, url: str, digest: str | None) -> dict[str, str]:
         h = {
             "Content-Type": "application/x-protobuf",
             "User-Agent": f"telemetry-relay/{__version__}",
@@ -204,6 +257,9 @@ class Shipper:
             h["Content-Encoding"] = self.settings.compression
         if self.api_key:
             h["Authorization"] = f"Bearer {self.api_key}"
+        if self.signer and digest:
+            h["Content-Digest"] = digest
+            self.signer.sign("POST", url, h)
         return h
 
     def _backoff(self, attempt: int) -> float:
@@ -211,20 +267,23 @@ class Shipper:
         cap = min(r.max_backoff, r.initial_backoff * (r.multiplier ** min(attempt, 60)))
         return random.uniform(r.initial_backoff / 2, cap)  # full jitter, with a small floor
 
-    async def _attempt(self, lease: Lease, wire: bytes, attempt: int) -> tuple[str, float]:
+    async def _attempt(self, lease: Lease, wire: bytes, digest: str | None, attempt: int) -> tuple[str, float]:
         """One POST. Returns ('done'|'split'|'retry', delay before the retry)."""
         assert self._session is not None
         url = self.settings.endpoint + SIGNAL_INFO[lease.signal].path
         st = self.state
         st.last_attempt = start = time.time()
         try:
-            async with self._session.post(url, data=wire, headers=self._headers()) as resp:
+            async with self._session.post(
+                url, data=wire, headers=self._headers(url, digest), proxy=self._proxy_url,
+                proxy_auth=self._proxy_auth,
+            ) as resp:
                 status = resp.status
                 text = await resp.read()
                 retry_after = resp.headers.get("Retry-After")
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
-            reason = "timeout" if isinstance(e, TimeoutError) else "connection"
-            return "retry", self._failed(reason, f"{e.__class__.__name__}: {e or 'timed out'}", attempt)
+            reason, detail = _classify(e)
+            return "retry", self._failed(reason, detail, attempt)
         self.stats.export_latency.labels(self.name).observe(time.time() - start)
 
         if 200 <= status < 300:
@@ -318,9 +377,16 @@ class Shipper:
     def snapshot(self, now: float) -> dict[str, Any]:
         st = self.state
         backlog_bytes, backlog_items = self.spool.backlog(self.name)
+        tls = self.settings.tls
         return {
             "name": st.name,
             "endpoint": redact(st.endpoint),
+            "tls": {
+                "verify": not tls.insecure_skip_verify, "ca_file": tls.ca_file,
+                "client_certificate": bool(tls.client_cert_file), "min_version": tls.min_version,
+            },
+            "proxy": _redact_url(self.settings.proxy_url) if self.settings.proxy_url else "environment",
+            "signing_key_ids": self.signer.key_ids if self.signer else [],
             "last_success": st.last_success,
             "last_success_age_seconds": round(now - st.last_success, 3) if st.last_success else None,
             "last_error": st.last_error,
@@ -343,6 +409,30 @@ class Shipper:
                 if v
             },
         }
+
+
+def _redact_url(url: str) -> str:
+    """A URL with any user:password@ part masked."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password or parts.username:
+        netloc = "***@" + (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+        url = urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    return redact(url)
+
+
+def _classify(e: BaseException) -> tuple[str, str]:
+    """(retry reason, readable detail) of a failed request."""
+    if isinstance(e, aiohttp.ClientConnectorCertificateError):
+        return "tls", f"TLS certificate verification failed: {e.certificate_error}"
+    if isinstance(e, aiohttp.ClientSSLError):
+        return "tls", f"TLS handshake failed: {e}"
+    if isinstance(e, aiohttp.ClientHttpProxyError):
+        return "proxy", f"proxy refused the tunnel: HTTP {e.status} {e.message}"
+    if isinstance(e, aiohttp.ClientProxyConnectionError):
+        return "proxy", f"cannot reach the proxy: {e}"
+    if isinstance(e, TimeoutError):
+        return "timeout", "request timed out"
+    return "connection", f"{e.__class__.__name__}: {e}"
 
 
 def _excerpt(body: bytes, limit: int = 300) -> str:
