@@ -60,8 +60,13 @@ def main() -> int:
     config.write_text(DEV_CONFIG.format(state=dev / "state", ingest=INGEST_LISTEN, key=key))
 
     exe = [sys.executable, "-m", "relay.cli"]
+    # The relay's signing key, registered with the ingest as a vendor would do it.
+    trusted = dev / "trusted-keys"
+    for step in (["keys", "init"], ["keys", "export", "--out", str(trusted)]):
+        subprocess.run([*exe, *step, "--config", str(config)], check=True, stdout=subprocess.DEVNULL)
     ingest = subprocess.Popen(
-        [*exe, "ingest", "--listen", INGEST_LISTEN, "--store", str(store), "--api-key-file", str(key)]
+        [*exe, "ingest", "--listen", INGEST_LISTEN, "--store", str(store), "--api-key-file", str(key),
+         "--trusted-keys", str(trusted)]
     )
     if not _wait_http(f"http://{INGEST_LISTEN}/healthz", time.monotonic() + 15):
         print("make run: the reference ingest did not start (is port 4319 taken?)", file=sys.stderr)
@@ -80,6 +85,7 @@ def main() -> int:
         f"  readiness:     curl {STATUS_URL}/readyz\n"
         f"  self-metrics:  curl {STATUS_URL}/metrics\n"
         f"  ingest store:  {store}/metrics-YYYY-MM-DD.jsonl (one OTLP JSON request per line)\n"
+        f"  signing key:   .venv/bin/telemetry-relay keys show --config {config}\n"
         f"  config:        {config}\n"
         "Host metrics arrive every 10 s. Press Ctrl-C to stop both.\n",
         flush=True,

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -27,6 +28,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def wait_until(pred: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05, what: str = "") -> Any:
     deadline = time.monotonic() + timeout
     last_exc: Exception | None = None
@@ -42,16 +48,17 @@ def wait_until(pred: Callable[[], Any], timeout: float = 20.0, interval: float =
         f" (last error: {last_exc!r})" if last_exc else ""))
 
 
-def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+def http_get(url: str, timeout: float = 5.0, ca: Path | None = None) -> tuple[int, bytes]:
+    ctx = ssl.create_default_context(cafile=str(ca)) if ca else None
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
+        with urllib.request.urlopen(url, timeout=timeout, context=ctx) as r:
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
 
 
-def get_json(url: str) -> tuple[int, Any]:
-    status, body = http_get(url)
+def get_json(url: str, ca: Path | None = None) -> tuple[int, Any]:
+    status, body = http_get(url, ca=ca)
     return status, json.loads(body)
 
 
@@ -100,24 +107,30 @@ class Proc:
 
 
 class Ingest(Proc):
-    def __init__(self, workdir: Path, port: int | None = None, extra: list[str] | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, extra: list[str] | None = None,
+                 tls_ca: Path | None = None, name: str = "ingest") -> None:
         self.port = port or free_port()
-        self.store = workdir / "store"
+        self.store = workdir / f"{name}-store" if name != "ingest" else workdir / "store"
+        self.tls_ca = tls_ca
         super().__init__(
             [*CLI, "ingest", "--listen", f"127.0.0.1:{self.port}", "--store", str(self.store), *(extra or [])],
-            workdir / "ingest.log",
+            workdir / f"{name}.log",
         )
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls_ca else 'http'}://127.0.0.1:{self.port}"
 
     def start(self) -> None:
         super().start()
-        wait_until(lambda: http_get(self.url + "/healthz")[0] == 200, what="ingest to listen")
+        if "--client-ca" in self.args:  # mTLS: we hold no client certificate, so just wait for the port
+            wait_until(lambda: port_open(self.port), what="ingest to listen")
+            return
+        wait_until(lambda: http_get(self.url + "/healthz", ca=self.tls_ca)[0] == 200,
+                   what=f"ingest to listen; log:\n{self.log()}")
 
     def stats(self) -> Any:
-        return get_json(self.url + "/stats")[1]
+        return get_json(self.url + "/stats", ca=self.tls_ca)[1]
 
     def requests(self, signal: str = "metrics") -> list[dict[str, Any]]:
         out = []
@@ -149,11 +162,19 @@ def relay_config(workdir: Path, endpoint: str, **overrides: Any) -> dict[str, An
 
 
 class Relay(Proc):
-    def __init__(self, workdir: Path, cfg: dict[str, Any], name: str = "relay") -> None:
+    def __init__(self, workdir: Path, cfg: dict[str, Any], name: str = "relay",
+                 env: dict[str, str] | None = None) -> None:
         self.workdir = workdir
         self.config_path = workdir / f"{name}.yaml"
         self.write_config(cfg)
-        super().__init__([*CLI, "run", "--config", str(self.config_path)], workdir / f"{name}.log")
+        super().__init__([*CLI, "run", "--config", str(self.config_path)], workdir / f"{name}.log", env)
+
+    def keys(self, *args: str) -> str:
+        """Run `telemetry-relay keys ...` against this relay's config."""
+        p = subprocess.run([*CLI, "keys", *args, "--config", str(self.config_path)],
+                           capture_output=True, text=True, timeout=30)
+        assert p.returncode == 0, p.stderr
+        return p.stdout
 
     def write_config(self, cfg: dict[str, Any]) -> None:
         self.cfg = cfg

@@ -240,7 +240,8 @@ class Signer:
     def key_ids(self) -> list[str]:
         return [k.key_id for k in self.keys]
 
-    def sign(self, method: str, url: str, headers: dict[str, str]) -> None:
+    def sign(self, method: str, url: str, headers: dict[str, str], now: float | None = None,
+             nonce: str | None = None) -> None:
         """Add Signature-Input and Signature to headers (which hold Content-Digest already).
 
         Signed afresh for every attempt: `created` and the nonce must be new, or the
@@ -251,10 +252,10 @@ class Signer:
             if optional in {h.lower() for h in headers}:
                 components.append(optional)
         msg = Message(method, url, headers)
-        created = datetime.datetime.fromtimestamp(int(time.time()), tz=datetime.UTC)
+        created = datetime.datetime.fromtimestamp(int(time.time() if now is None else now), tz=datetime.UTC)
         for i, key in enumerate(self.keys):
             self._signer.sign(
-                msg, key_id=key.key_id, created=created, nonce=pysecrets.token_urlsafe(16),
+                msg, key_id=key.key_id, created=created, nonce=nonce or pysecrets.token_urlsafe(16),
                 label="relay" if i == 0 else f"relay-prev{i}", tag=TAG,
                 covered_component_ids=components, append_if_signature_exists=i > 0,
                 use_existing_digest=True,
