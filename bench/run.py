@@ -37,7 +37,7 @@ from relay.stats import Stats
 
 HERE = Path(__file__).parent
 WORK = HERE / "work"
-REQUESTS = int(os.environ.get("BENCH_REQUESTS", "300"))
+REQUESTS = int(os.environ.get("BENCH_REQUESTS", "600"))
 CLI = [sys.executable, "-m", "relay.cli"]
 
 
