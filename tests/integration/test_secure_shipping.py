@@ -292,3 +292,45 @@ def test_no_secret_reaches_logs_status_or_errors(tmp_path: Path) -> None:
             assert secret not in text, f"a secret leaked into the {where}"
     assert "unauthorized: Bearer ***8b7e" in status_json  # the echo arrived, masked
     assert "HTTP 401" in relay.log()
+
+
+def test_keys_cli_and_rotation_keep_the_old_key_accepted(tmp_path: Path) -> None:
+    ingest_old = Ingest(tmp_path, name="ingest")
+    relay, trusted_old = signed_relay(tmp_path, "http://127.0.0.1:1")  # endpoint fixed below
+    shown = relay.keys("show")
+    (old_id,) = [p.stem for p in trusted_old.glob("*.pem")]
+    assert f"key id {old_id} (current, algorithm ed25519)" in shown and "BEGIN PUBLIC KEY" in shown
+    ingest_old.args += ["--trusted-keys", str(trusted_old)]
+    ingest_old.start()
+    cfg = relay.cfg
+    cfg["destinations"][0]["endpoint"] = ingest_old.url
+    relay.write_config(cfg)
+    relay.start()
+    try:
+        wait_until(lambda: ingest_old.requests(), what="delivery with the first key")
+        out = relay.keys("rotate")
+        new_id = out.split("new signing key: ")[1].split()[0]
+        assert new_id != old_id and f"retired key {old_id}" in out
+        shown = relay.keys("show")
+        assert f"key id {new_id} (current" in shown and f"key id {old_id} (retired" in shown
+        relay.signal(__import__("signal").SIGHUP)
+        wait_until(lambda: relay.destination()["signing_key_ids"] == [new_id, old_id], what="reload of keys")
+        # The vendor still trusts only the old key: the second signature keeps requests accepted.
+        n = len(ingest_old.requests())
+        wait_until(lambda: len(ingest_old.requests()) > n + 2, what="delivery during the overlap")
+        assert ingest_old.stats()["rejected"] == {}
+        assert {r["key_id"] for r in ingest_old.requests()} == {old_id}
+    finally:
+        relay.terminate()
+        ingest_old.terminate()
+
+
+def test_group_readable_private_key_is_refused_at_start(tmp_path: Path) -> None:
+    relay, _ = signed_relay(tmp_path, "http://127.0.0.1:1")
+    key = tmp_path / "state" / "keys" / "current.pem"
+    key.chmod(0o640)
+    p = subprocess.run([*CLI, "run", "--config", str(relay.config_path)], capture_output=True, text=True,
+                       timeout=30)
+    assert p.returncode == 2
+    assert f"private key file {key} has mode 0640" in p.stderr and "chmod 0600" in p.stderr
+    assert "Traceback" not in p.stderr
