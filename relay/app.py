@@ -27,6 +27,7 @@ from relay.server import StatusServer
 from relay.sources.base import Source, SourceRunner
 from relay.sources.host import HostSource
 from relay.sources.internal import InternalSource
+from relay.sources.otlp_receiver import OtlpReceiver
 from relay.spool import Spool
 from relay.stats import Stats
 
@@ -52,6 +53,7 @@ class Relay:
         self._process = psutil.Process()
         self.resource: dict[str, Any] = {}
         self.signer: Signer | None = None
+        self.receiver: OtlpReceiver | None = None
 
     @property
     def config(self) -> Config:
@@ -96,8 +98,20 @@ class Relay:
             runner = SourceRunner(source, self.spool, self.stats)
             runner.start()
             self.runners.append(runner)
+        await self._start_receiver()
+
+    async def _start_receiver(self) -> None:
+        o = self.config.sources.otlp
+        if o.enabled:
+            assert self.spool is not None
+            self.receiver = OtlpReceiver(o, self.loaded.receiver_token, self.spool, self.stats,
+                                         drop_oldest=self.config.spool.when_full == "drop_oldest")
+            await self.receiver.start()
 
     async def _stop_pipeline(self) -> None:
+        if self.receiver:  # stop taking pushes first: nothing is acknowledged that is not spooled
+            await self.receiver.stop()
+            self.receiver = None
         await asyncio.gather(*(r.stop() for r in self.runners))
         self.runners = []
         await asyncio.gather(*(s.stop() for s in self.shippers))
@@ -170,6 +184,7 @@ class Relay:
         for what, old_v, new_v in (
             ("state_dir", self.config.state_dir, new.config.state_dir),
             ("server.listen", self.config.server.listen, new.config.server.listen),
+            ("sources.otlp.listen", self.config.sources.otlp.listen, new.config.sources.otlp.listen),
             ("spool", self.config.spool, new.config.spool),
             ("destination names", [d.name for d in self.config.destinations],
              [d.name for d in new.config.destinations]),
@@ -249,6 +264,7 @@ class Relay:
             "resource": self.resource,
             "process": {"pid": os.getpid(), "rss_bytes": mem.rss},
             "sources": [r.snapshot() for r in self.runners],
+            "receivers": [self.receiver.snapshot()] if self.receiver else [],
             "spool": self.spool.snapshot() if self.spool else None,
             "destinations": [s.snapshot(now) for s in self.shippers],
         }

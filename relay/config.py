@@ -40,9 +40,46 @@ class InternalSourceSettings:
 
 
 @dataclass(frozen=True)
+class ListenerTLSSettings:
+    cert_file: str | None = None
+    key_file: str | None = None
+    # With a CA, clients must present a certificate it signed (mutual TLS).
+    client_ca_file: str | None = None
+
+    def validate(self) -> None:
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("cert_file and key_file go together")
+        if self.client_ca_file and not self.cert_file:
+            raise ValueError("client_ca_file needs cert_file and key_file")
+
+
+@dataclass(frozen=True)
+class OtlpReceiverSettings:
+    enabled: bool = True
+    # The OTLP standard port, so SDKs work unchanged. Loopback only by default.
+    listen: HostPort = HostPort("127.0.0.1:4318")
+    max_body_bytes: ByteSize = ByteSize(20 * MiB)
+    # A body that inflates more than this many times (above 1 MiB) is refused as a bomb.
+    max_decompression_ratio: float = 200.0
+    max_concurrent_requests: int = 64
+    # When set, clients must send `Authorization: Bearer <token>`.
+    auth_token_file: str | None = None
+    tls: ListenerTLSSettings = field(default_factory=ListenerTLSSettings)
+
+    def validate(self) -> None:
+        if not 1024 <= self.max_body_bytes <= OTLP_MAX_REQUEST_BYTES:
+            raise ValueError("max_body_bytes must be between 1KiB and 64MiB")
+        if self.max_decompression_ratio < 2:
+            raise ValueError("max_decompression_ratio must be at least 2")
+        if not 1 <= self.max_concurrent_requests <= 4096:
+            raise ValueError("max_concurrent_requests must be between 1 and 4096")
+
+
+@dataclass(frozen=True)
 class SourcesSettings:
     host: HostSourceSettings = field(default_factory=HostSourceSettings)
     internal: InternalSourceSettings = field(default_factory=InternalSourceSettings)
+    otlp: OtlpReceiverSettings = field(default_factory=OtlpReceiverSettings)
 
 
 @dataclass(frozen=True)
@@ -51,6 +88,10 @@ class SpoolSettings:
     max_age: Duration = Duration(7 * 86400.0)
     # always: each commit is fsynced (survives power loss); never: survives a process crash only.
     fsync: Literal["always", "never"] = "always"
+    # What a push (the OTLP receiver) meets when the spool is at max_bytes: `block` answers
+    # 503 with Retry-After so the client keeps the data and retries; `drop_oldest` evicts.
+    # Scraped sources always evict the oldest data: they cannot be asked to hold on to it.
+    when_full: Literal["block", "drop_oldest"] = "block"
 
     def validate(self) -> None:
         if self.max_bytes < 1 * MiB:
@@ -167,10 +208,15 @@ class LoadedConfig:
     path: str
     api_keys: dict[str, str | None] = field(repr=False)
     proxy_passwords: dict[str, str | None] = field(repr=False, default_factory=dict)
+    receiver_token: str | None = field(repr=False, default=None)
 
 
 def _finish(cfg: Config, lines: dict[str, int], path: str) -> LoadedConfig:
     base = Path(path).resolve().parent if path != "<string>" else Path.cwd()
+    receiver_token = _receiver_secrets(cfg, lines, path, base)
+    if cfg.sources.otlp.auth_token_file or cfg.sources.otlp.tls.cert_file:
+        cfg = replace(cfg, sources=replace(cfg.sources, otlp=_resolve_listener_paths(cfg.sources.otlp, lines, path,
+                                                                                    base)))
     keys: dict[str, str | None] = {}
     proxy_passwords: dict[str, str | None] = {}
     dests = []
@@ -211,7 +257,39 @@ def _finish(cfg: Config, lines: dict[str, int], path: str) -> LoadedConfig:
         cfg = replace(cfg, state_dir=str(base / state))
     if cfg.signing.key_dir is not None and not Path(cfg.signing.key_dir).is_absolute():
         cfg = replace(cfg, signing=replace(cfg.signing, key_dir=str(base / cfg.signing.key_dir)))
-    return LoadedConfig(cfg, path, keys, proxy_passwords)
+    return LoadedConfig(cfg, path, keys, proxy_passwords, receiver_token)
+
+
+def _receiver_secrets(cfg: Config, lines: dict[str, int], path: str, base: Path) -> str | None:
+    o = cfg.sources.otlp
+    key_path = "sources.otlp.auth_token_file"
+    try:
+        return secrets.read_secret(str(base / o.auth_token_file) if o.auth_token_file else None, None,
+                                   "receiver token file")
+    except secrets.SecretError as e:
+        raise SchemaError(path, lines.get(key_path), key_path, str(e)) from None
+
+
+def _resolve_listener_paths(o: OtlpReceiverSettings, lines: dict[str, int], path: str,
+                            base: Path) -> OtlpReceiverSettings:
+    tls = o.tls
+    for name in ("cert_file", "key_file", "client_ca_file"):
+        value = getattr(tls, name)
+        if value is None:
+            continue
+        full = base / value
+        key_path = f"sources.otlp.tls.{name}"
+        if not full.is_file():
+            raise SchemaError(path, lines.get(key_path), key_path, f"{full} does not exist")
+        if name == "key_file":
+            try:
+                secrets.check_private_file(full, "TLS key file", allow_group=True)
+            except secrets.SecretError as e:
+                raise SchemaError(path, lines.get(key_path), key_path, str(e)) from None
+        resolved: dict[str, Any] = {name: str(full)}
+        tls = replace(tls, **resolved)
+    token = str(base / o.auth_token_file) if o.auth_token_file else None
+    return replace(o, tls=tls, auth_token_file=token)
 
 
 def key_dir(cfg: Config) -> str:

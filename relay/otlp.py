@@ -193,6 +193,45 @@ def _ids_to_hex(node: Any) -> Any:
     return node
 
 
+class BadJson(ValueError):
+    """A body that is not valid OTLP JSON."""
+
+
+def _ids_from_hex(node: Any) -> Any:
+    # The reverse of _ids_to_hex: proto3 JSON parsing wants base64 for bytes fields.
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k in _HEX_ID_FIELDS and isinstance(v, str):
+                try:
+                    node[k] = base64.b64encode(bytes.fromhex(v)).decode()
+                except ValueError:
+                    raise BadJson(f"{k} must be hex, got {v[:40]!r}") from None
+            else:
+                _ids_from_hex(v)
+    elif isinstance(node, list):
+        for v in node:
+            _ids_from_hex(v)
+    return node
+
+
+def from_json(signal: Signal, body: bytes) -> Message:
+    """Decode an OTLP JSON request (hex ids, camelCase, int64 as strings; unknown fields ignored)."""
+    import json
+
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise BadJson(f"invalid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise BadJson("the JSON body must be an object")
+    msg = SIGNAL_INFO[signal].request()
+    try:
+        json_format.ParseDict(_ids_from_hex(data), msg, ignore_unknown_fields=True)
+    except json_format.ParseError as e:
+        raise BadJson(f"not an OTLP {signal} request: {str(e)[:300]}") from None
+    return msg
+
+
 def to_json_dict(message: Message) -> dict[str, Any]:
     """OTLP JSON encoding: lowerCamelCase keys, enums as integers, int64 as strings, hex ids."""
     d = json_format.MessageToDict(message, use_integers_for_enums=True)

