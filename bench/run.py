@@ -155,6 +155,63 @@ def bench_end_to_end(ingest: Ingest, reqs: list[bytes]) -> dict[str, Any]:
     }
 
 
+async def _push_all(url: str, reqs: list[bytes], clients: int) -> float:
+    """Post every request with `clients` concurrent connections; returns wall seconds."""
+    import aiohttp
+
+    queue = list(reversed(reqs))
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients)) as session:
+
+        async def client() -> None:
+            while queue:
+                body = queue.pop()
+                async with session.post(url, data=body, headers={"Content-Type": "application/x-protobuf"}) as r:
+                    await r.read()
+                    if r.status != 200:
+                        raise SystemExit(f"bench: push answered {r.status}")
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        return time.perf_counter() - t0
+
+
+def bench_receiver(ingest: Ingest, reqs: list[bytes], clients: int = 8) -> dict[str, Any]:
+    """Concurrent clients push to the relay's OTLP receiver until spooled (fsync), beside the
+    same clients posting to the reference ingest, which decodes and counts but keeps nothing."""
+    per = points_per_request()
+    state = WORK / "recv-state"
+    shutil.rmtree(state, ignore_errors=True)
+    otlp = f"127.0.0.1:{_free_port()}"
+    cfg = {
+        "state_dir": str(state),
+        "server": {"listen": f"127.0.0.1:{_free_port()}"},
+        "sources": {"host": {"enabled": False}, "internal": {"enabled": False}, "otlp": {"listen": otlp}},
+        "spool": {"max_bytes": "4GiB"},
+        # Nothing drains during the measurement: this figure is the receive-and-spool path alone.
+        "destinations": [{"name": "nowhere", "endpoint": "http://127.0.0.1:9", "retry": {"initial_backoff": "60s",
+                                                                                        "max_backoff": "60s"}}],
+    }
+    (WORK / "recv.yaml").write_text(yaml.safe_dump(cfg))
+    relay = subprocess.Popen([*CLI, "run", "--config", str(WORK / "recv.yaml")],
+                             stdout=subprocess.DEVNULL, stderr=open(WORK / "recv.log", "wb"))  # noqa: SIM115
+    try:
+        _wait(lambda: _get(f"http://{cfg['server']['listen']}/healthz"), 30, "the relay")  # type: ignore[index]
+        relay_wall = asyncio.run(_push_all(f"http://{otlp}/v1/metrics", reqs, clients))
+        spooled = _get(f"http://{cfg['server']['listen']}/status")["spool"]["entries"]  # type: ignore[index]
+        if spooled != len(reqs):
+            raise SystemExit(f"bench: {spooled} of {len(reqs)} pushes were spooled")
+    finally:
+        relay.terminate()
+        relay.wait(30)
+    ingest_wall = asyncio.run(_push_all(ingest.url + "/v1/metrics", reqs, clients))
+    n = len(reqs)
+    return {
+        "requests": n, "clients": clients, "points_per_request": per,
+        "relay_requests_per_s": n / relay_wall, "relay_points_per_s": n * per / relay_wall,
+        "ingest_requests_per_s": n / ingest_wall, "ingest_points_per_s": n * per / ingest_wall,
+    }
+
+
 def bench_sdk(ingest: Ingest, requests: int) -> dict[str, Any]:
     before = ingest.items()
     out = subprocess.run(
@@ -197,6 +254,8 @@ def main() -> None:
         relay = bench_end_to_end(ingest, reqs)
         print("bench: OpenTelemetry Python SDK OTLP/HTTP exporter, same points, same ingest...", flush=True)
         sdk = bench_sdk(ingest, REQUESTS)
+        print("bench: OTLP receiver, 8 concurrent clients, until spooled...", flush=True)
+        receiver = bench_receiver(ingest, reqs[:200])
     finally:
         ingest.stop()
 
@@ -217,6 +276,15 @@ def main() -> None:
          "baseline": "-", "ratio": "-", "target": "-", "result": "-"},
         {"figure": "  drain: relay process to ingest (points/s)", "value": fmt(relay["drain_points_per_s"]),
          "baseline": "-", "ratio": "-", "target": "-", "result": "-"},
+        {"figure": "OTLP receiver: pushes until spooled (requests/s)",
+         "value": fmt(receiver["relay_requests_per_s"]),
+         "baseline": fmt(receiver["ingest_requests_per_s"]) + " (ingest, no spool)",
+         "ratio": f"{receiver['relay_requests_per_s'] / receiver['ingest_requests_per_s']:.2f}x",
+         "target": "-", "result": "-"},
+        {"figure": "OTLP receiver: points/s until spooled", "value": fmt(receiver["relay_points_per_s"]),
+         "baseline": fmt(receiver["ingest_points_per_s"]) + " (ingest, no spool)",
+         "ratio": f"{receiver['relay_points_per_s'] / receiver['ingest_points_per_s']:.2f}x",
+         "target": "-", "result": "-"},
         {"figure": "relay peak RSS while draining (MiB)", "value": fmt(relay["peak_rss_bytes"] / 2**20),
          "baseline": "-", "ratio": "-", "target": "-", "result": "-"},
         {"figure": "wire bytes per point (zstd)", "value": fmt(relay["wire_bytes_per_point"]),
@@ -231,6 +299,7 @@ def main() -> None:
         "points_per_request": points_per_request(),
         "relay": relay,
         "otel_sdk": sdk,
+        "receiver": receiver,
         "ratios": {"throughput": throughput_ratio, "cpu_per_point": cpu_ratio},
         "table": rows,
     }

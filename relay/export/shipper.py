@@ -283,9 +283,11 @@ class Shipper:
                 retry_after = resp.headers.get("Retry-After")
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             reason, detail = _classify(e)
-            if (isinstance(e, aiohttp.ServerDisconnectedError) and url.startswith("https:")
-                    and not self.settings.tls.client_cert_file):
-                # TLS 1.3 reports a missing client certificate only as a dropped connection.
+            dropped = isinstance(e, aiohttp.ServerDisconnectedError) or (
+                isinstance(e, aiohttp.ClientOSError) and not isinstance(e, aiohttp.ClientConnectorError)
+            ) or "CERTIFICATE_REQUIRED" in str(e).upper()
+            if dropped and url.startswith("https:") and not self.settings.tls.client_cert_file:
+                # TLS 1.3 reports a missing client certificate only as a dropped or reset connection.
                 detail += " (if the server requires a client certificate, set tls.client_cert_file)"
             return "retry", self._failed(reason, detail, attempt)
         self.stats.export_latency.labels(self.name).observe(time.time() - start)
