@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -24,10 +25,15 @@ from relay.export.signing import KeyStore, Signer, SigningKeyError
 from relay.identity import base_resource, instance_id
 from relay.schema import SchemaError
 from relay.server import StatusServer
+from relay.sources import mapping
 from relay.sources.base import Source, SourceRunner
+from relay.sources.discovery import Discovered, Discovery
 from relay.sources.host import HostSource
 from relay.sources.internal import InternalSource
+from relay.sources.jolokia import JolokiaSource, JolokiaTarget
 from relay.sources.otlp_receiver import OtlpReceiver
+from relay.sources.process import ProcessSource
+from relay.sources.prometheus import PrometheusSource, PrometheusTarget
 from relay.spool import Spool
 from relay.stats import Stats
 
@@ -54,6 +60,7 @@ class Relay:
         self.resource: dict[str, Any] = {}
         self.signer: Signer | None = None
         self.receiver: OtlpReceiver | None = None
+        self.discovery: Discovery | None = None
 
     @property
     def config(self) -> Config:
@@ -68,7 +75,47 @@ class Relay:
             out.append(HostSource(s.host.interval, self.resource))
         if s.internal.enabled:
             out.append(InternalSource(s.internal.interval, self.resource, self.stats))
+        mdir = Path(s.mappings_dir) if s.mappings_dir else None
+        for t in s.jolokia.targets:
+            target = JolokiaTarget(t.url, t.mappings, t.username, self.loaded.target_passwords.get(t.url),
+                                   t.ca_file, t.insecure_skip_verify)
+            maps = mapping.load(t.mappings, mdir)
+            if t.service_name:
+                maps.service_name = t.service_name
+            out.append(JolokiaSource(target, maps, s.jolokia.interval, s.jolokia.timeout, self.resource))
+        for t in s.prometheus.targets:
+            ptarget = PrometheusTarget(t.url, t.mappings, t.service_name, t.username,
+                                       self.loaded.target_passwords.get(t.url), t.ca_file, t.insecure_skip_verify,
+                                       s.prometheus.passthrough_unmapped)
+            pmaps = mapping.load(t.mappings, mdir) if t.mappings else None
+            out.append(PrometheusSource(ptarget, pmaps, s.prometheus.interval, s.prometheus.timeout, self.resource))
         return out
+
+    def _discovered_sources(self, d: Discovered) -> list[Source]:
+        """The sources for one JVM that discovery found."""
+        s = self.config.sources
+        mdir = Path(s.mappings_dir) if s.mappings_dir else None
+        maps = mapping.load(d.mappings, mdir)
+        out: list[Source] = []
+        if d.protocol == "jolokia":
+            out.append(JolokiaSource(JolokiaTarget(d.url, d.mappings), maps, s.jolokia.interval, s.jolokia.timeout,
+                                     self.resource, name=f"jolokia pid {d.pid}"))
+        else:
+            target = PrometheusTarget(d.url, d.mappings, passthrough=s.prometheus.passthrough_unmapped)
+            out.append(PrometheusSource(target, maps, s.prometheus.interval, s.prometheus.timeout, self.resource,
+                                        name=f"prometheus pid {d.pid}"))
+        if s.discovery.process_metrics:
+            try:
+                out.append(ProcessSource(d.pid, maps.service_name, s.jolokia.interval, s.discovery.send_command_line))
+            except psutil.Error as e:  # the JVM exited between the scan and now
+                log.info("discovery: no process metrics for pid %d: %s", d.pid, e)
+        return out
+
+    def _start_runner(self, source: Source) -> SourceRunner:
+        assert self.spool is not None
+        runner = SourceRunner(source, self.spool, self.stats)
+        runner.start()
+        return runner
 
     def _signer(self, loaded: LoadedConfig) -> Signer | None:
         """The signer for the keys in force; creates the first key if there is none."""
@@ -99,6 +146,10 @@ class Relay:
             runner.start()
             self.runners.append(runner)
         await self._start_receiver()
+        if self.config.sources.discovery.kafka:
+            self.discovery = Discovery(self.config.sources.discovery.interval, self._discovered_sources,
+                                       self._start_runner, lambda r: r.stop())
+            self.discovery.start()
 
     async def _start_receiver(self) -> None:
         o = self.config.sources.otlp
@@ -112,6 +163,9 @@ class Relay:
         if self.receiver:  # stop taking pushes first: nothing is acknowledged that is not spooled
             await self.receiver.stop()
             self.receiver = None
+        if self.discovery:
+            await self.discovery.stop()
+            self.discovery = None
         await asyncio.gather(*(r.stop() for r in self.runners))
         self.runners = []
         await asyncio.gather(*(s.stop() for s in self.shippers))
@@ -263,7 +317,8 @@ class Relay:
             },
             "resource": self.resource,
             "process": {"pid": os.getpid(), "rss_bytes": mem.rss},
-            "sources": [r.snapshot() for r in self.runners],
+            "sources": [r.snapshot() for r in self.runners + (self.discovery.runners() if self.discovery else [])],
+            "discovery": self.discovery.snapshot() if self.discovery else None,
             "receivers": [self.receiver.snapshot()] if self.receiver else [],
             "spool": self.spool.snapshot() if self.spool else None,
             "destinations": [s.snapshot(now) for s in self.shippers],

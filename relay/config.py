@@ -76,10 +76,55 @@ class OtlpReceiverSettings:
 
 
 @dataclass(frozen=True)
+class ScrapeTargetSettings:
+    url: HttpUrl
+    # Mapping files (configs/mappings/<name>.yaml) applied to this target, first one names the service.
+    mappings: tuple[str, ...] = ("kafka", "jvm")
+    service_name: str | None = None
+    username: str | None = None
+    password_file: str | None = None
+    ca_file: str | None = None
+    insecure_skip_verify: bool = False
+
+
+@dataclass(frozen=True)
+class JolokiaSettings:
+    interval: Duration = Duration(30.0)
+    timeout: Duration = Duration(10.0)
+    targets: tuple[ScrapeTargetSettings, ...] = ()
+
+
+@dataclass(frozen=True)
+class PrometheusSettings:
+    interval: Duration = Duration(30.0)
+    timeout: Duration = Duration(10.0)
+    # Series no mapping rule names are kept, converted by the OTel Prometheus compatibility rules.
+    passthrough_unmapped: bool = True
+    targets: tuple[ScrapeTargetSettings, ...] = ()
+
+
+@dataclass(frozen=True)
+class DiscoverySettings:
+    # Find local Kafka brokers, KRaft controllers and ZooKeeper by their JVM command line and
+    # scrape the Jolokia or JMX-exporter agent they run, with no target in this file.
+    kafka: bool = True
+    interval: Duration = Duration(60.0)
+    # process.* metrics for each discovered JVM.
+    process_metrics: bool = True
+    # The JVM command line can hold secrets (passwords in -D flags): not sent unless asked.
+    send_command_line: bool = False
+
+
+@dataclass(frozen=True)
 class SourcesSettings:
     host: HostSourceSettings = field(default_factory=HostSourceSettings)
     internal: InternalSourceSettings = field(default_factory=InternalSourceSettings)
     otlp: OtlpReceiverSettings = field(default_factory=OtlpReceiverSettings)
+    jolokia: JolokiaSettings = field(default_factory=JolokiaSettings)
+    prometheus: PrometheusSettings = field(default_factory=PrometheusSettings)
+    discovery: DiscoverySettings = field(default_factory=DiscoverySettings)
+    # Where the mapping rule files live; default: the shipped configs/mappings.
+    mappings_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -209,6 +254,7 @@ class LoadedConfig:
     api_keys: dict[str, str | None] = field(repr=False)
     proxy_passwords: dict[str, str | None] = field(repr=False, default_factory=dict)
     receiver_token: str | None = field(repr=False, default=None)
+    target_passwords: dict[str, str | None] = field(repr=False, default_factory=dict)
 
 
 def _finish(cfg: Config, lines: dict[str, int], path: str) -> LoadedConfig:
@@ -257,7 +303,31 @@ def _finish(cfg: Config, lines: dict[str, int], path: str) -> LoadedConfig:
         cfg = replace(cfg, state_dir=str(base / state))
     if cfg.signing.key_dir is not None and not Path(cfg.signing.key_dir).is_absolute():
         cfg = replace(cfg, signing=replace(cfg.signing, key_dir=str(base / cfg.signing.key_dir)))
-    return LoadedConfig(cfg, path, keys, proxy_passwords, receiver_token)
+    target_passwords = _scrape_targets(cfg, lines, path, base)
+    return LoadedConfig(cfg, path, keys, proxy_passwords, receiver_token, target_passwords)
+
+
+def _scrape_targets(cfg: Config, lines: dict[str, int], path: str, base: Path) -> dict[str, str | None]:
+    """Read scrape targets' password files and check their mapping files exist."""
+    from relay.sources.mapping import default_dir
+
+    mdir = Path(cfg.sources.mappings_dir) if cfg.sources.mappings_dir else default_dir()
+    passwords: dict[str, str | None] = {}
+    for kind, settings in (("jolokia", cfg.sources.jolokia), ("prometheus", cfg.sources.prometheus)):
+        for i, t in enumerate(settings.targets):
+            key_path = f"sources.{kind}.targets[{i}]"
+            for name in t.mappings:
+                if not (mdir / f"{name}.yaml").is_file():
+                    available = ", ".join(sorted(p.stem for p in mdir.glob("*.yaml"))) or "none"
+                    raise SchemaError(path, lines.get(f"{key_path}.mappings"), f"{key_path}.mappings",
+                                      f"no mapping file {name!r} in {mdir} (available: {available})")
+            try:
+                passwords[t.url] = secrets.read_secret(
+                    str(base / t.password_file) if t.password_file else None, None, "scrape password file")
+            except secrets.SecretError as e:
+                raise SchemaError(path, lines.get(f"{key_path}.password_file"), f"{key_path}.password_file",
+                                  str(e)) from None
+    return passwords
 
 
 def _receiver_secrets(cfg: Config, lines: dict[str, int], path: str, base: Path) -> str | None:

@@ -107,6 +107,23 @@ class MetricsBuilder:
         self._scope.scope.name = scope_name
         self._scope.scope.version = scope_version
         self.points = 0
+        self._by_name: dict[str, Any] = {}
+
+    @property
+    def resource_attributes(self) -> Any:
+        return self.request.resource_metrics[0].resource.attributes
+
+    def metric(self, name: str, kind: str, unit: str = "", description: str = "") -> Any:
+        """The metric of that name in this request, created on first use.
+        kind: counter (monotonic cumulative sum), updowncounter (non-monotonic sum) or gauge."""
+        m = self._by_name.get(name)
+        if m is None:
+            if kind == "gauge":
+                m = self.gauge(name, unit, description)
+            else:
+                m = self.sum(name, unit, description, monotonic=kind == "counter")
+            self._by_name[name] = m
+        return m
 
     def sum(self, name: str, unit: str, description: str = "", monotonic: bool = True) -> Any:
         m = self._scope.metrics.add()

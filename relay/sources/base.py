@@ -33,6 +33,13 @@ class Source(ABC):
     async def collect(self) -> list[Message]:
         """One collection run. Blocking work must run off the event loop."""
 
+    async def close(self) -> None:  # noqa: B027 - optional hook; most sources hold nothing
+        """Release connections; called when the source stops."""
+
+    def details(self) -> dict[str, Any]:
+        """Source-specific facts for /status (target, what discovery found, ...)."""
+        return {}
+
 
 class SourceRunner:
     def __init__(self, source: Source, spool: Spool, stats: Stats) -> None:
@@ -56,6 +63,7 @@ class SourceRunner:
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        await self.source.close()
 
     async def _loop(self) -> None:
         interval = self.source.interval
@@ -123,4 +131,5 @@ class SourceRunner:
             "successes": self.successes,
             "errors": self.errors,
             "points_collected": Stats.total(self.stats.points_collected, source=self.source.name),
+            **self.source.details(),
         }

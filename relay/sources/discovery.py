@@ -1,0 +1,198 @@
+"""Local auto-discovery of Kafka JVMs (brokers, KRaft controllers, Confluent Server, ZooKeeper).
+
+Owns: finding those JVMs with psutil by their main class, reading their -javaagent arguments
+to find a Jolokia or Prometheus JMX-exporter port, and keeping one scrape source (and one
+process-metrics source) per JVM in step as brokers stop, start or move ports. Re-checked
+every `discovery.interval`; /status lists what was found and why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from relay.sources.base import Source
+
+log = logging.getLogger("relay.discovery")
+
+# Main class -> (kind, mapping files). Confluent Server runs kafka.Kafka too.
+MAIN_CLASSES = {
+    "kafka.Kafka": ("kafka", ("kafka", "jvm")),
+    "io.confluent.support.metrics.SupportedKafka": ("kafka", ("kafka", "jvm")),
+    "io.confluent.kafka.server.KafkaServerMain": ("kafka", ("kafka", "jvm")),
+    "org.apache.zookeeper.server.quorum.QuorumPeerMain": ("zookeeper", ("zookeeper", "jvm")),
+}
+
+
+@dataclass(frozen=True)
+class Discovered:
+    pid: int
+    kind: str  # kafka, kafka-controller, zookeeper
+    protocol: str  # jolokia or prometheus
+    url: str
+    mappings: tuple[str, ...]
+    reason: str
+    create_time: float
+
+    @property
+    def key(self) -> tuple[int, str, str]:
+        return (self.pid, self.protocol, self.url)
+
+
+def _agent(arg: str) -> tuple[str, str] | None:
+    """(protocol, url) from one -javaagent:<jar>[=<options>] argument."""
+    spec = arg[len("-javaagent:"):]
+    jar, _, options = spec.partition("=")
+    name = Path(jar).name.lower()
+    if "jmx_prometheus" in name or "jmx_exporter" in name or "jmx-exporter" in name:
+        # [host:]port:config.yaml
+        parts = options.split(":")
+        if len(parts) >= 2 and parts[-2].isdigit():
+            host = parts[-3] if len(parts) >= 3 and parts[-3] else "127.0.0.1"
+            return "prometheus", f"http://{_loopback(host)}:{parts[-2]}/metrics"
+        return None
+    if "jolokia" in name or "port=" in options:
+        opts = dict(kv.split("=", 1) for kv in options.split(",") if "=" in kv)
+        port = opts.get("port", "8778")
+        host = _loopback(opts.get("host", "127.0.0.1"))
+        scheme = "https" if opts.get("protocol") == "https" else "http"
+        if port.isdigit():
+            return "jolokia", f"{scheme}://{host}:{port}/jolokia/"
+    return None
+
+
+def _loopback(host: str) -> str:
+    # An agent bound to all interfaces is still reached on loopback: the relay runs on the same host.
+    return "127.0.0.1" if host in ("0.0.0.0", "*", "", "localhost") else host
+
+
+def _kraft_controller(cmdline: list[str], main_index: int) -> bool:
+    """A kafka.Kafka whose server.properties says process.roles=controller only."""
+    for arg in cmdline[main_index + 1:]:
+        if arg.endswith(".properties"):
+            try:
+                for line in Path(arg).read_text(errors="replace").splitlines():
+                    key, _, value = line.partition("=")
+                    if key.strip() == "process.roles":
+                        return {r.strip() for r in value.split(",")} == {"controller"}
+            except OSError:
+                return False
+    return False
+
+
+def classify(pid: int, cmdline: list[str], create_time: float) -> list[Discovered]:
+    """What a process is and where its metrics agent listens (empty if not a Kafka JVM)."""
+    main_index, kind = -1, ""
+    mappings: tuple[str, ...] = ()
+    for i, arg in enumerate(cmdline):
+        if arg in MAIN_CLASSES:
+            main_index, (kind, mappings) = i, MAIN_CLASSES[arg]
+            break
+    if main_index < 0:
+        return []
+    if kind == "kafka" and _kraft_controller(cmdline, main_index):
+        kind, mappings = "kafka-controller", ("kraft", "jvm")
+    out = []
+    for arg in cmdline[:main_index]:
+        if arg.startswith("-javaagent:"):
+            found = _agent(arg)
+            if found:
+                protocol, url = found
+                jar = arg[len("-javaagent:"):].split("=", 1)[0]
+                out.append(Discovered(pid, kind, protocol, url, mappings,
+                                      f"pid {pid} runs {cmdline[main_index]} with the {protocol} agent {jar}",
+                                      create_time))
+    return out
+
+
+def scan() -> tuple[list[Discovered], list[str]]:
+    """All Kafka JVMs on this host; plus notes on those with no agent to scrape."""
+    found: list[Discovered] = []
+    notes: list[str] = []
+    for p in psutil.process_iter(["pid", "cmdline", "create_time"]):
+        cmdline = p.info.get("cmdline") or []
+        if not cmdline or not any(a in MAIN_CLASSES for a in cmdline):
+            continue
+        targets = classify(p.info["pid"], cmdline, p.info.get("create_time") or 0.0)
+        if targets:
+            found.extend(targets)
+        else:
+            main = next(a for a in cmdline if a in MAIN_CLASSES)
+            notes.append(f"pid {p.info['pid']} runs {main} without a Jolokia or JMX-exporter agent: nothing to scrape")
+    return found, notes
+
+
+SourceFactory = Callable[[Discovered], list[Source]]
+
+
+class Discovery:
+    """Keeps one set of sources per discovered JVM, started and stopped through callbacks."""
+
+    def __init__(self, interval: float, make_sources: SourceFactory,
+                 start: Callable[[Source], Any], stop: Callable[[Any], Awaitable[None]]) -> None:
+        self.interval = interval
+        self.make_sources = make_sources
+        self._start, self._stop = start, stop
+        self.active: dict[tuple[int, str, str], tuple[Discovered, list[Any]]] = {}
+        self.notes: list[str] = []
+        self.last_scan: float | None = None
+        self.last_error: str | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="discovery")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for _, runners in self.active.values():
+            for r in runners:
+                await self._stop(r)
+        self.active.clear()
+
+    async def _loop(self) -> None:
+        while True:
+            await self.rescan()
+            await asyncio.sleep(self.interval)
+
+    async def rescan(self) -> None:
+        try:
+            found, notes = await asyncio.to_thread(scan)
+        except Exception as e:  # psutil races with exiting processes; never let that stop the relay
+            self.last_error = f"{e.__class__.__name__}: {e}"
+            log.warning("discovery scan failed: %s", self.last_error)
+            return
+        self.last_scan, self.notes, self.last_error = time.time(), notes, None
+        current = {d.key: d for d in found}
+        for key in list(self.active):
+            if key not in current:
+                d, runners = self.active.pop(key)
+                log.info("discovery: %s is gone (%s); its sources stop", d.url, d.reason)
+                for r in runners:
+                    await self._stop(r)
+        for key, d in current.items():
+            if key in self.active:
+                continue
+            log.info("discovery: found %s -> %s %s", d.reason, d.protocol, d.url)
+            runners = [self._start(s) for s in self.make_sources(d)]
+            self.active[key] = (d, runners)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "last_scan": self.last_scan,
+            "last_error": self.last_error,
+            "found": [{"pid": d.pid, "kind": d.kind, "protocol": d.protocol, "url": d.url,
+                       "mappings": list(d.mappings), "reason": d.reason} for d, _ in self.active.values()],
+            "notes": self.notes,
+        }
+
+    def runners(self) -> list[Any]:
+        return [r for _, rs in self.active.values() for r in rs]

@@ -1,0 +1,232 @@
+"""Jolokia source: Kafka broker and JVM metrics read over the Jolokia agent's HTTP API.
+
+Owns: one bulk POST read per target per interval for every bean pattern the mapping rules
+name (wildcards included), turning the answer into OTLP with those rules, and the
+target's identity (JVM start time for cumulative sums, kafka.cluster.id, kafka.broker.id).
+An entry that fails (404 for an absent MBean, say) is counted and the rest still maps.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import ssl
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from google.protobuf.message import Message
+
+from relay import __version__
+from relay.otlp import MetricsBuilder
+from relay.sources.base import Source
+from relay.sources.mapping import CompiledJolokia, Mappings, parse_props
+
+log = logging.getLogger("relay.sources.jolokia")
+
+SCOPE = "telemetry-relay/jolokia"
+RUNTIME = "java.lang:type=Runtime"
+CLUSTER_ID = "kafka.server:type=KafkaServer,name=ClusterId"
+APP_INFO = "kafka.server:type=app-info,*"
+
+
+class JolokiaError(Exception):
+    """The target did not answer with a Jolokia bulk response."""
+
+
+@dataclass
+class MapResult:
+    request: Message
+    points: int
+    entry_errors: dict[int, int] = field(default_factory=dict)  # HTTP-like status -> entries
+    identity: dict[str, str] = field(default_factory=dict)
+
+
+def bulk_request(mappings: Mappings) -> list[dict[str, Any]]:
+    """The bulk read: identity entries first, then one entry per bean pattern."""
+    entries: list[dict[str, Any]] = [
+        {"type": "read", "mbean": RUNTIME, "attribute": ["StartTime"]},
+        {"type": "read", "mbean": CLUSTER_ID, "attribute": ["Value"]},
+        {"type": "read", "mbean": APP_INFO},
+    ]
+    for bean, attrs in mappings.read_plan().items():
+        entries.append({"type": "read", "mbean": bean, "attribute": attrs})
+    return entries
+
+
+_IDENTITY_ENTRIES = 3
+
+
+def _is_pattern(bean: str) -> bool:
+    return "*" in bean or "?" in bean
+
+
+def _navigate(value: Any, path: tuple[str, ...]) -> Any:
+    for step in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(step)
+    return value
+
+
+def _number(value: Any) -> int | float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        return value
+    if isinstance(value, str):  # some agents serialize longs as strings
+        try:
+            return float(value) if any(c in value for c in ".eE") else int(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _values_by_bean(request_bean: str, value: Any) -> dict[str, dict[str, Any]]:
+    if _is_pattern(request_bean):
+        return value if isinstance(value, dict) else {}
+    return {request_bean: value} if isinstance(value, dict) else {}
+
+
+def map_response(
+    sent: list[dict[str, Any]], response: Any, mappings: Mappings, resource: dict[str, Any],
+    now_ns: int | None = None,
+) -> MapResult:
+    """Map a Jolokia bulk response (the parsed JSON) to one OTLP request."""
+    if not isinstance(response, list) or len(response) != len(sent):
+        raise JolokiaError(
+            f"expected a JSON list of {len(sent)} responses, got "
+            f"{type(response).__name__}{'' if not isinstance(response, list) else f' of {len(response)}'}"
+        )
+    now_ns = now_ns or time.time_ns()
+    identity: dict[str, str] = {}
+    start_ns = 0
+    # Identity first: it goes into the resource and the start time of every counter.
+    runtime, cluster, app_info = response[:_IDENTITY_ENTRIES]
+    if isinstance(runtime, dict) and runtime.get("status") == 200:
+        st = _number((runtime.get("value") or {}).get("StartTime"))
+        if st:
+            start_ns = int(st * 1_000_000)
+    if isinstance(cluster, dict) and cluster.get("status") == 200:
+        cid = (cluster.get("value") or {}).get("Value")
+        if isinstance(cid, str) and cid:
+            identity["kafka.cluster.id"] = cid
+    if isinstance(app_info, dict) and app_info.get("status") == 200:
+        for name in (app_info.get("value") or {}):
+            bid = parse_props(name.partition(":")[2]).get("id")
+            if bid is not None:
+                identity["kafka.broker.id"] = bid
+                break
+
+    b = MetricsBuilder({**resource, **identity}, SCOPE, __version__)
+    by_pattern: dict[str, list[CompiledJolokia]] = {}
+    for rule in mappings.jolokia:
+        by_pattern.setdefault(rule.pattern, []).append(rule)
+    errors: dict[int, int] = {}
+    for entry_sent, entry in zip(sent[_IDENTITY_ENTRIES:], response[_IDENTITY_ENTRIES:], strict=True):
+        if not isinstance(entry, dict):
+            errors[0] = errors.get(0, 0) + 1
+            continue
+        status = entry.get("status")
+        if status != 200:
+            code = status if isinstance(status, int) else 0
+            errors[code] = errors.get(code, 0) + 1
+            continue
+        rules = by_pattern.get(entry_sent["mbean"], [])
+        for bean_name, bean_values in _values_by_bean(entry_sent["mbean"], entry.get("value")).items():
+            if not isinstance(bean_values, dict):
+                continue
+            ctx = {"params": parse_props(bean_name.partition(":")[2]), "bean": bean_values}
+            for rule in rules:
+                value = _number(_navigate(bean_values.get(rule.attribute), rule.path))
+                if value is None or (rule.drop_negative and value < 0):
+                    continue
+                if rule.scale != 1.0:
+                    value = value * rule.scale
+                attrs = {}
+                for key, expr in rule.attrs:
+                    v = expr(ctx)
+                    if v is not None:
+                        attrs[key] = v
+                metric = b.metric(rule.metric, rule.type, rule.unit, rule.desc)
+                b.point(metric, value, now_ns, start_ns if rule.type != "gauge" else 0, attrs)
+    return MapResult(b.finish(), b.points, errors, identity)
+
+
+@dataclass(frozen=True)
+class JolokiaTarget:
+    url: str
+    mappings: tuple[str, ...]
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ca_file: str | None = None
+    insecure_skip_verify: bool = False
+    instance: str | None = None  # service.instance.id; default: host:port of the URL
+
+
+class JolokiaSource(Source):
+    def __init__(self, target: JolokiaTarget, mappings: Mappings, interval: float, timeout: float,
+                 base_resource: dict[str, Any], name: str | None = None) -> None:
+        from urllib.parse import urlsplit
+
+        self.target = target
+        self.mappings = mappings
+        self.interval = interval
+        self.timeout = timeout
+        parts = urlsplit(target.url)
+        self.name = name or f"jolokia {parts.hostname}:{parts.port}"
+        instance = target.instance or f"{socket.gethostname()}:{parts.port}"
+        self.resource = {
+            "service.name": mappings.service_name, "service.instance.id": instance,
+            "host.name": base_resource.get("host.name", socket.gethostname()),
+        }
+        self.sent = bulk_request(mappings)
+        self._body = json.dumps(self.sent).encode()
+        self._session: aiohttp.ClientSession | None = None
+        self.last_entry_errors: dict[int, int] = {}
+        self.identity: dict[str, str] = {}
+
+    def _ssl(self) -> ssl.SSLContext | bool:
+        if not self.target.url.startswith("https:"):
+            return True
+        ctx = ssl.create_default_context(cafile=self.target.ca_file)
+        if self.target.insecure_skip_verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
+    async def collect(self) -> list[Message]:
+        if self._session is None:
+            auth = aiohttp.BasicAuth(self.target.username, self.target.password or "") if self.target.username else None
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout), auth=auth,
+                connector=aiohttp.TCPConnector(limit=2, ssl=self._ssl()),
+            )
+        try:
+            async with self._session.post(self.target.url, data=self._body,
+                                          headers={"Content-Type": "application/json"}) as resp:
+                if resp.status != 200:
+                    raise JolokiaError(f"HTTP {resp.status} from {self.target.url}")
+                raw = await resp.read()
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise JolokiaError(f"cannot read {self.target.url}: {e.__class__.__name__}: {e or 'timed out'}") from None
+        try:
+            data = json.loads(raw)
+        except ValueError as e:
+            raise JolokiaError(f"{self.target.url} did not answer JSON: {e}") from None
+        result = map_response(self.sent, data, self.mappings, self.resource)
+        self.last_entry_errors = result.entry_errors
+        self.identity = result.identity
+        return [result.request]
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def details(self) -> dict[str, Any]:
+        return {"url": self.target.url, "mappings": list(self.mappings.names),
+                "entry_errors": {str(k): v for k, v in self.last_entry_errors.items()}, "identity": self.identity}
+
