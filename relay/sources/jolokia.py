@@ -22,7 +22,7 @@ from google.protobuf.message import Message
 from relay import __version__
 from relay.otlp import MetricsBuilder
 from relay.sources.base import Source
-from relay.sources.mapping import CompiledJolokia, Mappings, parse_props
+from relay.sources.mapping import Mappings, parse_props
 
 log = logging.getLogger("relay.sources.jolokia")
 
@@ -56,7 +56,7 @@ def bulk_request(mappings: Mappings) -> list[dict[str, Any]]:
     return entries
 
 
-_IDENTITY_ENTRIES = 3
+_IDENTITY = {RUNTIME, CLUSTER_ID, APP_INFO}
 
 
 def _is_pattern(bean: str) -> bool:
@@ -104,28 +104,30 @@ def map_response(
     identity: dict[str, str] = {}
     start_ns = 0
     # Identity first: it goes into the resource and the start time of every counter.
-    runtime, cluster, app_info = response[:_IDENTITY_ENTRIES]
-    if isinstance(runtime, dict) and runtime.get("status") == 200:
-        st = _number((runtime.get("value") or {}).get("StartTime"))
-        if st:
-            start_ns = int(st * 1_000_000)
-    if isinstance(cluster, dict) and cluster.get("status") == 200:
-        cid = (cluster.get("value") or {}).get("Value")
-        if isinstance(cid, str) and cid:
-            identity["kafka.cluster.id"] = cid
-    if isinstance(app_info, dict) and app_info.get("status") == 200:
-        for name in (app_info.get("value") or {}):
-            bid = parse_props(name.partition(":")[2]).get("id")
-            if bid is not None:
-                identity["kafka.broker.id"] = bid
-                break
+    for entry_sent, entry in zip(sent, response, strict=True):
+        if not isinstance(entry, dict) or entry.get("status") != 200 or not isinstance(entry.get("value"), dict):
+            continue
+        value = entry["value"]
+        if entry_sent.get("mbean") == RUNTIME:
+            st = _number(value.get("StartTime"))
+            if st:
+                start_ns = int(st * 1_000_000)
+        elif entry_sent.get("mbean") == CLUSTER_ID:
+            cid = value.get("Value")
+            if isinstance(cid, str) and cid:
+                identity["kafka.cluster.id"] = cid
+        elif entry_sent.get("mbean") == APP_INFO:
+            for name in value:
+                bid = parse_props(name.partition(":")[2]).get("id")
+                if bid is not None:
+                    identity["kafka.broker.id"] = bid
+                    break
 
     b = MetricsBuilder({**resource, **identity}, SCOPE, __version__)
-    by_pattern: dict[str, list[CompiledJolokia]] = {}
-    for rule in mappings.jolokia:
-        by_pattern.setdefault(rule.pattern, []).append(rule)
     errors: dict[int, int] = {}
-    for entry_sent, entry in zip(sent[_IDENTITY_ENTRIES:], response[_IDENTITY_ENTRIES:], strict=True):
+    for entry_sent, entry in zip(sent, response, strict=True):
+        if entry_sent.get("mbean") in _IDENTITY:
+            continue  # a broker without app-info (a plain JVM) is not an error
         if not isinstance(entry, dict):
             errors[0] = errors.get(0, 0) + 1
             continue
@@ -134,12 +136,11 @@ def map_response(
             code = status if isinstance(status, int) else 0
             errors[code] = errors.get(code, 0) + 1
             continue
-        rules = by_pattern.get(entry_sent["mbean"], [])
-        for bean_name, bean_values in _values_by_bean(entry_sent["mbean"], entry.get("value")).items():
+        for bean_name, bean_values in _values_by_bean(entry_sent.get("mbean", ""), entry.get("value")).items():
             if not isinstance(bean_values, dict):
                 continue
             ctx = {"params": parse_props(bean_name.partition(":")[2]), "bean": bean_values}
-            for rule in rules:
+            for rule in mappings.rules_for(bean_name):
                 value = _number(_navigate(bean_values.get(rule.attribute), rule.path))
                 if value is None or (rule.drop_negative and value < 0):
                     continue

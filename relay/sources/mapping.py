@@ -179,6 +179,16 @@ class Mappings:
     names: list[str] = field(default_factory=list)
     # Attributes beanattr() expressions need, per bean pattern.
     extra_reads: dict[str, set[str]] = field(default_factory=dict)
+    _by_bean: dict[str, list[CompiledJolokia]] = field(default_factory=dict, repr=False)
+
+    def rules_for(self, bean_name: str) -> list[CompiledJolokia]:
+        """The rules whose bean pattern matches an ObjectName, memoized per distinct name."""
+        rules = self._by_bean.get(bean_name)
+        if rules is None:
+            rules = [r for r in self.jolokia if bean_matches(r.pattern, bean_name)]
+            if len(self._by_bean) < 100_000:  # bounded: bean names come from the target
+                self._by_bean[bean_name] = rules
+        return rules
 
     def read_plan(self) -> dict[str, list[str]]:
         """Bean pattern -> attributes to read: one bulk entry per pattern."""
