@@ -24,10 +24,17 @@ jolokia:
   - bean: java.lang:type=Memory
     unit: By
     mapping:
-      HeapMemoryUsage.used: {metric: jvm.memory.used, type: updowncounter, metricAttribute: {jvm.memory.type: heap}}
-      HeapMemoryUsage.max: {metric: jvm.memory.limit, type: updowncounter, drop_negative: true, metricAttribute: {jvm.memory.type: heap}}
-      NonHeapMemoryUsage.used: {metric: jvm.memory.used, type: updowncounter, metricAttribute: {jvm.memory.type: non_heap}}
-      NonHeapMemoryUsage.max: {metric: jvm.memory.limit, type: updowncounter, drop_negative: true, metricAttribute: {jvm.memory.type: non_heap}}
+      HeapMemoryUsage.used:
+        {metric: jvm.memory.used, type: updowncounter, metricAttribute: {jvm.memory.type: heap}}
+      HeapMemoryUsage.max:
+        {metric: jvm.memory.limit, type: updowncounter, drop_negative: true, metricAttribute: {jvm.memory.type: heap}}
+      NonHeapMemoryUsage.used:
+        {metric: jvm.memory.used, type: updowncounter, metricAttribute: {jvm.memory.type: non_heap}}
+      NonHeapMemoryUsage.max:
+        metric: jvm.memory.limit
+        type: updowncounter
+        drop_negative: true
+        metricAttribute: {jvm.memory.type: non_heap}
   - bean: java.lang:type=GarbageCollector,name=*
     metricAttribute: {jvm.gc.name: param(name)}
     mapping:
