@@ -22,12 +22,12 @@ run: setup
 
 test:
 	EXTRA_APT="$(TEST_APT)" ./scripts/bootstrap.sh
-	$(VENV)/bin/ruff check relay tests bench
+	$(VENV)/bin/ruff check relay tests bench scripts
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q -p no:cacheprovider
 
 lint: setup
-	$(VENV)/bin/ruff check relay tests bench
+	$(VENV)/bin/ruff check relay tests bench scripts
 	$(VENV)/bin/mypy
 
 bench:
