@@ -212,6 +212,56 @@ def bench_receiver(ingest: Ingest, reqs: list[bytes], clients: int = 8) -> dict[
     }
 
 
+def _best_of(fn: Any, repeat: int = 5) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def bench_mapping(topics: int = 1600) -> dict[str, Any]:
+    """Map cost per 1,000 series of broker-shaped input, beside the bare parse of the same input."""
+    import json
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from relay.sources import jolokia, mapping, prometheus
+
+    maps = mapping.load(["kafka", "jvm"])
+    # Prometheus: the JMX exporter's names, three series per topic plus broker-wide gauges.
+    lines = []
+    for name in ("messagesin", "bytesin", "bytesout"):
+        lines.append(f"# TYPE kafka_server_brokertopicmetrics_{name}_total counter")
+        lines += [f'kafka_server_brokertopicmetrics_{name}_total{{topic="orders.v1.{t:04d}",}} {t * 1000.0}'
+                  for t in range(topics)]
+    lines.append("# TYPE kafka_log_log_size gauge")
+    lines += [f'kafka_log_log_size{{topic="orders.v1.{t:04d}",partition="0",}} {t * 7.0}' for t in range(topics)]
+    text = "\n".join(lines) + "\n"
+    n_prom = topics * 4
+    parse_s = _best_of(lambda: list(text_string_to_metric_families(text)))
+    map_s = _best_of(lambda: prometheus.map_exposition(text, False, maps, {"service.name": "kafka"}))
+    # Jolokia: the default bulk read answered for `topics` topics (three meters each).
+    sent = jolokia.bulk_request(maps)
+    answers: dict[str, Any] = {}
+    for meter in ("MessagesInPerSec", "BytesInPerSec", "BytesOutPerSec"):
+        answers[f"kafka.server:type=BrokerTopicMetrics,name={meter},topic=*"] = {
+            f"kafka.server:name={meter},topic=orders.v1.{t:04d},type=BrokerTopicMetrics": {"Count": t * 1000}
+            for t in range(topics)}
+    raw = json.dumps([{"status": 200, "value": answers[e["mbean"]]} if e["mbean"] in answers
+                      else {"status": 404} for e in sent])
+    n_jolokia = topics * 3
+    jparse_s = _best_of(lambda: json.loads(raw))
+    jmap_s = _best_of(lambda: jolokia.map_response(sent, json.loads(raw), maps, {"service.name": "kafka"}))
+    return {
+        "prometheus_series": n_prom, "prometheus_parse_ms_per_1k": parse_s / n_prom * 1e6,
+        "prometheus_map_ms_per_1k": map_s / n_prom * 1e6,
+        "jolokia_series": n_jolokia, "jolokia_json_ms_per_1k": jparse_s / n_jolokia * 1e6,
+        "jolokia_map_ms_per_1k": jmap_s / n_jolokia * 1e6,
+    }
+
+
 def bench_sdk(ingest: Ingest, requests: int) -> dict[str, Any]:
     before = ingest.items()
     out = subprocess.run(
@@ -256,6 +306,8 @@ def main() -> None:
         sdk = bench_sdk(ingest, REQUESTS)
         print("bench: OTLP receiver, 8 concurrent clients, until spooled...", flush=True)
         receiver = bench_receiver(ingest, reqs[:200])
+        print("bench: scrape-and-map cost per 1,000 series...", flush=True)
+        maps = bench_mapping()
     finally:
         ingest.stop()
 
@@ -285,6 +337,16 @@ def main() -> None:
          "baseline": fmt(receiver["ingest_points_per_s"]) + " (ingest, no spool)",
          "ratio": f"{receiver['relay_points_per_s'] / receiver['ingest_points_per_s']:.2f}x",
          "target": "-", "result": "-"},
+        {"figure": "Prometheus text: parse and map to OTLP (ms per 1,000 series)",
+         "value": fmt(maps["prometheus_map_ms_per_1k"]),
+         "baseline": fmt(maps["prometheus_parse_ms_per_1k"]) + " (prometheus_client parse only)",
+         "ratio": f"{maps['prometheus_map_ms_per_1k'] / maps['prometheus_parse_ms_per_1k']:.2f}x",
+         "target": "-", "result": "-"},
+        {"figure": "Jolokia bulk JSON: parse and map to OTLP (ms per 1,000 series)",
+         "value": fmt(maps["jolokia_map_ms_per_1k"]),
+         "baseline": fmt(maps["jolokia_json_ms_per_1k"]) + " (json.loads only)",
+         "ratio": f"{maps['jolokia_map_ms_per_1k'] / maps['jolokia_json_ms_per_1k']:.2f}x",
+         "target": "-", "result": "-"},
         {"figure": "relay peak RSS while draining (MiB)", "value": fmt(relay["peak_rss_bytes"] / 2**20),
          "baseline": "-", "ratio": "-", "target": "-", "result": "-"},
         {"figure": "wire bytes per point (zstd)", "value": fmt(relay["wire_bytes_per_point"]),
@@ -300,6 +362,7 @@ def main() -> None:
         "relay": relay,
         "otel_sdk": sdk,
         "receiver": receiver,
+        "mapping": maps,
         "ratios": {"throughput": throughput_ratio, "cpu_per_point": cpu_ratio},
         "table": rows,
     }

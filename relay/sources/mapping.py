@@ -156,6 +156,8 @@ class CompiledJolokia:
     scale: float
     drop_negative: bool
     attrs: tuple[tuple[str, Expr], ...]
+    # No beanattr(): the attributes depend on the ObjectName alone, so they can be memoized.
+    static_attrs: bool = True
 
 
 @dataclass(frozen=True)
@@ -180,6 +182,32 @@ class Mappings:
     # Attributes beanattr() expressions need, per bean pattern.
     extra_reads: dict[str, set[str]] = field(default_factory=dict)
     _by_bean: dict[str, list[CompiledJolokia]] = field(default_factory=dict, repr=False)
+    _params: dict[str, dict[str, str]] = field(default_factory=dict, repr=False)
+    _attrs: dict[tuple[str, int], dict[str, str]] = field(default_factory=dict, repr=False)
+
+    def params_for(self, bean_name: str) -> dict[str, str]:
+        p = self._params.get(bean_name)
+        if p is None:
+            p = parse_props(bean_name.partition(":")[2])
+            if len(self._params) < 100_000:
+                self._params[bean_name] = p
+        return p
+
+    def attrs_for(self, bean_name: str, index: int, rule: CompiledJolokia, ctx: Context) -> dict[str, str]:
+        """A rule's point attributes for one MBean, memoized per distinct (bean, rule) when they
+        depend on the ObjectName alone."""
+        key = (bean_name, index)
+        cached = self._attrs.get(key) if rule.static_attrs else None
+        if cached is not None:
+            return cached
+        attrs: dict[str, str] = {}
+        for k, expr in rule.attrs:
+            v = expr(ctx)
+            if v is not None:
+                attrs[k] = v
+        if rule.static_attrs and len(self._attrs) < 200_000:
+            self._attrs[key] = attrs
+        return attrs
 
     def rules_for(self, bean_name: str) -> list[CompiledJolokia]:
         """The rules whose bean pattern matches an ObjectName, memoized per distinct name."""
@@ -232,6 +260,7 @@ def compile_files(files: list[tuple[str, MappingFile]]) -> Mappings:
                         metric=rule.prefix + mm.metric, type=mm.type or rule.type, unit=mm.unit or rule.unit,
                         desc=mm.desc, scale=mm.scale, drop_negative=mm.drop_negative,
                         attrs=_merge_attrs(rule.metricAttribute, mm.metricAttribute),
+                        static_attrs=not any("beanattr(" in t for t in attr_texts.values()),
                     ))
         for prule in f.prometheus:
             compiled = CompiledPrometheus(
