@@ -280,22 +280,8 @@ def _finish(cfg: Config, lines: dict[str, int], path: str) -> LoadedConfig:
             )
         except secrets.SecretError as e:
             raise SchemaError(path, lines.get(pw_path), pw_path, str(e)) from None
-        tls = d.tls
-        for name in ("ca_file", "client_cert_file", "client_key_file"):
-            value = getattr(tls, name)
-            if value is None:
-                continue
-            full = base / value
-            key_path = f"destinations[{i}].tls.{name}"
-            if not full.is_file():
-                raise SchemaError(path, lines.get(key_path), key_path, f"{full} does not exist")
-            if name == "client_key_file":
-                try:
-                    secrets.check_private_file(full, "TLS client key file", allow_group=True)
-                except secrets.SecretError as e:
-                    raise SchemaError(path, lines.get(key_path), key_path, str(e)) from None
-            resolved: dict[str, Any] = {name: str(full)}
-            tls = replace(tls, **resolved)
+        tls = _resolve_files(d.tls, ("ca_file", "client_cert_file", "client_key_file"), "client_key_file",
+                             f"destinations[{i}].tls", lines, path, base)
         dests.append(replace(d, tls=tls))
     cfg = replace(cfg, destinations=tuple(dests))
     state = Path(cfg.state_dir)
@@ -340,24 +326,31 @@ def _receiver_secrets(cfg: Config, lines: dict[str, int], path: str, base: Path)
         raise SchemaError(path, lines.get(key_path), key_path, str(e)) from None
 
 
-def _resolve_listener_paths(o: OtlpReceiverSettings, lines: dict[str, int], path: str,
-                            base: Path) -> OtlpReceiverSettings:
-    tls = o.tls
-    for name in ("cert_file", "key_file", "client_ca_file"):
-        value = getattr(tls, name)
+def _resolve_files(settings: Any, names: tuple[str, ...], private: str, prefix: str, lines: dict[str, int],
+                   path: str, base: Path) -> Any:
+    """Make the named file settings absolute, check they exist, and refuse an unsafe key file."""
+    for name in names:
+        value = getattr(settings, name)
         if value is None:
             continue
         full = base / value
-        key_path = f"sources.otlp.tls.{name}"
+        key_path = f"{prefix}.{name}"
         if not full.is_file():
             raise SchemaError(path, lines.get(key_path), key_path, f"{full} does not exist")
-        if name == "key_file":
+        if name == private:
             try:
                 secrets.check_private_file(full, "TLS key file", allow_group=True)
             except secrets.SecretError as e:
                 raise SchemaError(path, lines.get(key_path), key_path, str(e)) from None
         resolved: dict[str, Any] = {name: str(full)}
-        tls = replace(tls, **resolved)
+        settings = replace(settings, **resolved)
+    return settings
+
+
+def _resolve_listener_paths(o: OtlpReceiverSettings, lines: dict[str, int], path: str,
+                            base: Path) -> OtlpReceiverSettings:
+    tls = _resolve_files(o.tls, ("cert_file", "key_file", "client_ca_file"), "key_file", "sources.otlp.tls",
+                         lines, path, base)
     token = str(base / o.auth_token_file) if o.auth_token_file else None
     return replace(o, tls=tls, auth_token_file=token)
 

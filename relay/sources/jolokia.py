@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +22,7 @@ from relay import __version__
 from relay.otlp import MetricsBuilder
 from relay.sources.base import Source
 from relay.sources.mapping import Mappings, parse_props
+from relay.sources.scrape_http import ScrapeSession
 
 log = logging.getLogger("relay.sources.jolokia")
 
@@ -181,29 +181,16 @@ class JolokiaSource(Source):
         }
         self.sent = bulk_request(mappings)
         self._body = json.dumps(self.sent).encode()
-        self._session: aiohttp.ClientSession | None = None
+        self._http = ScrapeSession(target.url, timeout, target.username, target.password, target.ca_file,
+                                   target.insecure_skip_verify)
         self.last_entry_errors: dict[int, int] = {}
         self.identity: dict[str, str] = {}
 
-    def _ssl(self) -> ssl.SSLContext | bool:
-        if not self.target.url.startswith("https:"):
-            return True
-        ctx = ssl.create_default_context(cafile=self.target.ca_file)
-        if self.target.insecure_skip_verify:
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        return ctx
-
     async def collect(self) -> list[Message]:
-        if self._session is None:
-            auth = aiohttp.BasicAuth(self.target.username, self.target.password or "") if self.target.username else None
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.timeout), auth=auth,
-                connector=aiohttp.TCPConnector(limit=2, ssl=self._ssl()),
-            )
+        session = self._http.get()
         try:
-            async with self._session.post(self.target.url, data=self._body,
-                                          headers={"Content-Type": "application/json"}) as resp:
+            async with session.post(self.target.url, data=self._body,
+                                    headers={"Content-Type": "application/json"}) as resp:
                 if resp.status != 200:
                     raise JolokiaError(f"HTTP {resp.status} from {self.target.url}")
                 raw = await resp.read()
@@ -219,9 +206,7 @@ class JolokiaSource(Source):
         return [result.request]
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.close()
 
     def details(self) -> dict[str, Any]:
         return {"url": self.target.url, "mappings": list(self.mappings.names),

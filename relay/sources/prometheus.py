@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import socket
-import ssl
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from relay import __version__
 from relay.otlp import AGGREGATION_TEMPORALITY_CUMULATIVE, MetricsBuilder, set_attributes
 from relay.sources.base import Source
 from relay.sources.mapping import Mappings
+from relay.sources.scrape_http import ScrapeSession
 
 SCOPE = "telemetry-relay/prometheus"
 # The text format first: prometheus_client's text parser takes what exporters really emit.
@@ -214,27 +214,14 @@ class PrometheusSource(Source):
             "host.name": base_resource.get("host.name", socket.gethostname()),
         }
         self.first_scrape_ns = 0
-        self._session: aiohttp.ClientSession | None = None
+        self._http = ScrapeSession(target.url, timeout, target.username, target.password, target.ca_file,
+                                   target.insecure_skip_verify)
         self.last_families = 0
 
-    def _ssl(self) -> ssl.SSLContext | bool:
-        if not self.target.url.startswith("https:"):
-            return True
-        ctx = ssl.create_default_context(cafile=self.target.ca_file)
-        if self.target.insecure_skip_verify:
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        return ctx
-
     async def collect(self) -> list[Message]:
-        if self._session is None:
-            auth = aiohttp.BasicAuth(self.target.username, self.target.password or "") if self.target.username else None
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.timeout), auth=auth,
-                connector=aiohttp.TCPConnector(limit=2, ssl=self._ssl()),
-            )
+        session = self._http.get()
         try:
-            async with self._session.get(self.target.url, headers={"Accept": ACCEPT}) as resp:
+            async with session.get(self.target.url, headers={"Accept": ACCEPT}) as resp:
                 if resp.status != 200:
                     raise ExpositionError(f"HTTP {resp.status} from {self.target.url}")
                 openmetrics = "openmetrics" in resp.headers.get("Content-Type", "")
@@ -251,9 +238,7 @@ class PrometheusSource(Source):
         return [result.request]
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.close()
 
     def details(self) -> dict[str, Any]:
         return {"url": self.target.url, "mappings": list(self.mappings.names) if self.mappings else [],

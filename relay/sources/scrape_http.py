@@ -1,0 +1,42 @@
+"""The HTTP client side shared by the pull sources (Jolokia, Prometheus): one keep-alive
+session per target with its timeout, Basic auth and TLS verification settings."""
+
+from __future__ import annotations
+
+import ssl
+
+import aiohttp
+
+
+class ScrapeSession:
+    def __init__(self, url: str, timeout: float, username: str | None = None, password: str | None = None,
+                 ca_file: str | None = None, insecure_skip_verify: bool = False) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.auth = aiohttp.BasicAuth(username, password or "") if username else None
+        self.ca_file = ca_file
+        self.insecure = insecure_skip_verify
+        self._session: aiohttp.ClientSession | None = None
+
+    def _ssl(self) -> ssl.SSLContext | bool:
+        if not self.url.startswith("https:"):
+            return True
+        ctx = ssl.create_default_context(cafile=self.ca_file)  # a given CA bundle replaces the system store
+        if self.insecure:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
+    def get(self) -> aiohttp.ClientSession:
+        """The session, created on first use (inside the event loop)."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout), auth=self.auth,
+                connector=aiohttp.TCPConnector(limit=2, ssl=self._ssl()),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
