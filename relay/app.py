@@ -18,11 +18,13 @@ from typing import Any
 import psutil
 
 from relay import __version__, systemd
-from relay.config import Config, LoadedConfig, key_dir
+from relay.config import Config, LoadedConfig, key_dir, policy_file
 from relay.config import load as load_config
+from relay.export.outbox import Outbox
 from relay.export.shipper import Shipper
 from relay.export.signing import KeyStore, Signer, SigningKeyError
 from relay.identity import base_resource, instance_id
+from relay.policy import PolicyHolder, load_secret
 from relay.schema import SchemaError
 from relay.server import StatusServer
 from relay.sources import mapping
@@ -61,6 +63,9 @@ class Relay:
         self.signer: Signer | None = None
         self.receiver: OtlpReceiver | None = None
         self.discovery: Discovery | None = None
+        self.policies: dict[str, PolicyHolder] = {}
+        self.policy_secret = b""
+        self.outbox = Outbox(loaded.config.policy.outbox_bytes)
 
     @property
     def config(self) -> Config:
@@ -132,12 +137,25 @@ class Relay:
             )
         return Signer(store.active())
 
+    def _load_policies(self) -> None:
+        """(Re)load every policy file in use; a bad file keeps its last good policy in force."""
+        paths = {policy_file(self.config, d) for d in self.config.destinations}
+        for path in paths:
+            holder = self.policies.get(path)
+            if holder is None:
+                holder = self.policies[path] = PolicyHolder(path, self.policy_secret)
+            holder.load()
+        for path in list(self.policies):
+            if path not in paths:
+                del self.policies[path]
+
     async def _start_pipeline(self) -> None:
         assert self.spool is not None
         for d in self.config.destinations:
             shipper = Shipper(
                 d, self.loaded.api_keys.get(d.name), self.spool, self.stats, self.config.shutdown_timeout,
                 signer=self.signer, proxy_password=self.loaded.proxy_passwords.get(d.name),
+                policy=self.policies[policy_file(self.config, d)], outbox=self.outbox,
             )
             await shipper.start()
             self.shippers.append(shipper)
@@ -177,9 +195,12 @@ class Relay:
         os.makedirs(state, mode=0o700, exist_ok=True)
         self.resource = base_resource(instance_id(state, cfg.instance_id))
         self.signer = self._signer(self.loaded)
+        self.policy_secret = load_secret(state)
+        self._load_policies()
         self.spool = Spool(state, cfg.spool, [d.name for d in cfg.destinations], self.stats)
         await self.spool.open()
-        self.server = StatusServer(cfg.server.listen, self.status, self.ready_problems, self.stats.registry)
+        self.server = StatusServer(cfg.server.listen, self.status, self.ready_problems, self.stats.registry,
+                                   self.outbox)
         await self.server.start()
         await self._start_pipeline()
         self._maintenance = asyncio.create_task(self._maintain(), name="maintenance")
@@ -250,6 +271,7 @@ class Relay:
                 return
         await self._stop_pipeline()
         self.loaded, self.signer = new, signer
+        self._load_policies()
         await self._start_pipeline()
         self.last_reload, self.last_reload_error = time.time(), None
         log.info("configuration reloaded from %s", new.path)
@@ -261,8 +283,14 @@ class Relay:
         watchdog = systemd.watchdog_interval()
         last_age_check = 0.0
         last_status = 0.0
+        last_policy_check = 0.0
         while True:
             now = time.monotonic()
+            if now - last_policy_check >= self.config.policy.watch_interval:
+                last_policy_check = now
+                for holder in list(self.policies.values()):
+                    if holder.changed_on_disk():
+                        holder.load()
             if watchdog:
                 # Fed from the loop itself: a wedged loop stops these and systemd restarts us.
                 systemd.notify("WATCHDOG=1")
@@ -322,4 +350,5 @@ class Relay:
             "receivers": [self.receiver.snapshot()] if self.receiver else [],
             "spool": self.spool.snapshot() if self.spool else None,
             "destinations": [s.snapshot(now) for s in self.shippers],
+            "policies": [h.snapshot() for h in self.policies.values()],
         }

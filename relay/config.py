@@ -194,6 +194,8 @@ class DestinationSettings:
     proxy_url: HttpUrl | None = None
     proxy_username: str | None = None
     proxy_password_file: str | None = None
+    # This destination's own redaction policy; default: policy.file.
+    policy_file: str | None = None
 
     def validate(self) -> None:
         if self.proxy_password_file and not self.proxy_username:
@@ -220,6 +222,15 @@ class SigningSettings:
 
 
 @dataclass(frozen=True)
+class PolicySettings:
+    file: str = "/etc/telemetry-relay/policy.yaml"
+    # How often the policy files are checked for changes (a changed file is reloaded).
+    watch_interval: Duration = Duration(2.0)
+    # Cap on the in-memory audit copy of what was shipped (the outbox).
+    outbox_bytes: ByteSize = ByteSize(16 * MiB)
+
+
+@dataclass(frozen=True)
 class ServerSettings:
     listen: HostPort = HostPort("127.0.0.1:8788")
 
@@ -235,6 +246,7 @@ class Config:
     sources: SourcesSettings = field(default_factory=SourcesSettings)
     spool: SpoolSettings = field(default_factory=SpoolSettings)
     signing: SigningSettings = field(default_factory=SigningSettings)
+    policy: PolicySettings = field(default_factory=PolicySettings)
 
     def validate(self) -> None:
         if not self.destinations:
@@ -282,11 +294,15 @@ def _finish(cfg: Config, lines: dict[str, int], path: str) -> LoadedConfig:
             raise SchemaError(path, lines.get(pw_path), pw_path, str(e)) from None
         tls = _resolve_files(d.tls, ("ca_file", "client_cert_file", "client_key_file"), "client_key_file",
                              f"destinations[{i}].tls", lines, path, base)
+        if d.policy_file and not Path(d.policy_file).is_absolute():
+            d = replace(d, policy_file=str(base / d.policy_file))
         dests.append(replace(d, tls=tls))
     cfg = replace(cfg, destinations=tuple(dests))
     state = Path(cfg.state_dir)
     if not state.is_absolute():
         cfg = replace(cfg, state_dir=str(base / state))
+    if not Path(cfg.policy.file).is_absolute():
+        cfg = replace(cfg, policy=replace(cfg.policy, file=str(base / cfg.policy.file)))
     if cfg.signing.key_dir is not None and not Path(cfg.signing.key_dir).is_absolute():
         cfg = replace(cfg, signing=replace(cfg.signing, key_dir=str(base / cfg.signing.key_dir)))
     target_passwords = _scrape_targets(cfg, lines, path, base)
@@ -353,6 +369,10 @@ def _resolve_listener_paths(o: OtlpReceiverSettings, lines: dict[str, int], path
                          lines, path, base)
     token = str(base / o.auth_token_file) if o.auth_token_file else None
     return replace(o, tls=tls, auth_token_file=token)
+
+
+def policy_file(cfg: Config, destination: DestinationSettings) -> str:
+    return destination.policy_file or cfg.policy.file
 
 
 def key_dir(cfg: Config) -> str:

@@ -29,6 +29,8 @@ sources:
   internal: {{interval: 10s}}
 spool:
   max_bytes: 64MiB
+policy:
+  file: {policy}
 destinations:
   - name: local-ingest
     endpoint: http://{ingest}
@@ -57,7 +59,8 @@ def main() -> int:
     os.chmod(key, 0o600)
     store = dev / "ingest"
     config = dev / "relay.yaml"
-    config.write_text(DEV_CONFIG.format(state=dev / "state", ingest=INGEST_LISTEN, key=key))
+    policy = Path(__file__).resolve().parents[1] / "configs" / "policy.yaml"
+    config.write_text(DEV_CONFIG.format(state=dev / "state", ingest=INGEST_LISTEN, key=key, policy=policy))
 
     exe = [sys.executable, "-m", "relay.cli"]
     # The relay's signing key, registered with the ingest as a vendor would do it.

@@ -7,6 +7,7 @@ is writable and every destination is keeping up), /status (JSON for scripts and 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from relay.export.outbox import Outbox
 from relay.schema import split_host_port
 from relay.secrets import redact
 
@@ -30,8 +32,9 @@ def _json(data: Any, status: int = 200) -> web.Response:
 class StatusServer:
     def __init__(
         self, listen: str, status: Callable[[], dict[str, Any]], ready_problems: Callable[[], list[str]],
-        registry: CollectorRegistry,
+        registry: CollectorRegistry, outbox: Outbox | None = None,
     ) -> None:
+        self._outbox = outbox
         self.listen = listen
         self._status = status
         self._ready_problems = ready_problems
@@ -44,6 +47,7 @@ class StatusServer:
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/status", self._status_handler)
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/outbox", self._outbox_handler)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         host, port = split_host_port(self.listen)
@@ -65,6 +69,20 @@ class StatusServer:
 
     async def _status_handler(self, _: web.Request) -> web.Response:
         return _json(self._status())
+
+    async def _outbox_handler(self, request: web.Request) -> web.Response:
+        """The last shipped payloads exactly as sent (redacted), newest last. ?last=N&payload=0|1"""
+        if self._outbox is None:
+            return _json([])
+        try:
+            last = max(0, min(1000, int(request.query.get("last", "10"))))
+        except ValueError:
+            return _json({"error": "last must be a whole number"}, status=400)
+        with_payload = request.query.get("payload", "1") != "0"
+        items = self._outbox.last(last)
+        # Decoding and JSON-encoding payloads is CPU work: keep it off the event loop.
+        data = await asyncio.to_thread(lambda: [Outbox.describe(s, with_payload) for s in items])
+        return _json(data)
 
     async def _metrics(self, _: web.Request) -> web.Response:
         body = generate_latest(self._registry)

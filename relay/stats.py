@@ -41,6 +41,7 @@ OTLP_NAMES: dict[str, SelfMetric] = {
     "relay_backlog_bytes": SelfMetric("relay.destination.backlog", "By"),
     "relay_process_rss_bytes": SelfMetric("relay.process.rss", "By"),
     "relay_receiver_requests": SelfMetric("relay.receiver.requests", "{request}"),
+    "relay_redactions": SelfMetric("relay.redactions", "{item}"),
     "relay_receiver_items": SelfMetric("relay.receiver.items", "{item}"),
     "relay_receiver_bytes": SelfMetric("relay.receiver.bytes", "By"),
     "relay_receiver_rejected": SelfMetric("relay.receiver.rejected", "{request}"),
@@ -110,6 +111,11 @@ class Stats:
             registry=r,
         )
         self.process_rss = Gauge("relay_process_rss_bytes", "Resident memory of the relay.", registry=r)
+        self.redactions = Counter(
+            "relay_redactions",
+            "Items and attributes the redaction policy dropped, hashed, masked or merged, by destination and rule.",
+            ["destination", "rule", "action"], registry=r,
+        )
         self.receiver_requests = Counter(
             "relay_receiver_requests", "OTLP requests received, by signal.", ["signal"], registry=r
         )

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 CLI = [sys.executable, "-m", "relay.cli"]
+PASS_THROUGH_POLICY = Path(__file__).parent / "fixtures" / "policy-pass-through.yaml"
 
 
 def free_port() -> int:
@@ -147,6 +148,7 @@ def relay_config(workdir: Path, endpoint: str, **overrides: Any) -> dict[str, An
         "state_dir": str(workdir / "state"),
         "server": {"listen": f"127.0.0.1:{free_port()}"},
         "shutdown_timeout": "5s",
+        "policy": {"file": str(PASS_THROUGH_POLICY), "watch_interval": "200ms"},
         "sources": {"host": {"interval": "200ms"}, "internal": {"interval": "200ms"},
                     "otlp": {"listen": f"127.0.0.1:{free_port()}"}},
         "destinations": [{

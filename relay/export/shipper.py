@@ -26,8 +26,10 @@ import aiohttp
 from relay import __version__
 from relay.config import DestinationSettings
 from relay.export.compression import compress
+from relay.export.outbox import Outbox
 from relay.export.signing import Signer, content_digest
 from relay.otlp import SIGNAL_INFO, Signal
+from relay.policy import Outcome, Policy, PolicyHolder
 from relay.secrets import redact
 from relay.spool import Lease, Spool
 from relay.stats import Stats
@@ -77,8 +79,11 @@ class Shipper:
     def __init__(
         self, settings: DestinationSettings, api_key: str | None, spool: Spool, stats: Stats,
         shutdown_timeout: float, signer: Signer | None = None, proxy_password: str | None = None,
+        policy: PolicyHolder | None = None, outbox: Outbox | None = None,
     ) -> None:
         self.settings = settings
+        self.policy = policy
+        self.outbox = outbox
         self.api_key = api_key
         self.signer = signer
         self.proxy_password = proxy_password
@@ -184,6 +189,12 @@ class Shipper:
         data = self._data[signal]
         try:
             while True:
+                # Fail closed: without a valid redaction policy nothing is prepared for sending.
+                while self.policy is not None and self.policy.current is None and not self._stopping.is_set():
+                    try:
+                        await asyncio.wait_for(self._stopping.wait(), timeout=1.0)
+                    except TimeoutError:
+                        pass
                 while not self._stopping.is_set() and len(inflight) < self.settings.in_flight:
                     lease = await self.spool.lease(self.name, signal, after, self.settings.max_request_bytes)
                     if lease is None:
@@ -220,20 +231,38 @@ class Shipper:
         finally:
             self.state.in_flight -= 1
 
-    async def _deliver_entries(self, lease: Lease) -> None:
+    def _prepare(self, lease: Lease, policy: Policy | None) -> tuple[bytes, bytes, Outcome | None]:
+        """Merge, redact and compress one batch: (redacted body, wire bytes, policy outcome)."""
         body = b"".join(e.payload for e in lease.entries)
-        encoding = self.settings.compression
-        if len(body) >= THREAD_COMPRESS_BYTES:
-            wire = await asyncio.to_thread(compress, body, encoding)
+        outcome = None
+        if policy is not None:
+            body, outcome = policy.apply(lease.signal, body)
+        return body, compress(body, self.settings.compression), outcome
+
+    async def _deliver_entries(self, lease: Lease) -> None:
+        policy = self.policy.current if self.policy else None
+        if self.policy is not None and policy is None:
+            raise _Stopping()  # the policy went away under us: leave the batch in the spool
+        size = sum(len(e.payload) for e in lease.entries)
+        if size >= THREAD_COMPRESS_BYTES:
+            body, wire, outcome = await asyncio.to_thread(self._prepare, lease, policy)
         else:
-            wire = compress(body, encoding)
+            body, wire, outcome = self._prepare(lease, policy)
+        if outcome is not None:
+            for (rule, action), n in outcome.counts.items():
+                self.stats.redactions.labels(self.name, rule, action).inc(n)
+            if outcome.items_out == 0:
+                return  # the policy let nothing of this batch out: done, counted per rule above
+        policy_sha = policy.sha256 if policy else None
         digest = content_digest(wire) if self.signer else None
         attempt = 0
         while True:
-            outcome, delay = await self._attempt(lease, wire, digest, attempt)
-            if outcome == "done":
+            result, delay = await self._attempt(lease, wire, digest, attempt, policy_sha)
+            if result == "done":
+                if self.outbox is not None:
+                    self.outbox.add(self.name, lease.signal, body, policy_sha)
                 return
-            if outcome == "split":
+            if result == "split":
                 half = len(lease.entries) // 2
                 for part in (lease.entries[:half], lease.entries[half:]):
                     await self._deliver_entries(Lease(lease.signal, part[0].seq, part[-1].seq, part, (0, 0, 0)))
@@ -248,7 +277,7 @@ class Shipper:
                 self.state.backoff_until = None
             raise _Stopping()
 
-    def _headers(self, url: str, digest: str | None) -> dict[str, str]:
+    def _headers(self, url: str, digest: str | None, policy_sha: str | None = None) -> dict[str, str]:
         h = {
             "Content-Type": "application/x-protobuf",
             "User-Agent": f"telemetry-relay/{__version__}",
@@ -257,6 +286,9 @@ class Shipper:
             h["Content-Encoding"] = self.settings.compression
         if self.api_key:
             h["Authorization"] = f"Bearer {self.api_key}"
+        if policy_sha:
+            # Provenance: which policy this body passed through; covered by the signature.
+            h["X-Relay-Policy-SHA256"] = policy_sha
         if self.signer and digest:
             h["Content-Digest"] = digest
             self.signer.sign("POST", url, h)
@@ -267,7 +299,8 @@ class Shipper:
         cap = min(r.max_backoff, r.initial_backoff * (r.multiplier ** min(attempt, 60)))
         return random.uniform(r.initial_backoff / 2, cap)  # full jitter, with a small floor
 
-    async def _attempt(self, lease: Lease, wire: bytes, digest: str | None, attempt: int) -> tuple[str, float]:
+    async def _attempt(self, lease: Lease, wire: bytes, digest: str | None, attempt: int,
+                       policy_sha: str | None = None) -> tuple[str, float]:
         """One POST. Returns ('done'|'split'|'retry', delay before the retry)."""
         assert self._session is not None
         url = self.settings.endpoint + SIGNAL_INFO[lease.signal].path
@@ -275,7 +308,7 @@ class Shipper:
         st.last_attempt = start = time.time()
         try:
             async with self._session.post(
-                url, data=wire, headers=self._headers(url, digest), proxy=self._proxy_url,
+                url, data=wire, headers=self._headers(url, digest, policy_sha), proxy=self._proxy_url,
                 proxy_auth=self._proxy_auth,
             ) as resp:
                 status = resp.status
@@ -364,10 +397,21 @@ class Shipper:
                 )
         return self._backoff(attempt)
 
+    def _redactions(self) -> dict[str, dict[str, float]]:
+        """Per rule: items and attributes dropped, hashed, masked, merged."""
+        out: dict[str, dict[str, float]] = {}
+        for metric in self.stats.redactions.collect():
+            for smp in metric.samples:
+                if smp.name.endswith("_total") and smp.labels.get("destination") == self.name and smp.value:
+                    out.setdefault(smp.labels["rule"], {})[smp.labels["action"]] = smp.value
+        return out
+
     # -- status ------------------------------------------------------------------------------------
 
     def ready_problem(self, now: float) -> str | None:
         """Why this destination makes the relay not ready, or None."""
+        if self.policy is not None and self.policy.current is None:
+            return f"destination {self.name}: no valid redaction policy, nothing ships: {self.policy.error}"
         backlog_bytes, backlog_items = self.spool.backlog(self.name)
         if backlog_items == 0:
             return None
@@ -393,6 +437,8 @@ class Shipper:
             },
             "proxy": _redact_url(self.settings.proxy_url) if self.settings.proxy_url else "environment",
             "signing_key_ids": self.signer.key_ids if self.signer else [],
+            "policy": self.policy.snapshot() if self.policy else None,
+            "redactions": self._redactions(),
             "last_success": st.last_success,
             "last_success_age_seconds": round(now - st.last_success, 3) if st.last_success else None,
             "last_error": st.last_error,

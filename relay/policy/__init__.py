@@ -1,0 +1,108 @@
+"""The redaction policy: loading and validating policy.yaml, the hashing secret, and the
+holder that keeps the last good policy in force across reloads (fail closed: without a
+valid policy nothing ships).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import secrets as pysecrets
+import time
+from pathlib import Path
+from typing import Any
+
+from relay.policy.engine import Outcome, Policy
+from relay.policy.schema import PolicyFile
+from relay.schema import SchemaError, load_text
+
+log = logging.getLogger("relay.policy")
+
+__all__ = ["Outcome", "Policy", "PolicyHolder", "load_policy", "load_secret"]
+
+
+def load_secret(state_dir: str | Path) -> bytes:
+    """The per-installation HMAC key for hashed values, created once (0600) in the state directory."""
+    path = Path(state_dir) / "policy-secret"
+    try:
+        value = path.read_text().strip()
+        if value:
+            return bytes.fromhex(value)
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = pysecrets.token_hex(32)
+    fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(path.with_suffix(".tmp"), path)
+    return bytes.fromhex(value)
+
+
+def load_policy(path: str | Path, secret: bytes) -> Policy:
+    """Read and compile a policy file. Raises SchemaError naming the file, line and key path."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise SchemaError(str(p), None, "", "policy file not found") from None
+    except OSError as e:
+        raise SchemaError(str(p), None, "", f"cannot read policy file: {e.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SchemaError(str(p), None, "", "policy file is not UTF-8") from None
+    pf, _ = load_text(text, PolicyFile, str(p))
+    return Policy(pf, secret, str(p), hashlib.sha256(raw).hexdigest(), time.time())
+
+
+class PolicyHolder:
+    """The policy in force for one destination, reloaded from its file on demand."""
+
+    def __init__(self, path: str, secret: bytes) -> None:
+        self.path = path
+        self.secret = secret
+        self.current: Policy | None = None
+        self.error: str | None = None
+        self.error_time: float | None = None
+        self._mtime: float | None = None
+
+    def load(self) -> bool:
+        """Load the file; on failure keep the last good policy (or none) and record why."""
+        try:
+            self._mtime = os.stat(self.path).st_mtime
+        except OSError:
+            self._mtime = None
+        try:
+            policy = load_policy(self.path, self.secret)
+        except SchemaError as e:
+            self.error, self.error_time = str(e), time.time()
+            if self.current is None:
+                log.error("no valid redaction policy, so nothing ships (fail closed): %s", e)
+            else:
+                log.error("policy reload refused, the previous policy (sha256 %s) stays in force: %s",
+                          self.current.sha256[:12], e)
+            return False
+        if self.current is None or policy.sha256 != self.current.sha256:
+            log.info("redaction policy %s loaded (sha256 %s)", self.path, policy.sha256[:12])
+        self.current, self.error, self.error_time = policy, None, None
+        return True
+
+    def changed_on_disk(self) -> bool:
+        try:
+            return os.stat(self.path).st_mtime != self._mtime
+        except OSError:
+            return self._mtime is not None
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "sha256": self.current.sha256 if self.current else None,
+            "loaded_at": self.current.loaded_at if self.current else None,
+            "in_force": self.current is not None,
+            "last_error": self.error,
+            "last_error_time": self.error_time,
+        }

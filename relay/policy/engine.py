@@ -1,0 +1,350 @@
+"""The compiled redaction policy: applied to each batch as it is prepared for a destination.
+
+Owns: deciding, for every metric, attribute, string value, log body and span name, whether
+it leaves as is, hashed, masked or not at all; merging data points whose identities
+collide once an attribute is gone (sums add, gauges keep the latest, histograms merge
+buckets, summaries keep the latest); and counting every decision per rule. Decisions are
+memoized per distinct key and per distinct value, so the cost follows the number of
+distinct values, not of data points.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import hmac
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from relay.otlp import SIGNAL_INFO, Signal
+from relay.policy.detectors import DETECTORS, Detector, regex_detector
+from relay.policy.schema import KeyRule, PolicyFile, ValueRule
+
+MASK = "***"
+_CACHE_LIMIT = 200_000
+
+
+@dataclass
+class Outcome:
+    """What one application of the policy did: counts per (rule, action), items in and out."""
+
+    counts: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
+    items_in: int = 0
+    items_out: int = 0
+
+    def add(self, rule: str, action: str, n: int = 1) -> None:
+        self.counts[(rule, action)] += n
+
+
+# (new text, or None to drop the attribute; drop the whole item?; (rule, action) events)
+ValueVerdict = tuple[str | None, bool, tuple[tuple[str, str], ...]]
+
+
+def _scope_ok(rule: KeyRule | ValueRule, signal: Signal, metric: str | None) -> bool:
+    if rule.signals and signal not in rule.signals:
+        return False
+    return not (rule.metrics and (metric is None or not any(fnmatch.fnmatchcase(metric, g) for g in rule.metrics)))
+
+
+class Policy:
+    def __init__(self, pf: PolicyFile, secret: bytes, path: str, sha256: str, loaded_at: float) -> None:
+        self.file = pf
+        self.secret = secret
+        self.path = path
+        self.sha256 = sha256
+        self.loaded_at = loaded_at
+        self._detectors: list[tuple[ValueRule, Detector]] = [
+            (r, DETECTORS[r.detector] if r.detector else regex_detector(r.regex or "")) for r in pf.values
+        ]
+        self._metric_cache: dict[str, tuple[bool, str]] = {}
+        self._key_cache: dict[tuple[str, Signal, str | None, str], tuple[str, str]] = {}
+        self._rules_cache: dict[tuple[Signal, str | None, str], list[tuple[ValueRule, Detector]]] = {}
+        self._value_cache: dict[tuple[Signal, str | None, str, str], ValueVerdict] = {}
+
+    # -- decisions (memoized) ----------------------------------------------------------------------
+
+    def token(self, value: str) -> str:
+        """The deterministic stand-in for a hashed value: HMAC-SHA256 with this installation's secret."""
+        return "h:" + hmac.new(self.secret, value.encode(), hashlib.sha256).hexdigest()[:16]
+
+    def metric_allowed(self, name: str) -> tuple[bool, str]:
+        hit = self._metric_cache.get(name)
+        if hit is None:
+            mp = self.file.metrics
+            if any(fnmatch.fnmatchcase(name, g) for g in mp.deny):
+                hit = (False, "metrics.deny")
+            elif any(fnmatch.fnmatchcase(name, g) for g in mp.allow):
+                hit = (True, "metrics.allow")
+            else:
+                hit = (mp.default == "allow", "metrics.default")
+            self._bounded(self._metric_cache)[name] = hit
+        return hit
+
+    def key_action(self, kind: str, signal: Signal, metric: str | None, key: str) -> tuple[str, str]:
+        ck = (kind, signal, metric, key)
+        hit = self._key_cache.get(ck)
+        if hit is None:
+            ap = self.file.resource_attributes if kind == "resource" else self.file.attributes
+            section = "resource_attributes" if kind == "resource" else "attributes"
+            hit = (ap.default, f"{section}.default")
+            for r in ap.rules:
+                if fnmatch.fnmatchcase(key, r.key) and _scope_ok(r, signal, metric):
+                    hit = (r.action, r.name or f"{section}:{r.key}")
+                    break
+            self._bounded(self._key_cache)[ck] = hit
+        return hit
+
+    def _value_rules(self, signal: Signal, metric: str | None, key: str) -> list[tuple[ValueRule, Detector]]:
+        ck = (signal, metric, key)
+        rules = self._rules_cache.get(ck)
+        if rules is None:
+            rules = [(r, d) for r, d in self._detectors if _scope_ok(r, signal, metric)
+                     and (not r.keys or any(fnmatch.fnmatchcase(key, g) for g in r.keys))]
+            self._bounded(self._rules_cache)[ck] = rules
+        return rules
+
+    def value(self, signal: Signal, metric: str | None, key: str, text: str) -> ValueVerdict:
+        """(new text or None to drop the attribute, drop the whole item?, (rule, action) events)."""
+        ck = (signal, metric, key, text)
+        hit = self._value_cache.get(ck)
+        if hit is not None:
+            return hit
+        rules = self._value_rules(signal, metric, key)
+        events: list[tuple[str, str]] = []
+        out: str | None = text
+        drop_item = False
+        for rule, det in rules:
+            if out is None:
+                break
+            spans = det.spans(out)
+            if not spans:
+                continue
+            if rule.action == "drop_item":
+                events.append((rule.label, "dropped_item"))
+                out, drop_item = None, True
+                break
+            if rule.action == "drop_attribute":
+                events.append((rule.label, "dropped"))
+                out = None
+                break
+            for start, end in reversed(spans):
+                repl = MASK if rule.action == "mask" else self.token(out[start:end])
+                out = out[:start] + repl + out[end:]
+            events.append((rule.label, "masked" if rule.action == "mask" else "hashed"))
+        hit = (out, drop_item, tuple(events))
+        self._bounded(self._value_cache)[ck] = hit
+        return hit
+
+    @staticmethod
+    def _bounded(cache: dict[Any, Any]) -> dict[Any, Any]:
+        if len(cache) >= _CACHE_LIMIT:  # a flood of distinct values must not grow memory without bound
+            cache.clear()
+        return cache
+
+    # -- applying ----------------------------------------------------------------------------------
+
+    def apply(self, signal: Signal, body: bytes) -> tuple[bytes, Outcome]:
+        msg = SIGNAL_INFO[signal].request()
+        msg.ParseFromString(body)
+        outcome = Outcome()
+        if signal == "metrics":
+            self._metrics(msg, outcome)
+        elif signal == "logs":
+            self._logs(msg, outcome)
+        else:
+            self._traces(msg, outcome)
+        return msg.SerializeToString(), outcome
+
+    def _attrs(self, kvs: Any, kind: str, signal: Signal, metric: str | None, o: Outcome) -> tuple[bool, bool]:
+        """Apply key and value rules to a KeyValue list in place.
+        Returns (identity changed, drop the item)."""
+        changed = False
+        for i in range(len(kvs) - 1, -1, -1):
+            kv = kvs[i]
+            action, rule = self.key_action(kind, signal, metric, kv.key)
+            if action == "drop":
+                o.add(rule, "dropped")
+                del kvs[i]
+                changed = True
+            elif action == "hash":
+                kv.value.string_value = self.token(_as_text(kv.value))
+                o.add(rule, "hashed")
+            elif action == "mask":
+                kv.value.string_value = MASK
+                o.add(rule, "masked")
+                changed = True
+            else:
+                verdict = self._any_value(kv.value, signal, metric, kv.key, o)
+                if verdict == "drop_item":
+                    return True, True
+                if verdict == "drop_attribute":
+                    del kvs[i]
+                    changed = True
+                elif verdict == "masked":
+                    changed = True
+        return changed, False
+
+    def _any_value(self, av: Any, signal: Signal, metric: str | None, key: str, o: Outcome) -> str:
+        """Value rules over an AnyValue's strings (nested arrays and maps included)."""
+        kind = av.WhichOneof("value")
+        if kind == "string_value":
+            new, drop_item, events = self.value(signal, metric, key, av.string_value)
+            for rule, action in events:
+                o.add(rule, action)
+            if drop_item:
+                return "drop_item"
+            if new is None:
+                return "drop_attribute"
+            if new != av.string_value:
+                av.string_value = new
+                return "masked"
+            return "kept"
+        result = "kept"
+        if kind == "array_value":
+            children = list(av.array_value.values)
+        elif kind == "kvlist_value":
+            children = [kv.value for kv in av.kvlist_value.values]
+        else:
+            return result
+        for child in children:
+            v = self._any_value(child, signal, metric, key, o)
+            if v == "drop_item":
+                return v
+            if v == "drop_attribute":  # inside a structure: blank the leaf rather than reshape it
+                child.string_value = MASK
+                result = "masked"
+            elif v == "masked":
+                result = "masked"
+        return result
+
+    def _resource(self, res: Any, signal: Signal, o: Outcome) -> None:
+        self._attrs(res.attributes, "resource", signal, None, o)
+
+    def _metrics(self, msg: Any, o: Outcome) -> None:
+        for rm in msg.resource_metrics:
+            self._resource(rm.resource, "metrics", o)
+            for sm in rm.scope_metrics:
+                for mi in range(len(sm.metrics) - 1, -1, -1):
+                    m = sm.metrics[mi]
+                    kind = m.WhichOneof("data")
+                    points = getattr(m, kind).data_points if kind else []
+                    o.items_in += len(points)
+                    allowed, rule = self.metric_allowed(m.name)
+                    if not allowed:
+                        o.add(rule, "dropped_item", len(points))
+                        del sm.metrics[mi]
+                        continue
+                    collided = False
+                    for pi in range(len(points) - 1, -1, -1):
+                        changed, drop = self._attrs(points[pi].attributes, "attributes", "metrics", m.name, o)
+                        if drop:
+                            del points[pi]
+                            continue
+                        collided = collided or changed
+                    if collided and len(points) > 1:
+                        merged = _merge_points(kind or "", m, points)
+                        if merged:
+                            o.add(f"merge:{m.name}", "merged", merged)
+                    if not len(points):
+                        del sm.metrics[mi]
+                        continue
+                    o.items_out += len(points)
+        _prune(msg.resource_metrics, "scope_metrics", "metrics")
+
+    def _logs(self, msg: Any, o: Outcome) -> None:
+        for rl in msg.resource_logs:
+            self._resource(rl.resource, "logs", o)
+            for sl in rl.scope_logs:
+                records = sl.log_records
+                o.items_in += len(records)
+                for i in range(len(records) - 1, -1, -1):
+                    lr = records[i]
+                    _, drop = self._attrs(lr.attributes, "attributes", "logs", None, o)
+                    if not drop and lr.HasField("body"):
+                        drop = self._any_value(lr.body, "logs", None, "body", o) == "drop_item"
+                    if drop:
+                        del records[i]
+                o.items_out += len(records)
+        _prune(msg.resource_logs, "scope_logs", "log_records")
+
+    def _traces(self, msg: Any, o: Outcome) -> None:
+        for rs in msg.resource_spans:
+            self._resource(rs.resource, "traces", o)
+            for ss in rs.scope_spans:
+                spans = ss.spans
+                o.items_in += len(spans)
+                for i in range(len(spans) - 1, -1, -1):
+                    sp = spans[i]
+                    _, drop = self._attrs(sp.attributes, "attributes", "traces", None, o)
+                    if not drop:
+                        new, drop, events = self.value("traces", None, "span.name", sp.name)
+                        for rule, action in events:
+                            o.add(rule, action)
+                        if not drop:
+                            sp.name = new if new is not None else MASK
+                    for ev in sp.events:
+                        if not drop:
+                            drop = self._attrs(ev.attributes, "attributes", "traces", None, o)[1]
+                    for link in sp.links:
+                        if not drop:
+                            drop = self._attrs(link.attributes, "attributes", "traces", None, o)[1]
+                    if drop:
+                        del spans[i]
+                o.items_out += len(spans)
+        _prune(msg.resource_spans, "scope_spans", "spans")
+
+
+def _as_text(av: Any) -> str:
+    kind = av.WhichOneof("value")
+    return "" if kind is None else str(getattr(av, kind)) if kind != "string_value" else av.string_value
+
+
+def _identity(dp: Any) -> tuple[Any, ...]:
+    attrs = tuple(sorted((kv.key, kv.value.SerializeToString()) for kv in dp.attributes))
+    return attrs, dp.start_time_unix_nano, dp.time_unix_nano
+
+
+def _merge_points(kind: str, metric: Any, points: Any) -> int:
+    """Merge data points whose identity now collides; returns how many were merged away."""
+    first: dict[tuple[Any, ...], Any] = {}
+    doomed: list[int] = []
+    for i, dp in enumerate(points):
+        ident = _identity(dp)
+        keep = first.get(ident)
+        if keep is None:
+            first[ident] = dp
+            continue
+        if kind == "sum":
+            if keep.WhichOneof("value") == "as_int" and dp.WhichOneof("value") == "as_int":
+                keep.as_int += dp.as_int
+            else:
+                total = _num(keep) + _num(dp)
+                keep.as_double = total
+        elif kind == "histogram" and list(keep.explicit_bounds) == list(dp.explicit_bounds):
+            keep.count += dp.count
+            keep.sum += dp.sum
+            for b in range(len(keep.bucket_counts)):
+                keep.bucket_counts[b] += dp.bucket_counts[b]
+        else:  # gauges and summaries (and unmergeable histograms): the latest point stands
+            if dp.time_unix_nano >= keep.time_unix_nano:
+                keep.CopyFrom(dp)
+        doomed.append(i)
+    for i in reversed(doomed):
+        del points[i]
+    return len(doomed)
+
+
+def _num(dp: Any) -> float:
+    return float(dp.as_int) if dp.WhichOneof("value") == "as_int" else float(dp.as_double)
+
+
+def _prune(resources: Any, scopes_field: str, items_field: str) -> None:
+    """Drop scopes and resources left empty by the policy."""
+    for ri in range(len(resources) - 1, -1, -1):
+        scopes = getattr(resources[ri], scopes_field)
+        for si in range(len(scopes) - 1, -1, -1):
+            if not len(getattr(scopes[si], items_field)):
+                del scopes[si]
+        if not len(scopes):
+            del resources[ri]
