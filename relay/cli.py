@@ -66,6 +66,24 @@ def _parser() -> argparse.ArgumentParser:
     keys.add_argument("--out", help="with export: directory for <key id>.pem public keys")
     keys.add_argument("--json", action="store_true", help="with show: machine-readable output")
 
+    pol = sub.add_parser("policy", help="dry-run the redaction policy, or find what a hash token stands for")
+    pol_sub = pol.add_subparsers(dest="policy_command", metavar="ACTION", required=True)
+    pt = pol_sub.add_parser("test", help="show what would leave: per-rule summary, or the OTLP JSON with --json")
+    pt.add_argument("--config", default=config.DEFAULT_CONFIG_PATH, help="path to relay.yaml")
+    pt.add_argument("--policy", help="policy file (default: the one relay.yaml names)")
+    pt.add_argument("--input", help="an OTLP request: .json (OTLP JSON) or .pb (protobuf)")
+    pt.add_argument("--signal", choices=["metrics", "logs", "traces"], default="metrics")
+    pt.add_argument("--from-spool", type=int, metavar="N", help="the N oldest spooled requests")
+    pt.add_argument("--json", action="store_true", help="print what would leave, as OTLP JSON")
+    pu = pol_sub.add_parser("unhash", help="find which recent local value (from the spool) a token stands for")
+    pu.add_argument("token", help="a hash token as shipped, e.g. h:3f9a1c0b2d4e5f60")
+    pu.add_argument("--config", default=config.DEFAULT_CONFIG_PATH, help="path to relay.yaml")
+
+    ob = sub.add_parser("outbox", help="the last payloads shipped, exactly as sent (redacted)")
+    ob.add_argument("--url", default=DEFAULT_STATUS_URL, help="status server base URL")
+    ob.add_argument("--last", type=int, default=5, help="how many (newest last)")
+    ob.add_argument("--json", action="store_true", help="print the payloads as OTLP JSON")
+
     sub.add_parser("version", help="print the version")
     return p
 
@@ -110,6 +128,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _ingest(args)
     if args.command == "keys":
         return _keys(args)
+    if args.command == "policy":
+        from relay import policy_cli
+
+        return policy_cli.run(args)
+    if args.command == "outbox":
+        return _outbox(args.url, args.last, args.json)
     raise AssertionError(args.command)
 
 
@@ -232,6 +256,25 @@ def _status(base: str, raw: bool) -> int:
     else:
         print(format_status(data))
     return EXIT_OK if data.get("ready") else EXIT_FAIL
+
+
+def _outbox(base: str, last: int, raw: bool) -> int:
+    url = f"{base.rstrip('/')}/outbox?last={last}&payload={1 if raw else 0}"
+    try:
+        _, items = _fetch(url)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        print(f"telemetry-relay: no relay answering at {base}: {getattr(e, 'reason', e)}", file=sys.stderr)
+        return EXIT_USAGE
+    if raw:
+        print(json.dumps(items, indent=2))
+        return EXIT_OK
+    if not items:
+        print("outbox is empty: nothing shipped since the relay started")
+    for it in items:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(it["time"]))
+        print(f"{when} UTC  {it['destination']}  {it['signal']}  {it['items']} items  {_bytes(it['bytes'])}  "
+              f"policy {str(it.get('policy_sha256'))[:12]}")
+    return EXIT_OK
 
 
 def _ago(ts: float | None, now: float) -> str:

@@ -230,6 +230,30 @@ class _Queue:
         self.cache.close()
 
 
+def read_entries(state_dir: str | Path, signal: Signal, limit: int) -> list[Entry]:
+    """The oldest `limit` entries of one signal's queue, read-only, for the CLI (the relay may be
+    running: SQLite lets a reader in beside the writer)."""
+    directory = Path(state_dir) / "spool" / signal
+    if not (directory / "cache.db").exists():
+        return []
+    cache = diskcache.Cache(str(directory), timeout=60)
+    try:
+        hdr = cache.get("hdr")
+        if hdr is None:
+            return []
+        head, tail, _, _ = _HDR.unpack(hdr)
+        out = []
+        for seq in range(head, min(tail, head + limit)):
+            meta, payload = cache.get(-seq), cache.get(seq)
+            if meta is None or payload is None:
+                continue
+            created, items, _, _, _ = _META.unpack(meta)
+            out.append(Entry(seq, payload, items, created))
+        return out
+    finally:
+        cache.close()
+
+
 class Spool:
     """The async face of the spool. Every disk operation runs on the spool thread."""
 

@@ -68,6 +68,10 @@ class Policy:
         """The deterministic stand-in for a hashed value: HMAC-SHA256 with this installation's secret."""
         return "h:" + hmac.new(self.secret, value.encode(), hashlib.sha256).hexdigest()[:16]
 
+    def hash_candidates(self, text: str) -> list[str]:
+        """The substrings of text that a `hash` value rule would replace by a token."""
+        return [text[s:e] for rule, det in self._detectors if rule.action == "hash" for s, e in det.spans(text)]
+
     def metric_allowed(self, name: str) -> tuple[bool, str]:
         hit = self._metric_cache.get(name)
         if hit is None:

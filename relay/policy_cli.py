@@ -1,0 +1,124 @@
+"""`telemetry-relay policy test|unhash`: the redaction policy, for operators and reviewers.
+
+Owns: the dry run (what a policy would let out of a given request or of the spooled
+backlog, per rule or as OTLP JSON) and finding which recent local value a hash token
+stands for, by hashing the values found in the spool with this installation's secret.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from relay import config
+from relay.otlp import SIGNALS, Signal, from_json, parse_request, to_json_dict
+from relay.policy import load_policy, load_secret
+from relay.schema import SchemaError
+from relay.spool import read_entries
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.policy_command == "test":
+        return _test(args)
+    return _unhash(args)
+
+
+def _inputs(args: argparse.Namespace, state_dir: str | None) -> list[tuple[Signal, bytes]]:
+    if args.input:
+        path = Path(args.input)
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise SchemaError(str(path), None, "--input", f"cannot read: {e.strerror}") from None
+        try:
+            msg = from_json(args.signal, data) if path.suffix == ".json" else parse_request(args.signal, data)
+        except Exception as e:
+            raise SchemaError(str(path), None, "--input", f"not an OTLP {args.signal} request: {e}") from None
+        return [(args.signal, msg.SerializeToString())]
+    if args.from_spool:
+        if state_dir is None:
+            raise SchemaError("command line", None, "--from-spool", "needs --config to find the spool")
+        out: list[tuple[Signal, bytes]] = []
+        for signal in SIGNALS:
+            out += [(signal, e.payload) for e in read_entries(state_dir, signal, args.from_spool)]
+        return out
+    raise SchemaError("command line", None, "--input", "give --input FILE or --from-spool N")
+
+
+def _test(args: argparse.Namespace) -> int:
+    cfg = None
+    if not args.policy or args.from_spool:
+        cfg = config.load(args.config).config
+    policy_path = args.policy or (cfg.policy.file if cfg else "")
+    state_dir = cfg.state_dir if cfg else None
+    # Hash tokens in a dry run match the relay's only with its secret; without it, a throwaway one.
+    secret = load_secret(state_dir) if state_dir and Path(state_dir).exists() else b"dry-run" * 4
+    policy = load_policy(policy_path, secret)
+    totals: dict[tuple[str, str], int] = defaultdict(int)
+    items_in = items_out = 0
+    redacted: list[dict[str, Any]] = []
+    for signal, body in _inputs(args, state_dir):
+        new_body, outcome = policy.apply(signal, body)
+        items_in += outcome.items_in
+        items_out += outcome.items_out
+        for key, n in outcome.counts.items():
+            totals[key] += n
+        if args.json:
+            redacted.append({"signal": signal, "request": to_json_dict(parse_request(signal, new_body))})
+    if args.json:
+        print(json.dumps(redacted, indent=2))
+        return 0
+    print(f"policy {policy_path} (sha256 {policy.sha256[:12]})")
+    print(f"items in: {items_in}, would leave: {items_out}, dropped whole: {items_in - items_out}")
+    if not totals:
+        print("no rule changed anything")
+    by_rule: dict[str, dict[str, int]] = defaultdict(dict)
+    for (rule, action), n in totals.items():
+        by_rule[rule][action] = n
+    for rule in sorted(by_rule):
+        actions = ", ".join(f"{a} {n}" for a, n in sorted(by_rule[rule].items()))
+        print(f"  {rule:<40} {actions}")
+    return 0
+
+
+def _strings(node: Any, path: str = "") -> list[tuple[str, str]]:
+    """Every (where, string) in an OTLP JSON document."""
+    out: list[tuple[str, str]] = []
+    if isinstance(node, dict):
+        if "key" in node and "value" in node and isinstance(node["value"], dict):
+            for where, s in _strings(node["value"], path):
+                out.append((node["key"] if where in ("", path) else where, s))
+            return out
+        for k, v in node.items():
+            out += _strings(v, k if k in ("body", "name") else path)
+    elif isinstance(node, list):
+        for v in node:
+            out += _strings(v, path)
+    elif isinstance(node, str):
+        out.append((path, node))
+    return out
+
+
+def _unhash(args: argparse.Namespace) -> int:
+    cfg = config.load(args.config).config
+    policy = load_policy(cfg.policy.file, load_secret(cfg.state_dir))
+    found: dict[str, set[str]] = defaultdict(set)
+    for signal in SIGNALS:
+        for entry in read_entries(cfg.state_dir, signal, 1_000_000):
+            doc = to_json_dict(parse_request(signal, entry.payload))
+            for where, value in _strings(doc):
+                if policy.token(value) == args.token:
+                    found[value].add(where or signal)
+                # A hashed substring (an address in a log line, say) is a detector match inside it.
+                for part in policy.hash_candidates(value):
+                    if policy.token(part) == args.token:
+                        found[part].add(where or signal)
+    if not found:
+        print(f"{args.token}: no value in the spool hashes to it (only data still spooled can be looked up)")
+        return 1
+    for value, wheres in found.items():
+        print(f"{args.token} = {value!r}  (seen in: {', '.join(sorted(wheres))})")
+    return 0
