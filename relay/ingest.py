@@ -123,6 +123,7 @@ class Ingest:
             "received_at": time.time(),
             "user_agent": request.headers.get("User-Agent", ""),
             "key_id": key_id,
+            "policy_sha256": request.headers.get("X-Relay-Policy-SHA256"),
             "request": None,
         }
         # JSON-encoding a large request is CPU work: keep it off the loop.

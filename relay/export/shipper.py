@@ -240,25 +240,31 @@ class Shipper:
         return body, compress(body, self.settings.compression), outcome
 
     async def _deliver_entries(self, lease: Lease) -> None:
-        policy = self.policy.current if self.policy else None
-        if self.policy is not None and policy is None:
-            raise _Stopping()  # the policy went away under us: leave the batch in the spool
-        size = sum(len(e.payload) for e in lease.entries)
-        if size >= THREAD_COMPRESS_BYTES:
-            body, wire, outcome = await asyncio.to_thread(self._prepare, lease, policy)
-        else:
-            body, wire, outcome = self._prepare(lease, policy)
-        if outcome is not None:
-            for (rule, action), n in outcome.counts.items():
-                self.stats.redactions.labels(self.name, rule, action).inc(n)
-            if outcome.items_out == 0:
-                return  # the policy let nothing of this batch out: done, counted per rule above
-        policy_sha = policy.sha256 if policy else None
-        digest = content_digest(wire) if self.signer else None
         attempt = 0
+        prepared: tuple[bytes, bytes, Outcome | None, str | None] | None = None
+        prepared_for: Policy | None = None
         while True:
+            policy = self.policy.current if self.policy else None
+            if self.policy is not None and policy is None:
+                raise _Stopping()  # the policy went away under us: leave the batch in the spool
+            if prepared is None or policy is not prepared_for:
+                # First attempt, or the policy changed while this batch waited to be retried:
+                # prepare it afresh, so a tightened policy covers batches already in retry too.
+                if sum(len(e.payload) for e in lease.entries) >= THREAD_COMPRESS_BYTES:
+                    body, wire, outcome = await asyncio.to_thread(self._prepare, lease, policy)
+                else:
+                    body, wire, outcome = self._prepare(lease, policy)
+                prepared = (body, wire, outcome, content_digest(wire) if self.signer else None)
+                prepared_for = policy
+                if outcome is not None and outcome.items_out == 0:
+                    self._count_redactions(outcome)
+                    return  # the policy let nothing of this batch out: done, counted per rule
+            body, wire, outcome, digest = prepared
+            policy_sha = policy.sha256 if policy else None
             result, delay = await self._attempt(lease, wire, digest, attempt, policy_sha)
             if result == "done":
+                if outcome is not None:
+                    self._count_redactions(outcome)
                 if self.outbox is not None:
                     self.outbox.add(self.name, lease.signal, body, policy_sha)
                 return
@@ -276,6 +282,10 @@ class Shipper:
             finally:
                 self.state.backoff_until = None
             raise _Stopping()
+
+    def _count_redactions(self, outcome: Outcome) -> None:
+        for (rule, action), n in outcome.counts.items():
+            self.stats.redactions.labels(self.name, rule, action).inc(n)
 
     def _headers(self, url: str, digest: str | None, policy_sha: str | None = None) -> dict[str, str]:
         h = {

@@ -1,0 +1,236 @@
+"""The redaction engine: property-based proof that blocked values never reach the bytes that
+would be sent, merges after a dropped attribute, and the shipped default policy on real data."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from relay.otlp import MetricsBuilder, SIGNAL_INFO, attributes_dict, set_attributes
+from relay.policy import Policy, load_policy
+from relay.policy.schema import PolicyFile
+from relay.schema import SchemaError, load_text
+from relay.sources import mapping
+from relay.sources.jolokia import bulk_request, map_response
+
+ROOT = Path(__file__).parents[2]
+SECRET = b"0123456789abcdef0123456789abcdef"
+
+
+def policy(text: str) -> Policy:
+    pf, _ = load_text(text, PolicyFile, "test-policy.yaml")
+    return Policy(pf, SECRET, "test-policy.yaml", "0" * 64, 0.0)
+
+
+# -- sensitive values, planted ----------------------------------------------------------------------
+
+SENSITIVE = st.one_of(
+    st.builds(lambda u, d: f"{u}@{d}.example.com", st.from_regex(r"[a-z]{3,8}", fullmatch=True),
+              st.from_regex(r"[a-z]{3,8}", fullmatch=True)),
+    st.builds(lambda a, b, c, d: f"10.{a}.{b}.{c + d}", st.integers(0, 255), st.integers(0, 255),
+              st.integers(1, 100), st.integers(0, 100)),
+    st.builds(lambda s: "AKIA" + s, st.from_regex(r"[A-Z0-9]{16}", fullmatch=True)),
+    st.sampled_from(["4111 1111 1111 1111", "5500-0000-0000-0004", "340000000000009"]),
+    st.builds(lambda s: f"https://admin:{s}@db.internal/x", st.from_regex(r"[A-Za-z0-9]{6,12}", fullmatch=True)),
+)
+FILLER = st.text(alphabet="abcdefghij klmnop-_", max_size=12)
+
+
+def plant(signal: str, secrets_: list[str], filler: str) -> bytes:
+    """A request with the secrets in resource attributes, item attributes, and log bodies or span names."""
+    s0, s1, s2 = (secrets_ * 3)[:3]
+    req = SIGNAL_INFO[signal].request()  # type: ignore[index]
+    if signal == "metrics":
+        b = MetricsBuilder({"service.name": "app", "owner": s0}, "test")
+        m = b.sum("orders", "1")
+        b.point(m, 5, 1_000, 1, {"customer": f"{filler} {s1}", "plain": "ok"})
+        b.point(m, 6, 1_000, 1, {"nested": [f"{filler}{s2}", "x"]})
+        return bytes(b.finish().SerializeToString())
+    if signal == "logs":
+        rl = req.resource_logs.add()
+        set_attributes(rl.resource.attributes, {"service.name": "app", "owner": s0})
+        sl = rl.scope_logs.add()
+        lr = sl.log_records.add()
+        lr.body.string_value = f"login failed for {s1} {filler}"
+        set_attributes(lr.attributes, {"user": s2})
+        lr2 = sl.log_records.add()
+        set_attributes(lr2.body.kvlist_value.values, {"msg": f"{filler} {s0}", "inner": {"who": s1}})
+    else:
+        rs = req.resource_spans.add()
+        set_attributes(rs.resource.attributes, {"service.name": "app", "owner": s0})
+        sp = rs.scope_spans.add().spans.add()
+        sp.name = f"GET {s1} {filler}"
+        sp.trace_id, sp.span_id = b"\x01" * 16, b"\x02" * 8
+        set_attributes(sp.attributes, {"peer": s2})
+        set_attributes(sp.events.add().attributes, {"detail": s0})
+    return bytes(req.SerializeToString())
+
+
+MASKING = """
+version: 1
+metrics: {default: allow}
+resource_attributes: {default: keep}
+attributes: {default: keep}
+values:
+  - {detector: email, action: mask}
+  - {detector: ipv4, action: mask}
+  - {detector: aws_access_key, action: mask}
+  - {detector: credit_card, action: mask}
+  - {detector: url_credentials, action: mask}
+"""
+HASHING = MASKING.replace("action: mask", "action: hash")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(signal=st.sampled_from(["metrics", "logs", "traces"]), secrets_=st.lists(SENSITIVE, min_size=1, max_size=3),
+       filler=FILLER)
+def test_masked_values_never_reach_the_sent_bytes(signal: str, secrets_: list[str], filler: str) -> None:
+    body = plant(signal, secrets_, filler)
+    out, outcome = policy(MASKING).apply(signal, body)  # type: ignore[arg-type]
+    for s in secrets_:
+        needle = s.split("://admin:")[1].split("@")[0] if "://admin:" in s else s
+        assert needle.encode() not in out, f"{needle!r} left in the {signal} payload"
+    assert outcome.items_out == outcome.items_in  # masking drops nothing
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(signal=st.sampled_from(["metrics", "logs", "traces"]), secrets_=st.lists(SENSITIVE, min_size=1, max_size=3),
+       filler=FILLER)
+def test_hashed_values_leave_only_as_tokens(signal: str, secrets_: list[str], filler: str) -> None:
+    p = policy(HASHING)
+    body = plant(signal, secrets_, filler)
+    out, outcome = p.apply(signal, body)  # type: ignore[arg-type]
+    for s in secrets_:
+        for part in p.hash_candidates(s):
+            assert part.encode() not in out
+    tokens = set(re.findall(rb"h:[0-9a-f]{16}", out))
+    assert tokens, "hashed values leave as tokens"
+    assert sum(n for (_, action), n in outcome.counts.items() if action == "hashed") >= 1
+    # Deterministic, so the vendor can follow a series across time without learning the value.
+    assert policy(HASHING).apply(signal, body)[0] == out  # type: ignore[arg-type]
+
+
+DROPPING = """
+version: 1
+metrics: {default: allow}
+resource_attributes:
+  default: drop
+  rules: [{key: service.name, action: keep}]
+attributes: {default: drop}
+values:
+  - {detector: email, action: drop_item}
+  - {detector: ipv4, action: drop_item}
+  - {detector: aws_access_key, action: drop_item}
+  - {detector: credit_card, action: drop_item}
+  - {detector: url_credentials, action: drop_item}
+"""
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(signal=st.sampled_from(["metrics", "logs", "traces"]), secrets_=st.lists(SENSITIVE, min_size=1, max_size=3),
+       filler=FILLER)
+def test_dropped_attributes_and_items_never_reach_the_sent_bytes(signal: str, secrets_: list[str],
+                                                                 filler: str) -> None:
+    out, _ = policy(DROPPING).apply(signal, plant(signal, secrets_, filler))  # type: ignore[arg-type]
+    for s in secrets_:
+        assert s.encode() not in out
+    assert b"owner" not in out
+
+
+def test_dropping_a_distinguishing_attribute_merges_sums_by_adding() -> None:
+    b = MetricsBuilder({"service.name": "x"}, "t")
+    m = b.sum("requests", "1")
+    b.point(m, 10, 1000, 1, {"pod": "a", "route": "/x"})
+    b.point(m, 32, 1000, 1, {"pod": "b", "route": "/x"})
+    b.point(m, 5, 1000, 1, {"pod": "c", "route": "/y"})
+    g = b.gauge("temperature", "Cel")
+    b.point(g, 20.0, 1000, 0, {"pod": "a"})
+    b.point(g, 25.0, 2000, 0, {"pod": "b"})
+    p = policy("version: 1\nresource_attributes: {default: keep}\nattributes:\n  default: keep\n"
+               "  rules: [{key: pod, action: drop}]\n")
+    out, outcome = p.apply("metrics", b.finish().SerializeToString())
+    req = SIGNAL_INFO["metrics"].request()
+    req.ParseFromString(out)
+    metrics = {m.name: m for m in req.resource_metrics[0].scope_metrics[0].metrics}
+    sums = {attributes_dict(dp.attributes)["route"]: dp.as_int for dp in metrics["requests"].sum.data_points}
+    assert sums == {"/x": 42, "/y": 5}
+    gauges = [(attributes_dict(dp.attributes), dp.as_double) for dp in metrics["temperature"].gauge.data_points]
+    assert gauges == [({}, 20.0), ({}, 25.0)]  # different times: distinct points, not merged
+    assert outcome.counts[("merge:requests", "merged")] == 1
+    assert outcome.counts[("attributes:pod", "dropped")] == 5
+
+
+def test_metric_allow_and_deny_lists() -> None:
+    p = policy("version: 1\nmetrics: {default: deny, allow: ['kafka.*', 'jvm.*'], deny: ['kafka.secret.*']}\n"
+               "resource_attributes: {default: keep}\nattributes: {default: keep}\n")
+    assert p.metric_allowed("kafka.message.count")[0]
+    assert not p.metric_allowed("kafka.secret.thing")[0]  # deny wins
+    assert not p.metric_allowed("app.orders")[0]  # in neither: default deny
+
+
+def test_policy_files_are_validated_with_path_and_line(tmp_path: Path) -> None:
+    bad = {  # the file starts with "version: 1", so these lines are one further down
+        "attributes:\n  default: drop\n  rulez: []\n": ":4: attributes.rulez: unknown key",
+        "values:\n  - {detector: ssn, action: mask}\n": ":3: values[0]: unknown detector 'ssn'",
+        "values:\n  - {regex: '([a-z', action: mask}\n": ":3: values[0]: bad regex",
+        "attributes:\n  rules:\n    - {key: x, action: obliterate}\n": ":4: attributes.rules[0].action: expected one of",
+    }
+    for text, message in bad.items():
+        f = tmp_path / "policy.yaml"
+        f.write_text("version: 1\n" + text)
+        with pytest.raises(SchemaError) as e:
+            load_policy(f, SECRET)
+        assert f"{f}{message}" in str(e.value)
+
+
+def test_shipped_default_policy_on_kafka_broker_data() -> None:
+    p = load_policy(ROOT / "configs" / "policy.yaml", SECRET)
+    maps = mapping.load(["kafka", "jvm"])
+    sent = bulk_request(maps)
+    answers: dict[str, Any] = {
+        "kafka.server:type=KafkaServer,name=ClusterId": {"Value": "lkc-abc"},
+        "kafka.server:type=BrokerTopicMetrics,name=MessagesInPerSec,topic=*": {
+            "kafka.server:name=MessagesInPerSec,topic=orders,type=BrokerTopicMetrics": {"Count": 10}},
+        "java.lang:type=MemoryPool,name=*": {"java.lang:name=G1 Eden Space,type=MemoryPool": {
+            "Usage": {"used": 100, "committed": 200, "max": 300}, "CollectionUsage": {"used": 7}, "Type": "HEAP"}},
+    }
+    response = [{"status": 200, "value": answers[e["mbean"]]} if e["mbean"] in answers else {"status": 404}
+                for e in sent]
+    resource = {"service.name": "kafka", "service.instance.id": "broker-1.corp.example:8778",
+                "host.name": "broker-1.corp.example", "process.command": "/home/alice/kafka/bin/java"}
+    req = map_response(sent, response, maps, resource).request
+    out, outcome = p.apply("metrics", req.SerializeToString())
+    r = SIGNAL_INFO["metrics"].request()
+    r.ParseFromString(out)
+    res = attributes_dict(r.resource_metrics[0].resource.attributes)
+    assert res["service.name"] == "kafka" and res["kafka.cluster.id"] == "lkc-abc"
+    assert res["host.name"] == p.token("broker-1.corp.example")  # hashed
+    assert res["service.instance.id"].startswith("h:")
+    assert "process.command" not in res  # dropped
+    points = {m.name: [attributes_dict(dp.attributes) for dp in getattr(m, m.WhichOneof("data")).data_points]
+              for m in r.resource_metrics[0].scope_metrics[0].metrics}
+    assert points["kafka.message.count"] == [{"topic": "orders"}]
+    assert points["jvm.memory.used"] == [{"jvm.memory.pool.name": "G1 Eden Space", "jvm.memory.type": "heap"}]
+    assert outcome.items_out == outcome.items_in
+
+
+def test_shipped_default_policy_on_the_otlp_example_and_logs() -> None:
+    p = load_policy(ROOT / "configs" / "policy.yaml", SECRET)
+    from relay.otlp import from_json
+
+    example = from_json("metrics", (ROOT / "tests" / "fixtures" / "otlp_proto_examples_metrics.json").read_bytes())
+    out, outcome = p.apply("metrics", example.SerializeToString())
+    doc = out.decode("latin-1")
+    assert "my.service" in doc and "my.counter" in doc
+    assert outcome.counts[("attributes.default", "dropped")] >= 1  # the example's "my.*.attr" keys
+    logs = plant("logs", ["jane@corp.example", "10.1.2.3", "AKIAABCDEFGHIJKLMNOP"], "x")
+    out, _ = p.apply("logs", logs)
+    assert b"jane@corp.example" not in out and b"10.1.2.3" not in out and b"AKIAABCDEFGHIJKLMNOP" not in out
+    assert p.token("10.1.2.3").encode() in out
+    assert json.dumps(list(outcome.counts))  # counts are plain data
