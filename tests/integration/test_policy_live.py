@@ -91,7 +91,7 @@ def test_without_a_valid_policy_nothing_ships_until_one_appears(tmp_path: Path) 
     relay, ingest, policy = start(tmp_path, None)
     try:
         push(relay, [(3, {"k": "v"})])
-        code, body = wait_until(lambda: (r := relay.readyz())[0] == 503 and r, what="not ready")
+        _, body = wait_until(lambda: (r := relay.readyz())[0] == 503 and r, what="not ready")
         assert any("no valid redaction policy" in r and "policy file not found" in r for r in body["reasons"])
         wait_until(lambda: relay.status()["spool"]["entries"] >= 1, what="data kept in the spool")
         assert ingest.requests() == []
@@ -120,7 +120,7 @@ def test_dropping_an_attribute_merges_cumulative_series_at_the_ingest(tmp_path: 
 
 
 def test_shipped_default_policy_with_a_real_sdk_client(tmp_path: Path) -> None:
-    relay, ingest, policy = start(tmp_path, (ROOT / "configs" / "policy.yaml").read_text())
+    relay, ingest, _ = start(tmp_path, (ROOT / "configs" / "policy.yaml").read_text())
     try:
         push_with_sdk(relay.otlp_url, "protobuf", "dflt")
         wait_until(lambda: ingest.requests("traces") and ingest.requests("logs")

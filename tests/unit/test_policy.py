@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from relay.otlp import MetricsBuilder, SIGNAL_INFO, attributes_dict, set_attributes
+from relay.otlp import SIGNAL_INFO, MetricsBuilder, attributes_dict, set_attributes
 from relay.policy import Policy, load_policy
 from relay.policy.schema import PolicyFile
 from relay.schema import SchemaError, load_text
@@ -179,7 +179,8 @@ def test_policy_files_are_validated_with_path_and_line(tmp_path: Path) -> None:
         "attributes:\n  default: drop\n  rulez: []\n": ":4: attributes.rulez: unknown key",
         "values:\n  - {detector: ssn, action: mask}\n": ":3: values[0]: unknown detector 'ssn'",
         "values:\n  - {regex: '([a-z', action: mask}\n": ":3: values[0]: bad regex",
-        "attributes:\n  rules:\n    - {key: x, action: obliterate}\n": ":4: attributes.rules[0].action: expected one of",
+        "attributes:\n  rules:\n    - {key: x, action: obliterate}\n":
+            ":4: attributes.rules[0].action: expected one of",
     }
     for text, message in bad.items():
         f = tmp_path / "policy.yaml"
