@@ -17,11 +17,14 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry.proto.common.v1 import common_pb2
+
 from relay.otlp import SIGNAL_INFO, Signal
 from relay.policy.detectors import DETECTORS, Detector, regex_detector
 from relay.policy.schema import KeyRule, PolicyFile, ValueRule
 
 MASK = "***"
+_SERIALIZE_KV = common_pb2.KeyValue.SerializeToString
 _CACHE_LIMIT = 200_000
 
 
@@ -61,6 +64,7 @@ class Policy:
         self._key_cache: dict[tuple[str, Signal, str | None, str], tuple[str, str]] = {}
         self._rules_cache: dict[tuple[Signal, str | None, str], list[tuple[ValueRule, Detector]]] = {}
         self._value_cache: dict[tuple[Signal, str | None, str, str], ValueVerdict] = {}
+        self._set_cache: dict[tuple[str, Signal, str | None], dict[tuple[bytes, ...], Any]] = {}
 
     # -- decisions (memoized) ----------------------------------------------------------------------
 
@@ -161,8 +165,47 @@ class Policy:
         return msg.SerializeToString(), outcome
 
     def _attrs(self, kvs: Any, kind: str, signal: Signal, metric: str | None, o: Outcome) -> tuple[bool, bool]:
-        """Apply key and value rules to a KeyValue list in place.
-        Returns (identity changed, drop the item)."""
+        """Apply key and value rules to a KeyValue list in place; returns (identity changed, drop
+        the item). Memoized per distinct attribute set: the same series recurs in every scrape,
+        so after the first one a point costs a lookup, not a walk through its attributes."""
+        return self._apply_verdict(kvs, self._verdict(kind, signal, metric, tuple(map(_SERIALIZE_KV, kvs))), o)
+
+    def _set_cache_for(self, kind: str, signal: Signal, metric: str | None) -> dict[tuple[bytes, ...], Any]:
+        ck = (kind, signal, metric)
+        sets = self._set_cache.get(ck)
+        if sets is None:
+            sets = self._bounded(self._set_cache)[ck] = {}
+        return sets
+
+    def _verdict(self, kind: str, signal: Signal, metric: str | None, parts: tuple[bytes, ...]) -> Any:
+        """(identity changed, drop item, replacement attributes or None, events) for one attribute set."""
+        sets = self._set_cache_for(kind, signal, metric)
+        verdict = sets.get(parts)
+        if verdict is None:
+            scratch_list = common_pb2.KeyValueList()
+            for b in parts:
+                scratch_list.values.add().MergeFromString(b)
+            scratch = Outcome()
+            changed, drop = self._attrs_uncached(scratch_list.values, kind, signal, metric, scratch)
+            new_parts = tuple(map(_SERIALIZE_KV, scratch_list.values))
+            replacement = None if new_parts == parts else new_parts
+            verdict = (changed, drop, replacement, tuple(scratch.counts.items()))
+            self._bounded(sets)[parts] = verdict
+        return verdict
+
+    @staticmethod
+    def _apply_verdict(kvs: Any, verdict: Any, o: Outcome) -> tuple[bool, bool]:
+        changed, drop, replacement, events = verdict
+        for (rule, action), n in events:
+            o.counts[(rule, action)] += n
+        if replacement is not None and not drop:
+            del kvs[:]
+            for b in replacement:
+                kvs.add().MergeFromString(b)
+        return changed, drop
+
+    def _attrs_uncached(self, kvs: Any, kind: str, signal: Signal, metric: str | None,
+                        o: Outcome) -> tuple[bool, bool]:
         changed = False
         for i in range(len(kvs) - 1, -1, -1):
             kv = kvs[i]
@@ -240,12 +283,20 @@ class Policy:
                         del sm.metrics[mi]
                         continue
                     collided = False
-                    for pi in range(len(points) - 1, -1, -1):
-                        changed, drop = self._attrs(points[pi].attributes, "attributes", "metrics", m.name, o)
-                        if drop:
-                            del points[pi]
-                            continue
-                        collided = collided or changed
+                    doomed = []
+                    sets = self._set_cache_for("attributes", "metrics", m.name)
+                    for pi, dp in enumerate(points):
+                        # The hot loop: one lookup per point for an attribute set seen before.
+                        kvs = dp.attributes
+                        parts = tuple(map(_SERIALIZE_KV, kvs))
+                        verdict = sets.get(parts) or self._verdict("attributes", "metrics", m.name, parts)
+                        if verdict[3] or verdict[2] is not None:
+                            self._apply_verdict(kvs, verdict, o)
+                        if verdict[1]:
+                            doomed.append(pi)
+                        collided = collided or verdict[0]
+                    for pi in reversed(doomed):
+                        del points[pi]
                     if collided and len(points) > 1:
                         merged = _merge_points(kind or "", m, points)
                         if merged:
