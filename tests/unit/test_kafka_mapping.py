@@ -278,3 +278,15 @@ def test_every_shipped_rule_file_loads_and_names_are_unique_per_type() -> None:
         for r in m.jolokia:
             assert seen.setdefault(r.metric, r.type) == r.type, f"{r.metric} has two types"
         assert Counter(r.metric for r in m.jolokia)
+
+
+def test_default_kafka_rules_cover_the_datadog_broker_bean_set() -> None:
+    """Every broker-side bean Datadog's Kafka integration reads is read by the default rules."""
+    import re as _re
+
+    text = (FIX / "datadog_kafka_metrics.yaml").read_text()
+    beans = set(_re.findall(r"bean: '(kafka\.(?:server|network|controller|log):[^']+)'", text))
+    assert len(beans) >= 35
+    patterns = [r.pattern for r in mapping.load(["kafka"]).jolokia]
+    missing = sorted(b for b in beans if not any(mapping.bean_matches(p, b) for p in patterns))
+    assert missing == [], f"beans the default rules do not read: {missing}"
