@@ -291,3 +291,56 @@ def test_otel_collector_filelog_pushes_every_line_with_zstd(pipeline: Any, tmp_p
         assert relay.status()["receivers"][0]["signals"]["logs"]["rejected"] == {}
     finally:
         collector.terminate()
+
+
+def test_bearer_token_tls_and_decompression_ratio_guard(tmp_path: Path) -> None:
+    import ssl
+    import zlib
+
+    from tests.certs import PKI
+
+    pki = PKI(tmp_path / "pki")
+    server = pki.issue("receiver", server=True)
+    token = tmp_path / "token"
+    token.write_text("receiver-token-7f3e91\n")
+    token.chmod(0o600)
+    ingest = Ingest(tmp_path)
+    ingest.start()
+    cfg = relay_config(tmp_path, ingest.url, sources={"host": {"enabled": False}, "internal": {"enabled": False}})
+    cfg["sources"]["otlp"].update(auth_token_file=str(token),
+                                  tls={"cert_file": str(server.cert), "key_file": str(server.key)})
+    relay = Relay(tmp_path, cfg)
+    relay.start()
+    url = "https://" + cfg["sources"]["otlp"]["listen"] + "/v1/metrics"
+    ctx = ssl.create_default_context(cafile=str(pki.ca.cert))
+
+    def send(body: bytes, headers: dict[str, str]) -> int:
+        req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/x-protobuf", **headers},
+                                     method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=30, context=ctx) as r:
+                return int(r.status)
+        except urllib.error.HTTPError as e:
+            return int(e.code)
+
+    from relay.otlp import MetricsBuilder
+
+    b = MetricsBuilder({"service.name": "t"}, "t")
+    b.point(b.gauge("g", "1"), 1.0, 1)
+    body = b.finish().SerializeToString()
+    auth = {"Authorization": "Bearer receiver-token-7f3e91"}
+    try:
+        assert send(body, {}) == 401
+        assert send(body, {"Authorization": "Bearer wrong"}) == 401
+        assert send(body, auth) == 200  # over TLS, with the token
+        # 2 MiB of zeros in a few KB: under the size cap, over the ratio guard (200).
+        gz = zlib.compressobj(9, zlib.DEFLATED, 31)
+        bomb = gz.compress(b"\0" * (2 << 20)) + gz.flush()
+        assert send(bomb, {**auth, "Content-Encoding": "gzip"}) == 413
+        rejected = relay.status()["receivers"][0]["signals"]["metrics"]["rejected"]
+        assert rejected == {"unauthenticated": 2, "decompression_ratio": 1}
+        wait_until(lambda: ingest.requests(), what="the accepted push at the ingest")
+    finally:
+        relay.terminate()
+        ingest.terminate()
+    assert "receiver-token-7f3e91" not in relay.log()

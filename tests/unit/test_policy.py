@@ -235,3 +235,23 @@ def test_shipped_default_policy_on_the_otlp_example_and_logs() -> None:
     assert b"jane@corp.example" not in out and b"10.1.2.3" not in out and b"AKIAABCDEFGHIJKLMNOP" not in out
     assert p.token("10.1.2.3").encode() in out
     assert json.dumps(list(outcome.counts))  # counts are plain data
+
+
+def test_rules_scoped_to_metric_globs_and_signals() -> None:
+    p = policy("""
+version: 1
+resource_attributes: {default: keep}
+attributes:
+  default: keep
+  rules:
+    - {key: topic, action: hash, metrics: ["kafka.network.*"]}
+    - {key: user, action: drop, signals: [logs]}
+values:
+  - {regex: "secret-[0-9]+", action: mask, signals: [traces], name: trace-secrets}
+""")
+    assert p.key_action("attributes", "metrics", "kafka.network.io", "topic")[0] == "hash"
+    assert p.key_action("attributes", "metrics", "kafka.message.count", "topic")[0] == "keep"
+    assert p.key_action("attributes", "logs", None, "user")[0] == "drop"
+    assert p.key_action("attributes", "metrics", "x", "user")[0] == "keep"
+    assert p.value("traces", None, "span.name", "GET secret-42")[0] == "GET ***"
+    assert p.value("logs", None, "body", "GET secret-42")[0] == "GET secret-42"
