@@ -1,10 +1,12 @@
-"""Logging setup: readable stderr lines (journald fields come with the systemd glue),
-secrets masked in every record, and a per-message rate limit against floods.
+"""Logging setup: journald with structured fields under systemd, readable stderr lines
+otherwise; secrets masked in every record, and a per-message rate limit against floods.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
+import os
 import sys
 import time
 
@@ -46,12 +48,37 @@ class RateLimitFilter(logging.Filter):
         return False
 
 
+class JournalFields(logging.Filter):
+    """Structured journald fields: COMPONENT (the logger), ERROR_CLASS (an exception's type)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.COMPONENT = record.name.removeprefix("relay.")
+        if record.exc_info and record.exc_info[0] is not None:
+            record.ERROR_CLASS = record.exc_info[0].__name__
+        return True
+
+
+def _journal_handler() -> logging.Handler | None:
+    """A JournalHandler when running under systemd with systemd-python installed."""
+    if not (os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID")):
+        return None
+    try:
+        journal = importlib.import_module("systemd.journal")
+    except ImportError:
+        return None
+    handler: logging.Handler = journal.JournalHandler(SYSLOG_IDENTIFIER="telemetry-relay")
+    handler.addFilter(JournalFields())
+    handler.setFormatter(RedactingFormatter("%(message)s"))
+    return handler
+
+
 def setup(level: str = "info", stream: object = None) -> None:
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
-    handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
-    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler = (None if stream else _journal_handler()) or logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
+    if not isinstance(handler.formatter, RedactingFormatter):
+        handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     handler.addFilter(RateLimitFilter())
     root.addHandler(handler)
     root.setLevel(level.upper())

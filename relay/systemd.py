@@ -7,13 +7,16 @@ runs the same on a laptop. Without $NOTIFY_SOCKET every call is a no-op.
 
 from __future__ import annotations
 
+import importlib
 import os
 import socket
 import time
+from typing import Any
 
-try:  # pragma: no cover - depends on the host
-    from systemd import daemon as _sd_daemon
-except ImportError:  # pragma: no cover
+_sd_daemon: Any
+try:  # systemd-python where installed (it needs libsystemd); the plain socket protocol otherwise
+    _sd_daemon = importlib.import_module("systemd.daemon")
+except ImportError:
     _sd_daemon = None
 
 

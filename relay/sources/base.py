@@ -54,6 +54,7 @@ class SourceRunner:
         self.successes = 0  # runs whose data is durably spooled
         self.errors = 0
         self.ran = asyncio.Event()  # set once the first run finished, well or not
+        self.succeeded = asyncio.Event()  # set once a run's data was durably spooled
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -107,6 +108,7 @@ class SourceRunner:
         self.last_points = points
         self.successes += 1
         self.last_success = time.time()
+        self.succeeded.set()
         if self.last_error is not None:
             log.info("source %s recovered", name)
         self.last_error = None
