@@ -3,8 +3,9 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-# The tests also need a JVM and Debian's Jolokia (the real protocol, for the Kafka sources).
-TEST_APT := default-jdk-headless libjolokia-core-java
+# The tests also need a JVM and Debian's Jolokia (the real protocol, for the Kafka sources),
+# and Chromium with its driver (the status page is tested in a real browser).
+TEST_APT := default-jdk-headless libjolokia-core-java chromium chromium-driver
 
 .PHONY: all setup run test lint bench clean
 

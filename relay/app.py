@@ -8,10 +8,12 @@ fails validation leaves the running pipeline untouched.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import signal
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,9 @@ from relay.stats import Stats
 log = logging.getLogger("relay.app")
 
 MAINTENANCE_INTERVAL = 1.0
+# The status page's sparklines: one sample every 10 s, 15 minutes of them, in memory.
+HISTORY_INTERVAL = 10.0
+HISTORY_SAMPLES = 90
 
 
 class Relay:
@@ -66,6 +71,8 @@ class Relay:
         self.policies: dict[str, PolicyHolder] = {}
         self.policy_secret = b""
         self.outbox = Outbox(loaded.config.policy.outbox_bytes)
+        # (time, {destination: (points shipped, bytes shipped)}, points dropped) samples.
+        self.history: deque[tuple[float, dict[str, tuple[float, float]], float]] = deque(maxlen=HISTORY_SAMPLES)
 
     @property
     def config(self) -> Config:
@@ -199,6 +206,7 @@ class Relay:
         self._load_policies()
         self.spool = Spool(state, cfg.spool, [d.name for d in cfg.destinations], self.stats)
         await self.spool.open()
+        self._sample_history()
         self.server = StatusServer(cfg.server.listen, self.status, self.ready_problems, self.stats.registry,
                                    self.outbox)
         await self.server.start()
@@ -294,8 +302,12 @@ class Relay:
         last_age_check = 0.0
         last_status = 0.0
         last_policy_check = 0.0
+        last_sample = 0.0
         while True:
             now = time.monotonic()
+            if now - last_sample >= HISTORY_INTERVAL:
+                last_sample = now
+                self._sample_history()
             if now - last_policy_check >= self.config.policy.watch_interval:
                 last_policy_check = now
                 for holder in list(self.policies.values()):
@@ -327,6 +339,48 @@ class Relay:
                 problems.append(p)
         return problems
 
+    def _sample_history(self) -> None:
+        per_dest = {
+            s.name: (Stats.total(self.stats.points_shipped, destination=s.name),
+                     Stats.total(self.stats.bytes_shipped, destination=s.name))
+            for s in self.shippers
+        }
+        self.history.append((time.time(), per_dest, Stats.total(self.stats.points_dropped)))
+
+    def _history(self) -> dict[str, Any]:
+        """Per destination, [time, points/s, bytes/s] between consecutive samples."""
+        series: dict[str, list[list[float]]] = {}
+        samples = list(self.history)
+        for (t0, d0, _), (t1, d1, _) in itertools.pairwise(samples):
+            dt = max(t1 - t0, 1e-6)
+            for name, (p1, b1) in d1.items():
+                p0, b0 = d0.get(name, (p1, b1))
+                series.setdefault(name, []).append([round(t1, 3), round((p1 - p0) / dt, 3), round((b1 - b0) / dt, 3)])
+        return {"interval_seconds": HISTORY_INTERVAL, "destinations": series}
+
+    def verdict(self, problems: list[str]) -> dict[str, Any]:
+        """healthy, degraded or failing, and why: what the status page's header says."""
+        failing: list[str] = []
+        degraded = list(problems)
+        if self.spool is not None and not self.spool.writable:
+            failing.append(f"the spool cannot be written: {self.spool.last_error}")
+        for s in self.shippers:
+            if s.policy is not None and s.policy.current is None:
+                failing.append(f"destination {s.name}: no valid redaction policy, nothing ships")
+        for r in self.runners + (self.discovery.runners() if self.discovery else []):
+            if r.last_error:
+                degraded.append(f"source {r.source.name}: {r.last_error}")
+        for h in self.policies.values():
+            if h.current is not None and h.error:
+                degraded.append(f"policy edit refused, previous policy in force: {h.error}")
+        if self.history:
+            dropped = Stats.total(self.stats.points_dropped) - self.history[0][2]
+            if dropped > 0:
+                degraded.append(f"{dropped:.0f} points left the spool undelivered in the last 15 minutes")
+        degraded = [d for d in degraded if d not in failing and not any(d in f for f in failing)]
+        state = "failing" if failing else "degraded" if degraded else "healthy"
+        return {"state": state, "reasons": failing + degraded}
+
     def summary_line(self) -> str:
         if self.spool is None:
             return "starting"
@@ -348,6 +402,8 @@ class Relay:
             "uptime_seconds": round(now - self.started, 3),
             "ready": not problems,
             "problems": problems,
+            "verdict": self.verdict(problems),
+            "history": self._history(),
             "config": {
                 "path": self.loaded.path,
                 "last_reload": self.last_reload,

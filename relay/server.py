@@ -1,6 +1,6 @@
 """Health and status server (default 127.0.0.1:8788).
 
-Owns: /healthz (the loop is alive), /readyz (200 only when config is loaded, the spool
+Owns: / (the status page, one self-contained HTML file), /healthz (the loop is alive), /readyz (200 only when config is loaded, the spool
 is writable and every destination is keeping up), /status (JSON for scripts and the
 `status` command) and /metrics (Prometheus text of the self-metrics).
 """
@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -21,6 +22,8 @@ from relay.schema import split_host_port
 from relay.secrets import redact
 
 log = logging.getLogger("relay.server")
+
+_PAGE = (Path(__file__).parent / "status_page.html").read_text(encoding="utf-8")
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -43,6 +46,7 @@ class StatusServer:
 
     async def start(self) -> None:
         app = web.Application()
+        app.router.add_get("/", self._page)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/status", self._status_handler)
@@ -57,6 +61,13 @@ class StatusServer:
     async def stop(self) -> None:
         if self._runner:
             await self._runner.cleanup()
+
+    async def _page(self, _: web.Request) -> web.Response:
+        # One self-contained file: no external assets, for air-gapped hosts.
+        return web.Response(text=_PAGE, content_type="text/html", headers={
+            "Content-Security-Policy": "default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'",
+            "Cache-Control": "no-store",
+        })
 
     async def _healthz(self, _: web.Request) -> web.Response:
         return _json({"status": "alive"})
