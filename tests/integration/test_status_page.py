@@ -49,7 +49,7 @@ def test_status_page_in_a_real_browser(tmp_path: Path) -> None:
         assert verdict.text == "Healthy"
         status = relay.status()
         spool_text = driver.find_element(By.ID, "spool-text").text
-        assert f"of 512.0 MiB used" in spool_text
+        assert "of 512.0 MiB used" in spool_text
         gauge = driver.find_element(By.CSS_SELECTOR, "#spool .gauge")
         assert gauge.get_attribute("aria-valuemax") == str(status["spool"]["max_bytes"])
         row = driver.find_element(By.CSS_SELECTOR, 'tr[data-destination="vendor"]')
