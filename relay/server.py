@@ -1,8 +1,9 @@
 """Health and status server (default 127.0.0.1:8788).
 
-Owns: / (the status page, one self-contained HTML file), /healthz (the loop is alive), /readyz (200 only when config is loaded, the spool
-is writable and every destination is keeping up), /status (JSON for scripts and the
-`status` command) and /metrics (Prometheus text of the self-metrics).
+Owns: / (the status page, one self-contained HTML file), /healthz (the loop is alive),
+/readyz (200 only when config is loaded, the spool is writable and every destination is
+keeping up), /status (JSON for scripts and the `status` command), /outbox (what was
+shipped) and /metrics (Prometheus text of the self-metrics).
 """
 
 from __future__ import annotations
