@@ -187,6 +187,9 @@ class DestinationSettings:
     timeout: Duration = Duration(30.0)
     # /readyz fails when there is data to send and no success for this long.
     ready_threshold: Duration = Duration(300.0)
+    # Cap on the bytes per second sent to this destination (0: no cap), so a fleet of relays
+    # draining their backlogs after an outage does not flatten the vendor.
+    max_bytes_per_second: ByteSize = ByteSize(0)
     retry: RetrySettings = field(default_factory=RetrySettings)
     tls: TLSSettings = field(default_factory=TLSSettings)
     # An explicit HTTP proxy (CONNECT for https). Without it, HTTPS_PROXY/HTTP_PROXY and

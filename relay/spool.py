@@ -254,6 +254,64 @@ def read_entries(state_dir: str | Path, signal: Signal, limit: int) -> list[Entr
         cache.close()
 
 
+def _integrity_check(db: Path) -> None:
+    """Raise sqlite3.DatabaseError if an existing queue file is damaged (a torn write, a bad disk)."""
+    if not db.exists():
+        return
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        row = con.execute("PRAGMA quick_check").fetchone()
+    finally:
+        con.close()
+    if row is None or row[0] != "ok":
+        raise sqlite3.DatabaseError(f"integrity check failed: {row[0] if row else 'no answer'}")
+
+
+def _salvage(directory: Path) -> list[tuple[float, int, bytes]]:
+    """(created, items, payload) of every entry still readable in a quarantined queue, oldest first."""
+    from relay.otlp import count_items, parse_request
+
+    db = directory / "cache.db"
+    if not db.exists():
+        return []
+    payloads: dict[int, bytes] = {}
+    metas: dict[int, tuple[float, int]] = {}
+    signal: Any = directory.name.split("-", 1)[-1]
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        cur = con.execute("SELECT key, value FROM Cache WHERE typeof(key) = 'integer'")
+        while True:
+            try:
+                row = cur.fetchone()
+            except sqlite3.DatabaseError:
+                break  # the rest of the file is unreadable: keep what came before
+            if row is None:
+                break
+            key, value = row
+            if not isinstance(value, bytes):
+                continue
+            if key > 0:
+                payloads[key] = value
+            elif len(value) == _META.size:
+                created, items, _, _, _ = _META.unpack(value)
+                metas[-key] = (created, items)
+        con.close()
+    except sqlite3.DatabaseError:
+        return []
+    out = []
+    for seq in sorted(payloads):
+        payload = payloads[seq]
+        if seq in metas:
+            created, items = metas[seq]
+        else:
+            try:
+                items, created = count_items(signal, parse_request(signal, payload)), time.time()
+            except Exception:
+                continue  # not a request any more: nothing to recover
+        out.append((created, items, payload))
+    return out
+
+
 class Spool:
     """The async face of the spool. Every disk operation runs on the spool thread."""
 
@@ -271,6 +329,11 @@ class Spool:
         self._listeners: list[Callable[[Signal], None]] = []
         self.last_error: str | None = None
         self.writable = True
+        self.quarantined: list[dict[str, Any]] = []
+        # Entries handed to a shipper and not yet acknowledged: evicting one of those is a loss
+        # only if its delivery then fails, so it is counted when that is known, not before.
+        self._leased_upto: dict[tuple[str, Signal], int] = {}
+        self._evicted_in_flight: dict[tuple[str, Signal], dict[int, tuple[int, str]]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -284,12 +347,38 @@ class Spool:
         os.chmod(self.dir, 0o700)  # raw local data: private to the service user
         for signal in SIGNALS:
             if signal == "metrics" or (self.dir / signal).exists():
-                self._queues[signal] = _Queue(self.dir / signal, signal, self.settings, self.destinations)
+                self._queues[signal] = self._open_queue(signal)
         self._deadletter = diskcache.Cache(
             str(self.dir / "deadletter"), timeout=60,
             sqlite_synchronous=2 if self.settings.fsync == "always" else 1, **_CACHE_SETTINGS,
         )
         self._update_gauges()
+
+    def _open_queue(self, signal: Signal) -> _Queue:
+        """Open one queue; a corrupt one is moved aside (quarantined), what can still be read
+        of it is carried over into a fresh queue, and the relay goes on: no crash loop and no
+        silent empty restart."""
+        directory = self.dir / signal
+        try:
+            _integrity_check(directory / "cache.db")
+            return _Queue(directory, signal, self.settings, self.destinations)
+        except (sqlite3.DatabaseError, ValueError, struct.error) as e:
+            reason = f"{e.__class__.__name__}: {e}"
+        quarantine = self.dir.parent / "spool-quarantine" / f"{int(time.time())}-{signal}"
+        quarantine.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.replace(directory, quarantine)
+        salvaged = _salvage(quarantine)
+        size = sum(p.stat().st_size for p in quarantine.rglob("*") if p.is_file())
+        log.error("spool queue %s is unreadable (%s); moved to %s (%d bytes); %d entries recovered from it",
+                  signal, reason, quarantine, size, len(salvaged))
+        q = _Queue(directory, signal, self.settings, self.destinations)
+        with q.cache.transact():
+            for created, items, payload in salvaged:
+                q.append(payload, items, created)
+            q._write_hdr()
+        self.quarantined.append({"signal": signal, "path": str(quarantine), "bytes": size, "reason": reason,
+                                 "recovered_entries": len(salvaged), "time": time.time()})
+        return q
 
     async def close(self) -> None:
         if self._writer:
@@ -308,6 +397,11 @@ class Spool:
         self._executor.shutdown(wait=True)
 
     def _close_sync(self) -> None:
+        # Evicted while in flight and never acknowledged: lost after all, so counted now.
+        for (dest, _), pending in self._evicted_in_flight.items():
+            for items, reason in pending.values():
+                self._count_drop(dest, reason, items)
+        self._evicted_in_flight.clear()
         for q in self._queues.values():
             q.close()
         if self._deadletter is not None:
@@ -439,13 +533,19 @@ class Spool:
     def _drop_head(self, q: _Queue, reason: str) -> None:
         seq, items, _, lost = q.pop_head()
         for dest, n in lost.items():
-            self.stats.points_dropped.labels(dest, reason).inc(n)
-            self.stats.entries_dropped.labels(dest, reason).inc()
+            if seq <= self._leased_upto.get((dest, q.signal), 0):
+                self._evicted_in_flight.setdefault((dest, q.signal), {})[seq] = (n, reason)
+                continue
+            self._count_drop(dest, reason, n)
         if lost:
             log.warning(
                 "spool dropped entry %s/%d (%d items) by %s for %s",
                 q.signal, seq, items, reason, ", ".join(sorted(lost)),
             )
+
+    def _count_drop(self, dest: str, reason: str, items: int) -> None:
+        self.stats.points_dropped.labels(dest, reason).inc(items)
+        self.stats.entries_dropped.labels(dest, reason).inc()
 
     # -- age limit ---------------------------------------------------------------------------------
 
@@ -488,6 +588,8 @@ class Spool:
         entries = q.read(after, max_bytes)
         if not entries:
             return None
+        key = (dest, signal)
+        self._leased_upto[key] = max(self._leased_upto.get(key, 0), entries[-1].seq)
         return Lease(signal, entries[0].seq, entries[-1].seq, entries, q.cursor_after(entries[-1].seq))
 
     async def ack(self, dest: str, lease: Lease) -> None:
@@ -495,6 +597,10 @@ class Spool:
         await self._run(self._ack_sync, dest, lease.signal, lease.cursor_after)
 
     def _ack_sync(self, dest: str, signal: Signal, cursor: tuple[int, int, int]) -> None:
+        pending = self._evicted_in_flight.get((dest, signal))
+        if pending:  # evicted while on the wire, and delivered after all: not a loss
+            for seq in [s for s in pending if s <= cursor[0]]:
+                del pending[seq]
         q = self._queues[signal]
         try:
             with self._atomic(), q.cache.transact():
@@ -554,6 +660,7 @@ class Spool:
             "oldest_age_seconds": round(time.time() - oldest, 3) if oldest else 0.0,
             "writable": self.writable,
             "last_error": self.last_error,
+            "quarantined": self.quarantined,
             "dropped_points": {
                 reason: v for reason, v in Stats.by_label(self.stats.points_dropped, "reason").items() if v
             },

@@ -26,6 +26,7 @@ class Arrival:
     digest: str
     items: int
     status: int
+    body: bytes = b""
 
 
 Responder = Callable[[int, Arrival], tuple[int, dict[str, str], bytes]]
@@ -50,8 +51,16 @@ class Vendor:
             body = decompress(wire, request.headers.get("Content-Encoding", ""), 64 << 20)
             msg = parse_request("metrics", body)
             arrival = Arrival(time.monotonic(), request.path, dict(request.headers),
-                              hashlib.sha256(body).hexdigest(), count_items("metrics", msg), 0)
+                              hashlib.sha256(body).hexdigest(), count_items("metrics", msg), 0, body)
             status, headers, resp = self.responder(len(self.arrivals), arrival)
+            if status == -1:  # drop the connection without an answer
+                if request.transport is not None:
+                    request.transport.close()
+                self.arrivals.append(arrival)
+                raise ConnectionResetError("vendor dropped the connection")
+            if status >= 1000:  # answer slowly: status + 1000 * seconds
+                await asyncio.sleep((status // 1000) / 10)
+                status %= 1000
             arrival.status = status
             self.arrivals.append(arrival)
             return web.Response(status=status, headers=headers, body=resp,

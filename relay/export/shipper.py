@@ -95,6 +95,8 @@ class Shipper:
         self._data: dict[Signal, asyncio.Event] = {}
         self._stopping = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
+        # Token bucket for max_bytes_per_second: the time before which the next send waits.
+        self._rate_next = 0.0
 
     @property
     def name(self) -> str:
@@ -260,6 +262,7 @@ class Shipper:
                     self._count_redactions(outcome)
                     return  # the policy let nothing of this batch out: done, counted per rule
             body, wire, outcome, digest = prepared
+            await self._rate_limit(len(wire))
             policy_sha = policy.sha256 if policy else None
             result, delay = await self._attempt(lease, wire, digest, attempt, policy_sha)
             if result == "done":
@@ -281,6 +284,21 @@ class Shipper:
                 continue
             finally:
                 self.state.backoff_until = None
+            raise _Stopping()
+
+    async def _rate_limit(self, nbytes: int) -> None:
+        """Space sends so that at most max_bytes_per_second leave, on average."""
+        rate = self.settings.max_bytes_per_second
+        if not rate:
+            return
+        now = time.monotonic()
+        start = max(now, self._rate_next)
+        self._rate_next = start + nbytes / rate
+        if start > now:
+            try:
+                await asyncio.wait_for(self._stopping.wait(), timeout=start - now)
+            except TimeoutError:
+                return
             raise _Stopping()
 
     def _count_redactions(self, outcome: Outcome) -> None:
