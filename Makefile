@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # and Chromium with its driver (the status page is tested in a real browser).
 TEST_APT := default-jdk-headless libjolokia-core-java chromium chromium-driver
 
-.PHONY: all setup run test lint bench clean
+.PHONY: all setup run test test-faults lint bench clean
 
 all: setup
 
@@ -26,6 +26,11 @@ test:
 	$(VENV)/bin/ruff check relay tests bench scripts
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# The fault suite at full size (make test runs it small), with its results table.
+test-faults:
+	EXTRA_APT="$(TEST_APT)" ./scripts/bootstrap.sh
+	FAULT_SCALE=full $(PY) -m pytest -q -p no:cacheprovider tests/faults
 
 lint: setup
 	$(VENV)/bin/ruff check relay tests bench scripts

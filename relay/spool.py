@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import shutil
 import sqlite3
 import struct
 import time
@@ -268,46 +269,68 @@ def _integrity_check(db: Path) -> None:
 
 
 def _salvage(directory: Path) -> list[tuple[float, int, bytes]]:
-    """(created, items, payload) of every entry still readable in a quarantined queue, oldest first."""
+    """(created, items, payload) of every entry still readable in a quarantined queue, oldest first.
+
+    Works on a copy (the quarantine stays as found, for a post-mortem). A file cut short is
+    padded back to the length its header states, so SQLite reads what is left instead of
+    refusing the whole file; then rows are read one by one, skipping damaged pages."""
     from relay.otlp import count_items, parse_request
 
     db = directory / "cache.db"
     if not db.exists():
         return []
+    copy = directory / "salvage.db"
+    shutil.copyfile(db, copy)
+    for suffix in ("-wal", "-shm"):  # a write-ahead log beside it still holds committed data
+        if (directory / f"cache.db{suffix}").exists():
+            shutil.copyfile(directory / f"cache.db{suffix}", directory / f"salvage.db{suffix}")
     payloads: dict[int, bytes] = {}
     metas: dict[int, tuple[float, int]] = {}
     signal: Any = directory.name.split("-", 1)[-1]
     try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-        cur = con.execute("SELECT key, value FROM Cache WHERE typeof(key) = 'integer'")
-        while True:
+        with open(copy, "r+b") as f:
+            header = f.read(100)
+            page_size = int.from_bytes(header[16:18], "big") or 65536
+            pages = int.from_bytes(header[28:32], "big")
+            size = f.seek(0, os.SEEK_END)
+            if header[:16] == b"SQLite format 3\x00" and pages * page_size > size:
+                f.write(b"\0" * (pages * page_size - size))
+        con = sqlite3.connect(str(copy))
+    except (OSError, sqlite3.DatabaseError):
+        copy.unlink(missing_ok=True)
+        return []
+    try:
+        rowid, misses = 0, 0
+        while misses < 10_000:
             try:
-                row = cur.fetchone()
+                row = con.execute("SELECT rowid, key, value FROM Cache WHERE rowid > ? ORDER BY rowid LIMIT 1",
+                                  (rowid,)).fetchone()
             except sqlite3.DatabaseError:
-                break  # the rest of the file is unreadable: keep what came before
+                rowid, misses = rowid + 1, misses + 1  # a damaged page: step past it
+                continue
             if row is None:
                 break
-            key, value = row
-            if not isinstance(value, bytes):
+            rowid, misses = row[0], 0
+            key, value = row[1], row[2]
+            if not isinstance(key, int) or not isinstance(value, bytes):
                 continue
             if key > 0:
                 payloads[key] = value
             elif len(value) == _META.size:
                 created, items, _, _, _ = _META.unpack(value)
                 metas[-key] = (created, items)
+    finally:
         con.close()
-    except sqlite3.DatabaseError:
-        return []
+        for name in ("salvage.db", "salvage.db-wal", "salvage.db-shm"):
+            (directory / name).unlink(missing_ok=True)
     out = []
     for seq in sorted(payloads):
         payload = payloads[seq]
-        if seq in metas:
-            created, items = metas[seq]
-        else:
-            try:
-                items, created = count_items(signal, parse_request(signal, payload)), time.time()
-            except Exception:
-                continue  # not a request any more: nothing to recover
+        try:  # a row can be readable and its bytes still damaged: keep only valid requests
+            parsed_items = count_items(signal, parse_request(signal, payload))
+        except Exception:
+            continue
+        created, items = metas.get(seq, (time.time(), parsed_items))
         out.append((created, items, payload))
     return out
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from google.protobuf.message import DecodeError
 
 from relay import __version__
 from relay.config import DestinationSettings
@@ -252,10 +253,14 @@ class Shipper:
             if prepared is None or policy is not prepared_for:
                 # First attempt, or the policy changed while this batch waited to be retried:
                 # prepare it afresh, so a tightened policy covers batches already in retry too.
-                if sum(len(e.payload) for e in lease.entries) >= THREAD_COMPRESS_BYTES:
-                    body, wire, outcome = await asyncio.to_thread(self._prepare, lease, policy)
-                else:
-                    body, wire, outcome = self._prepare(lease, policy)
+                try:
+                    if sum(len(e.payload) for e in lease.entries) >= THREAD_COMPRESS_BYTES:
+                        body, wire, outcome = await asyncio.to_thread(self._prepare, lease, policy)
+                    else:
+                        body, wire, outcome = self._prepare(lease, policy)
+                except DecodeError:
+                    await self._undecodable(lease)
+                    return
                 prepared = (body, wire, outcome, content_digest(wire) if self.signer else None)
                 prepared_for = policy
                 if outcome is not None and outcome.items_out == 0:
@@ -285,6 +290,19 @@ class Shipper:
             finally:
                 self.state.backoff_until = None
             raise _Stopping()
+
+    async def _undecodable(self, lease: Lease) -> None:
+        """A spooled entry that is not valid OTLP (a damaged disk, say) must not block the queue:
+        halve the batch until the bad entries stand alone, and move those to dead-letter."""
+        if len(lease.entries) > 1:
+            half = len(lease.entries) // 2
+            for part in (lease.entries[:half], lease.entries[half:]):
+                await self._deliver_entries(Lease(lease.signal, part[0].seq, part[-1].seq, part, (0, 0, 0)))
+            return
+        reason = "spooled entry is not a valid OTLP protobuf request (damaged on disk?)"
+        self._failed("undecodable", reason, 0, retry=False)
+        log.error("%s: %s entry %d: %s; moved to dead-letter", self.name, lease.signal, lease.first, reason)
+        await self.spool.dead_letter(self.name, lease, 0, reason)
 
     async def _rate_limit(self, nbytes: int) -> None:
         """Space sends so that at most max_bytes_per_second leave, on average."""

@@ -9,12 +9,13 @@ ARTIFACTS = Path(__file__).parents[1] / "artifacts"
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = ["scenario", "sent", "acknowledged", "delivered", "duplicates", "lost", "dropped by reason", "peak RSS"]
+    head = ["scenario", "sent", "acknowledged", "delivered", "duplicates", "dropped by reason", "unexplained loss",
+            "peak RSS"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         dropped = ", ".join(f"{k} {v}" for k, v in r["dropped"].items()) or "none"
         lines.append(f"| {r['scenario']} | {r['sent']} | {r['acknowledged']} | {r['delivered']} | {r['duplicates']} "
-                     f"| {r['lost']} | {dropped} | {r['peak_rss_mib']} MiB |")
+                     f"| {dropped} | {r['unexplained']} | {r['peak_rss_mib']} MiB |")
     return "\n".join(lines)
 
 

@@ -108,15 +108,21 @@ def peak_rss(pid: int) -> int:
 
 def record(scenario: str, pusher: Pusher | None, got: Counter[int], dropped: dict[str, float], rss: int,
            **extra: Any) -> dict[str, Any]:
+    """One row of the table. `lost` counts acknowledged points that did not arrive; the
+    `unexplained` part is what no counted drop (spool cap, age, dead-letter, damaged disk)
+    accounts for, and must be zero."""
     acked = pusher.acked if pusher else set()
+    drops = {k: int(v) for k, v in dropped.items() if v}
+    lost = len(acked - set(got))
     row = {
         "scenario": scenario,
         "sent": pusher.sent if pusher else 0,
         "acknowledged": len(acked),
         "delivered": len(set(got)),
         "duplicates": sum(c - 1 for c in got.values() if c > 1),
-        "lost": len(acked - set(got)),
-        "dropped": {k: int(v) for k, v in dropped.items() if v},
+        "lost": lost,
+        "unexplained": max(0, lost - sum(drops.values())),
+        "dropped": drops,
         "peak_rss_mib": round(rss / 2**20, 1),
         **extra,
     }

@@ -75,7 +75,7 @@ def test_crash_loop(tmp_path: Path) -> None:
         pusher.stop()
         relay.terminate()
         ingest.terminate()
-    assert row["lost"] == 0, f"acknowledged points lost: {sorted(pusher.acked - set(got))[:20]}"
+    assert row["unexplained"] == 0, f"acknowledged points lost: {sorted(pusher.acked - set(got))[:20]}"
     # Duplicates come only from the batch on the wire at each kill (max_request_bytes 16 KiB).
     assert row["duplicates"] <= kills * 1000
 
@@ -111,7 +111,7 @@ def test_long_outage_drains_oldest_first_at_a_bounded_rate(tmp_path: Path) -> No
         pusher.stop()
         relay.terminate()
         ingest.terminate()
-    assert row["lost"] == 0 and backlog > 0
+    assert row["unexplained"] == 0 and backlog > 0
     assert order == sorted(order), "the backlog leaves oldest first"
     # The cap holds: the compressed bytes sent could not have left faster (one batch of slack).
     assert wire / rate - 1.0 <= elapsed, (wire, elapsed)
@@ -137,7 +137,7 @@ def test_sigterm_while_the_vendor_is_down_loses_nothing(tmp_path: Path) -> None:
         pusher.stop()
         relay.terminate()
         ingest.terminate()
-    assert row["lost"] == 0 and row["duplicates"] == 0
+    assert row["unexplained"] == 0 and row["duplicates"] == 0
 
 
 def tmpfs(path: Path, size: str) -> None:
@@ -210,7 +210,7 @@ def test_full_disk_b_enospc_is_survived_and_recovered(tmp_path: Path) -> None:
         relay.terminate()
         ingest.terminate()
         umount(state)
-    assert row["lost"] == 0, row
+    assert row["unexplained"] == 0, row
     assert "Traceback" not in relay.log()
 
 
@@ -221,23 +221,26 @@ def test_corrupt_spool_is_quarantined_and_the_readable_part_kept(tmp_path: Path)
     relay.start()
     pusher = Pusher(relay.otlp_url).start()
     try:
-        wait_until(lambda: len(pusher.acked) >= scale(3_000, 30_000), timeout=120, what="a spooled backlog")
+        wait_until(lambda: len(pusher.acked) >= scale(20_000, 200_000), timeout=120, what="a spooled backlog")
         pusher.stop()
         assert relay.terminate() == 0
         db = Path(cfg["state_dir"]) / "spool" / "metrics" / "cache.db"
         size = db.stat().st_size
         with open(db, "r+b") as f:  # garble a stretch in the middle, then cut off the tail
-            f.seek(size // 2)
+            f.seek(size * 2 // 5)
             f.write(os.urandom(4096))
-            f.truncate(size * 3 // 4)
+            f.truncate(size * 9 // 10)
         relay = Relay(tmp_path, cfg, name="after")
         relay.start()
         q = wait_until(lambda: relay.status()["spool"]["quarantined"], what="the quarantine report")[0]
         assert q["bytes"] > 0 and Path(q["path"]).exists() and "metrics" in q["path"]
         ingest.start()
         got = finish(relay, ingest, pusher)
-        row = record("corrupt spool: garbled and truncated while stopped", pusher, got, dropped_by_reason(relay),
-                     peak_rss(relay.pid), recovered_entries=q["recovered_entries"])
+        # What was on the damaged pages is in the quarantine, reported; the rest must arrive.
+        damaged = len(pusher.acked - set(got))
+        row = record("corrupt spool: garbled and truncated while stopped", pusher, got,
+                     {**dropped_by_reason(relay), "damaged (quarantined)": damaged}, peak_rss(relay.pid),
+                     recovered_entries=q["recovered_entries"])
         # And it goes on: new data flows normally.
         p2 = Pusher(relay.otlp_url).start()
         wait_until(lambda: len(p2.acked) >= 200, what="new pushes accepted")
@@ -246,7 +249,7 @@ def test_corrupt_spool_is_quarantined_and_the_readable_part_kept(tmp_path: Path)
         pusher.stop()
         relay.terminate()
         ingest.terminate()
-    assert row["delivered"] > 0 and q["recovered_entries"] > 0, "the readable part is kept"
+    assert q["recovered_entries"] > 0 and row["delivered"] > row["acknowledged"] / 2, "the readable part is kept"
     assert "Traceback" not in relay.log()
 
 
@@ -287,7 +290,7 @@ def test_slow_and_flaky_vendor(tmp_path: Path) -> None:
         finally:
             pusher.stop()
             relay.terminate()
-    assert row["lost"] == 0, row
+    assert row["unexplained"] == 0, row
     assert row["peak_rss_mib"] < 200
 
 
@@ -409,5 +412,5 @@ def test_backpressure_answers_503_instead_of_losing_data(tmp_path: Path) -> None
     merged.acked, merged.sent = acked, sum(p.sent for p in pushers)
     row = record("backpressure: 3 clients flat out, 1 MiB spool, slow vendor", merged, got, {}, rss,
                  answers_503=sum(p.answers[503] for p in pushers))
-    assert row["lost"] == 0
+    assert row["unexplained"] == 0
     assert rss < 200 * 2**20, "memory stays bounded under backpressure (bound: 200 MiB)"
