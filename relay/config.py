@@ -20,17 +20,9 @@ MiB = 1024 * 1024
 
 
 @dataclass(frozen=True)
-class HostSourceSettings:
-    enabled: bool = True
-    interval: Duration = Duration(10.0)
+class PeriodicSourceSettings:
+    """A source that collects on its own schedule (host metrics, the relay's own)."""
 
-    def validate(self) -> None:
-        if self.interval < 0.05:
-            raise ValueError("interval must be at least 50ms")
-
-
-@dataclass(frozen=True)
-class InternalSourceSettings:
     enabled: bool = True
     interval: Duration = Duration(10.0)
 
@@ -117,8 +109,8 @@ class DiscoverySettings:
 
 @dataclass(frozen=True)
 class SourcesSettings:
-    host: HostSourceSettings = field(default_factory=HostSourceSettings)
-    internal: InternalSourceSettings = field(default_factory=InternalSourceSettings)
+    host: PeriodicSourceSettings = field(default_factory=PeriodicSourceSettings)
+    internal: PeriodicSourceSettings = field(default_factory=PeriodicSourceSettings)
     otlp: OtlpReceiverSettings = field(default_factory=OtlpReceiverSettings)
     jolokia: JolokiaSettings = field(default_factory=JolokiaSettings)
     prometheus: PrometheusSettings = field(default_factory=PrometheusSettings)
