@@ -30,6 +30,7 @@ from typing import Any
 import psutil
 import yaml
 
+from bench import overhead
 from bench.workload import otlp_requests, points_per_request
 from relay.config import SpoolSettings
 from relay.spool import Spool
@@ -105,6 +106,9 @@ class Ingest:
 
     def items(self) -> int:
         return int(_get(self.url + "/stats")["signals"]["metrics"]["items"])
+
+    def metrics_stats(self) -> Any:
+        return _get(self.url + "/stats")["signals"]["metrics"]
 
     def stop(self) -> None:
         self.p.terminate()
@@ -338,6 +342,12 @@ def main() -> None:
         maps = bench_mapping()
         print("bench: redaction policy throughput...", flush=True)
         pol = bench_policy(reqs)
+        print("bench: start to ready...", flush=True)
+        start = overhead.bench_start_to_ready(ingest.url)
+        print(f"bench: steady state at the reference load ({overhead.WINDOW:.0f} s window, real JVM)...", flush=True)
+        steady = overhead.bench_overhead(ingest.url, ingest.metrics_stats)
+        print("bench: catch-up of a 24 h backlog...", flush=True)
+        catch = overhead.bench_catch_up(ingest.url, ingest.items, reqs[:60], points_per_request())
     finally:
         ingest.stop()
 
@@ -381,6 +391,22 @@ def main() -> None:
          "baseline": fmt(pol["passthrough_points_per_s"]) + " (keep-everything policy)",
          "ratio": f"{pol['default_points_per_s'] / pol['passthrough_points_per_s']:.2f}x",
          "target": "-", "result": "-"},
+        {"figure": "steady state: average CPU (% of one core)", "value": f"{steady['cpu_pct_of_core']:.2f}",
+         "baseline": f"{steady['idle_cpu_pct_of_core']:.2f} (idle relay, no sources)", "ratio": "-",
+         "target": "<= 0.5", "result": "pass" if steady["cpu_pct_of_core"] <= 0.5 else "fail"},
+        {"figure": "steady state: peak RSS (MiB)", "value": f"{steady['peak_rss_bytes'] / 2**20:.1f}",
+         "baseline": f"{steady['idle_rss_bytes'] / 2**20:.1f} (idle relay, no sources)", "ratio": "-",
+         "target": "<= 60", "result": "pass" if steady["peak_rss_bytes"] <= 60 * 2**20 else "fail"},
+        {"figure": "steady state: wire bytes per point, headers included",
+         "value": f"{steady['wire_bytes_per_point']:.2f}",
+         "baseline": "-", "ratio": "-", "target": "<= 12",
+         "result": "pass" if 0 < steady["wire_bytes_per_point"] <= 12 else "fail"},
+        {"figure": "catch-up: 24 h backlog at the reference load (s)", "value": f"{catch['drain_s']:.1f}",
+         "baseline": f"{catch['points']:,} points", "ratio": "-", "target": "<= 180",
+         "result": "pass" if catch["drain_s"] <= 180 else "fail"},
+        {"figure": "start to READY=1 (s)", "value": f"{start['ready_s']:.2f}",
+         "baseline": f"{start['bare_python_s']:.2f} (bare python3 start)", "ratio": "-", "target": "<= 2",
+         "result": "pass" if start["ready_s"] <= 2 and start["readyz_s"] <= 2 else "fail"},
         {"figure": "relay peak RSS while draining (MiB)", "value": fmt(relay["peak_rss_bytes"] / 2**20),
          "baseline": "-", "ratio": "-", "target": "-", "result": "-"},
         {"figure": "wire bytes per point (zstd)", "value": fmt(relay["wire_bytes_per_point"]),
@@ -398,6 +424,9 @@ def main() -> None:
         "receiver": receiver,
         "mapping": maps,
         "policy": pol,
+        "start_to_ready": start,
+        "steady_state": steady,
+        "catch_up": catch,
         "ratios": {"throughput": throughput_ratio, "cpu_per_point": cpu_ratio},
         "table": rows,
     }

@@ -46,7 +46,8 @@ class Ingest:
         self.verifier = verifier
         self.max_body = max_body
         self.counts: dict[str, dict[str, float]] = {
-            s: {"requests": 0, "items": 0, "bytes": 0, "first_at": 0.0, "last_at": 0.0} for s in SIGNALS
+            s: {"requests": 0, "items": 0, "bytes": 0, "header_bytes": 0, "first_at": 0.0, "last_at": 0.0}
+            for s in SIGNALS
         }
         self.rejected: dict[str, int] = {}
         self._write_lock = asyncio.Lock()
@@ -112,6 +113,9 @@ class Ingest:
         c["requests"] += 1
         c["items"] += items
         c["bytes"] += len(wire)
+        # Request line and headers as they crossed the wire (signature headers included).
+        c["header_bytes"] += len(request.method) + len(request.path_qs) + 11 + sum(
+            len(k) + len(v) + 4 for k, v in request.raw_headers)
         c["last_at"] = time.time()
         c["first_at"] = c["first_at"] or c["last_at"]
         resp = SIGNAL_INFO[signal].response()

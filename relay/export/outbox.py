@@ -3,7 +3,9 @@
 Owns: keeping the most recent shipped request bodies (before compression), with their
 destination, time and policy hash, up to a byte cap, for `/outbox` and `telemetry-relay
 outbox`: a reviewer sees precisely what left and when. It is an audit view, not storage:
-it starts empty after a restart.
+it starts empty after a restart. The cap counts the bodies' own size; they are held in the
+compressed form that was sent (decompressed on view, byte for byte the same), so the memory
+it costs is a fraction of the cap.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from relay.export.compression import decompress
 from relay.otlp import Signal, count_items, parse_request, to_json_dict
 
 
@@ -23,7 +26,13 @@ class Shipped:
     destination: str
     signal: Signal
     policy_sha256: str | None
-    body: bytes
+    wire: bytes  # as sent
+    encoding: str
+    size: int  # of the body before compression
+
+    @property
+    def body(self) -> bytes:
+        return decompress(self.wire, self.encoding, max(self.size, 1))
 
 
 class Outbox:
@@ -33,14 +42,15 @@ class Outbox:
         self._bytes = 0
         self._lock = threading.Lock()  # written from compression threads, read by the server
 
-    def add(self, destination: str, signal: Signal, body: bytes, policy_sha256: str | None) -> None:
-        if len(body) > self.max_bytes:
+    def add(self, destination: str, signal: Signal, size: int, wire: bytes, encoding: str,
+            policy_sha256: str | None) -> None:
+        if size > self.max_bytes:
             return  # one body larger than the whole ring: nothing sensible to keep
         with self._lock:
-            self._items.append(Shipped(time.time(), destination, signal, policy_sha256, body))
-            self._bytes += len(body)
+            self._items.append(Shipped(time.time(), destination, signal, policy_sha256, wire, encoding, size))
+            self._bytes += size
             while self._bytes > self.max_bytes:
-                self._bytes -= len(self._items.popleft().body)
+                self._bytes -= self._items.popleft().size
 
     def last(self, n: int) -> list[Shipped]:
         with self._lock:
@@ -51,7 +61,7 @@ class Outbox:
         msg = parse_request(s.signal, s.body)
         out: dict[str, Any] = {
             "time": s.time, "destination": s.destination, "signal": s.signal, "policy_sha256": s.policy_sha256,
-            "bytes": len(s.body), "items": count_items(s.signal, msg),
+            "bytes": s.size, "wire_bytes": len(s.wire), "items": count_items(s.signal, msg),
         }
         if with_payload:
             out["request"] = to_json_dict(msg)

@@ -274,7 +274,7 @@ class Shipper:
                 if outcome is not None:
                     self._count_redactions(outcome)
                 if self.outbox is not None:
-                    self.outbox.add(self.name, lease.signal, body, policy_sha)
+                    self.outbox.add(self.name, lease.signal, len(body), wire, self.settings.compression, policy_sha)
                 return
             if result == "split":
                 half = len(lease.entries) // 2

@@ -1,0 +1,247 @@
+"""Steady-state cost on the customer's host, start-to-ready, and catch-up after an outage.
+
+- reference load: host source every 10 s, a real-JVM Jolokia broker with about 5,000 series
+  every 30 s, the relay's own metrics, default policy, zstd, Ed25519; average CPU (% of one
+  core) and peak RSS over the window, beside an idle relay (no sources) in the same run;
+- start to ready: process launch to READY=1 on a notify socket and to /readyz 200, beside
+  the bare interpreter's start;
+- wire bytes per point at the reference load, request line and headers (signature) included;
+- catch-up: a 24-hour backlog at the reference load drained to the ingest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import yaml
+
+HERE = Path(__file__).parent
+WORK = HERE / "work"
+CLI = [sys.executable, "-m", "relay.cli"]
+POLICY = HERE.parent / "configs" / "policy.yaml"
+WINDOW = float(os.environ.get("BENCH_OVERHEAD_SECONDS", "120"))
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _Notify:
+    def __init__(self, path: Path) -> None:
+        path.unlink(missing_ok=True)
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.ready_at: float | None = None
+        self._stop = False
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        while not self._stop:
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            if b"READY=1" in data and self.ready_at is None:
+                self.ready_at = time.perf_counter()
+
+    def close(self) -> None:
+        self._stop = True
+        self.sock.close()
+
+
+def _get(url: str) -> Any:
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def _ready(url: str) -> bool:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url + "/readyz", timeout=5) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _wait(pred: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if pred():
+                return
+        except OSError:
+            pass
+        time.sleep(0.02)
+    raise SystemExit(f"bench: timed out waiting for {what}")
+
+
+def _relay_config(state: Path, ingest_url: str, sources: dict[str, Any]) -> tuple[Path, str]:
+    status = f"127.0.0.1:{_port()}"
+    cfg = {
+        "state_dir": str(state),
+        "server": {"listen": status},
+        "sources": {"discovery": {"kafka": False}, "otlp": {"listen": f"127.0.0.1:{_port()}"}, **sources},
+        "policy": {"file": str(POLICY)},
+        "destinations": [{"name": "ingest", "endpoint": ingest_url}],
+    }
+    path = state.parent / f"{state.name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path, "http://" + status
+
+
+def _launch(config: Path, notify: _Notify | None) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    if notify:
+        env["NOTIFY_SOCKET"] = str(notify.path)
+    return subprocess.Popen([*CLI, "run", "--config", str(config)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=open(config.with_suffix(".log"), "wb"))
+
+
+def _vmhwm(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _cpu(p: psutil.Process) -> float:
+    t = p.cpu_times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def bench_start_to_ready(ingest_url: str) -> dict[str, Any]:
+    state = WORK / "start-state"
+    shutil.rmtree(state, ignore_errors=True)
+    state.mkdir(parents=True)
+    config, status = _relay_config(state, ingest_url, {})
+    # A first start creates the signing key and the spool; the figure is a restart's.
+    p = _launch(config, None)
+    _wait(lambda: _ready(status), 60, "the first start")
+    p.terminate()
+    p.wait(30)
+    notify = _Notify(WORK / "notify.sock")
+    t0 = time.perf_counter()
+    p = _launch(config, notify)
+    _wait(lambda: notify.ready_at is not None, 60, "READY=1")
+    _wait(lambda: _ready(status), 60, "/readyz 200")
+    readyz_s = time.perf_counter() - t0
+    ready_s = (notify.ready_at or 0) - t0
+    p.terminate()
+    p.wait(30)
+    notify.close()
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+    bare = time.perf_counter() - t0
+    return {"ready_s": ready_s, "readyz_s": readyz_s, "bare_python_s": bare}
+
+
+def bench_overhead(ingest_url: str, ingest_stats: Any) -> dict[str, Any]:
+    sys.path.insert(0, str(HERE.parent))
+    from tests.jvm import FakeBroker, build
+
+    java = build(WORK / "java")
+    broker = FakeBroker(java, WORK, topics=1600, broker_id=1)
+    broker.start()
+    try:
+        state = WORK / "overhead-state"
+        shutil.rmtree(state, ignore_errors=True)
+        state.mkdir(parents=True)
+        config, status = _relay_config(state, ingest_url, {
+            "host": {"interval": "10s"}, "internal": {"interval": "10s"},
+            "jolokia": {"interval": "30s", "targets": [{"url": broker.url, "mappings": ["kafka", "jvm"]}]}})
+        p = _launch(config, None)
+        proc = psutil.Process(p.pid)
+        _wait(lambda: _ready(status), 60, "the reference-load relay")
+        # Start the window once the first Jolokia read has shipped.
+        def broker_source() -> Any:
+            return next(s for s in _get(status + "/status")["sources"] if s["name"].startswith("jolokia"))
+
+        _wait(lambda: broker_source()["successes"], 60, "the first broker read")
+        series = broker_source()["last_points"]
+        before = ingest_stats()
+        cpu0, t0 = _cpu(proc), time.perf_counter()
+        time.sleep(WINDOW)  # the measurement window itself
+        cpu1, t1 = _cpu(proc), time.perf_counter()
+        after = ingest_stats()
+        rss_peak = _vmhwm(p.pid)
+        rss_now = proc.memory_info().rss
+        p.terminate()
+        p.wait(30)
+    finally:
+        broker.kill9()
+    items = after["items"] - before["items"]
+    wire = (after["bytes"] - before["bytes"]) + (after["header_bytes"] - before["header_bytes"])
+    # The baseline: the same relay with no sources at all, in the same run.
+    state = WORK / "idle-state"
+    shutil.rmtree(state, ignore_errors=True)
+    state.mkdir(parents=True)
+    config, status = _relay_config(state, ingest_url, {"host": {"enabled": False}, "internal": {"enabled": False},
+                                                       "otlp": {"enabled": False}})
+    p = _launch(config, None)
+    proc = psutil.Process(p.pid)
+    _wait(lambda: _ready(status), 60, "the idle relay")
+    cpu_i0, ti0 = _cpu(proc), time.perf_counter()
+    time.sleep(min(WINDOW, 30))
+    cpu_i1, ti1 = _cpu(proc), time.perf_counter()
+    idle_rss = proc.memory_info().rss
+    p.terminate()
+    p.wait(30)
+    return {
+        "window_s": t1 - t0, "series_per_broker_read": series,
+        "cpu_pct_of_core": (cpu1 - cpu0) / (t1 - t0) * 100, "peak_rss_bytes": rss_peak, "rss_bytes": rss_now,
+        "idle_cpu_pct_of_core": (cpu_i1 - cpu_i0) / (ti1 - ti0) * 100, "idle_rss_bytes": idle_rss,
+        "points": items, "wire_bytes": wire, "wire_bytes_per_point": wire / items if items else 0.0,
+    }
+
+
+def bench_catch_up(ingest_url: str, ingest_items: Any, requests: list[bytes],
+                   points_per_request: int) -> dict[str, Any]:
+    """24 h at the reference load (one ~5,000-series read every 30 s = 2,880 requests) spooled,
+    then a relay with no sources drains it to the ingest."""
+    from relay.config import SpoolSettings
+    from relay.spool import Spool
+    from relay.stats import Stats
+
+    state = WORK / "catchup-state"
+    shutil.rmtree(state, ignore_errors=True)
+    state.mkdir(parents=True)
+    entries = 2880
+
+    async def fill() -> None:
+        spool = Spool(state, SpoolSettings(max_bytes=4 << 30), ["ingest"], Stats())
+        await spool.open()
+        for i in range(entries):
+            await spool.append("metrics", requests[i % len(requests)], points_per_request)
+        await spool.close()
+
+    asyncio.run(fill())
+    total = entries * points_per_request
+    config, _ = _relay_config(state, ingest_url, {"host": {"enabled": False}, "internal": {"enabled": False},
+                                                  "otlp": {"enabled": False}})
+    before = ingest_items()
+    t0 = time.perf_counter()
+    p = _launch(config, None)
+    _wait(lambda: ingest_items() - before >= total, 900, "the 24 h backlog to drain")
+    elapsed = time.perf_counter() - t0
+    p.terminate()
+    p.wait(30)
+    return {"points": total, "entries": entries, "drain_s": elapsed, "points_per_s": total / elapsed}
