@@ -5,9 +5,9 @@ PY := $(VENV)/bin/python
 
 # The tests also need a JVM and Debian's Jolokia (the real protocol, for the Kafka sources),
 # and Chromium with its driver (the status page is tested in a real browser).
-TEST_APT := default-jdk-headless libjolokia-core-java chromium chromium-driver
+TEST_APT := default-jdk-headless libjolokia-core-java chromium chromium-driver rpm rpmlint debootstrap
 
-.PHONY: all setup run test test-faults lint bench clean
+.PHONY: all setup run test test-faults test-packaging deb rpm lint bench clean
 
 all: setup
 
@@ -23,7 +23,7 @@ run: setup
 
 test:
 	EXTRA_APT="$(TEST_APT)" ./scripts/bootstrap.sh
-	$(VENV)/bin/ruff check relay tests bench scripts
+	$(VENV)/bin/ruff check relay tests bench scripts packaging
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q -p no:cacheprovider
 
@@ -32,8 +32,22 @@ test-faults:
 	EXTRA_APT="$(TEST_APT)" ./scripts/bootstrap.sh
 	FAULT_SCALE=full $(PY) -m pytest -q -p no:cacheprovider tests/faults
 
+# Packages: dist/telemetry-relay_<version>_amd64.deb and dist/telemetry-relay-<version>-1.x86_64.rpm.
+deb:
+	EXTRA_APT="$(TEST_APT)" ./scripts/bootstrap.sh
+	$(PY) packaging/build.py deb
+
+rpm:
+	EXTRA_APT="$(TEST_APT)" ./scripts/bootstrap.sh
+	$(PY) packaging/build.py rpm
+
+# The deb in a fresh Debian 12 root (debootstrap, cached): offline install, run, upgrade, purge.
+test-packaging:
+	EXTRA_APT="$(TEST_APT)" ./scripts/bootstrap.sh
+	TELEMETRY_RELAY_PACKAGING_TEST=1 $(PY) -m pytest -q -p no:cacheprovider tests/packaging
+
 lint: setup
-	$(VENV)/bin/ruff check relay tests bench scripts
+	$(VENV)/bin/ruff check relay tests bench scripts packaging
 	$(VENV)/bin/mypy
 
 bench:
