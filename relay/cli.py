@@ -79,6 +79,10 @@ def _parser() -> argparse.ArgumentParser:
     pu.add_argument("token", help="a hash token as shipped, e.g. h:3f9a1c0b2d4e5f60")
     pu.add_argument("--config", default=config.DEFAULT_CONFIG_PATH, help="path to relay.yaml")
 
+    sp = sub.add_parser("spool", help="what the spool holds: queues, backlog per destination, dead letters")
+    sp.add_argument("--config", default=config.DEFAULT_CONFIG_PATH, help="path to relay.yaml")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+
     ob = sub.add_parser("outbox", help="the last payloads shipped, exactly as sent (redacted)")
     ob.add_argument("--url", default=DEFAULT_STATUS_URL, help="status server base URL")
     ob.add_argument("--last", type=int, default=5, help="how many (newest last)")
@@ -132,6 +136,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from relay import policy_cli
 
         return policy_cli.run(args)
+    if args.command == "spool":
+        return _spool(args.config, args.json)
     if args.command == "outbox":
         return _outbox(args.url, args.last, args.json)
     raise AssertionError(args.command)
@@ -256,6 +262,29 @@ def _status(base: str, raw: bool) -> int:
     else:
         print(format_status(data))
     return EXIT_OK if data.get("ready") else EXIT_FAIL
+
+
+def _spool(path: str, raw: bool) -> int:
+    from relay.spool import describe
+
+    info = describe(config.load(path).config.state_dir)
+    if raw:
+        print(json.dumps(info, indent=2))
+        return EXIT_OK
+    now = time.time()
+    for kind, q in info["queues"].items():
+        oldest = _ago(q["oldest"], now) if q["oldest"] else "-"
+        print(f"{kind}: {q['entries']} entries, {_bytes(q['bytes'])}, oldest {oldest}")
+        for dest, c in q["destinations"].items():
+            print(f"  {dest}: {_bytes(c['backlog_bytes'])} not yet accepted")
+    print(f"dead letters: {len(info['dead_letters'])}")
+    for d in info["dead_letters"]:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(d["time"]))
+        print(f"  {when} UTC  {d['destination']}  {d['signal']}  {d['items']} items  status {d['status']}: "
+              f"{d['reason']}")
+    for q in info["quarantine"]:
+        print(f"quarantined: {q['path']} ({_bytes(q['bytes'])})")
+    return EXIT_OK
 
 
 def _outbox(base: str, last: int, raw: bool) -> int:

@@ -231,6 +231,48 @@ class _Queue:
         self.cache.close()
 
 
+def describe(state_dir: str | Path) -> dict[str, Any]:
+    """What is in a spool, read-only (the relay may be running): per signal the entries, bytes,
+    oldest entry and each destination's cursor; the dead-letter records; the quarantine."""
+    base = Path(state_dir) / "spool"
+    out: dict[str, Any] = {"queues": {}, "dead_letters": [], "quarantine": []}
+    for signal in SIGNALS:
+        directory = base / signal
+        if not (directory / "cache.db").exists():
+            continue
+        cache = diskcache.Cache(str(directory), timeout=60)
+        try:
+            hdr = cache.get("hdr")
+            head, tail, appended, _ = _HDR.unpack(hdr) if hdr else (1, 1, 0, 0)
+            head_meta = cache.get(-head) if head < tail else None
+            head_off = _META.unpack(head_meta)[3] if head_meta else appended
+            oldest = _META.unpack(head_meta)[0] if head_meta else None
+            cursors = {}
+            for key in cache.iterkeys():
+                if isinstance(key, str) and key.startswith("cursor:"):
+                    seq, boff, _ = _CUR.unpack(cache.get(key))
+                    cursors[key[7:]] = {"acknowledged_up_to": seq, "backlog_bytes": appended - max(boff, head_off)}
+        finally:
+            cache.close()
+        out["queues"][signal] = {"entries": tail - head, "bytes": appended - head_off,
+                                 "oldest": oldest, "destinations": cursors}
+    if (base / "deadletter" / "cache.db").exists():
+        dl = diskcache.Cache(str(base / "deadletter"), timeout=60)
+        try:
+            for key in dl.iterkeys():
+                rec = dl.get(key)
+                if rec:
+                    out["dead_letters"].append({k: v for k, v in rec.items() if k != "payloads"})
+        finally:
+            dl.close()
+    qdir = Path(state_dir) / "spool-quarantine"
+    if qdir.is_dir():
+        for d in sorted(qdir.iterdir()):
+            size = sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
+            out["quarantine"].append({"path": str(d), "bytes": size})
+    return out
+
+
 def read_entries(state_dir: str | Path, signal: Signal, limit: int) -> list[Entry]:
     """The oldest `limit` entries of one signal's queue, read-only, for the CLI (the relay may be
     running: SQLite lets a reader in beside the writer)."""

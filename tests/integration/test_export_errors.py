@@ -37,6 +37,16 @@ def test_400_moves_the_batch_to_dead_letter_and_counts_it(tmp_path: Path) -> Non
             assert "HTTP 400: bad request: schema mismatch" in (dest["last_error"] or "")
             # Not retried: that body never came again.
             assert [a.digest for a in vendor.arrivals].count(rejected.digest) == 1
+            # The operator can see it, with the reason, while the relay runs.
+            import subprocess
+
+            from tests.procs import CLI
+
+            p = subprocess.run([*CLI, "spool", "--config", str(relay.config_path)], capture_output=True,
+                               text=True, timeout=60)
+            assert p.returncode == 0, p.stderr
+            assert "dead letters: 1" in p.stdout and "status 400: HTTP 400: bad request: schema mismatch" in p.stdout
+            assert f"{rejected.items} items" in p.stdout
         finally:
             relay.terminate()
     assert "moved to dead-letter" in relay.log()
