@@ -179,7 +179,13 @@ def bench_overhead(ingest_url: str, ingest_stats: Any) -> dict[str, Any]:
         series = broker_source()["last_points"]
         before = ingest_stats()
         cpu0, t0 = _cpu(proc), time.perf_counter()
-        time.sleep(WINDOW)  # the measurement window itself
+        samples: list[tuple[float, float, float]] = []  # (seconds, CPU % of a core since last, RSS MiB)
+        last_cpu, last_t = cpu0, t0
+        while time.perf_counter() - t0 < WINDOW:  # the measurement window itself
+            time.sleep(min(2.0, WINDOW - (time.perf_counter() - t0)))
+            c, t = _cpu(proc), time.perf_counter()
+            samples.append((t - t0, (c - last_cpu) / max(t - last_t, 1e-6) * 100, proc.memory_info().rss / 2**20))
+            last_cpu, last_t = c, t
         cpu1, t1 = _cpu(proc), time.perf_counter()
         after = ingest_stats()
         rss_peak = _vmhwm(p.pid)
@@ -210,6 +216,7 @@ def bench_overhead(ingest_url: str, ingest_stats: Any) -> dict[str, Any]:
         "cpu_pct_of_core": (cpu1 - cpu0) / (t1 - t0) * 100, "peak_rss_bytes": rss_peak, "rss_bytes": rss_now,
         "idle_cpu_pct_of_core": (cpu_i1 - cpu_i0) / (ti1 - ti0) * 100, "idle_rss_bytes": idle_rss,
         "points": items, "wire_bytes": wire, "wire_bytes_per_point": wire / items if items else 0.0,
+        "samples": samples,
     }
 
 

@@ -431,7 +431,10 @@ def main() -> None:
         "table": rows,
     }
     (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nbench: wrote {HERE / 'results.json'}")
+    from bench.chart import draw
+
+    draw(results, HERE / "results.png")
+    print(f"\nbench: wrote {HERE / 'results.json'} and {HERE / 'results.png'}")
 
 
 if __name__ == "__main__":
