@@ -25,17 +25,13 @@ from typing import Any
 import psutil
 import yaml
 
-HERE = Path(__file__).parent
-WORK = HERE / "work"
-CLI = [sys.executable, "-m", "relay.cli"]
-POLICY = HERE.parent / "configs" / "policy.yaml"
+from bench.common import CLI, HERE, WORK, peak_rss
+from bench.common import DEFAULT_POLICY as POLICY
+from bench.common import free_port as _port
+from bench.common import get_json as _get
+from bench.common import wait as _wait
+
 WINDOW = float(os.environ.get("BENCH_OVERHEAD_SECONDS", "120"))
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class _Notify:
@@ -63,14 +59,6 @@ class _Notify:
         self.sock.close()
 
 
-def _get(url: str) -> Any:
-    import json
-    import urllib.request
-
-    with urllib.request.urlopen(url, timeout=10) as r:
-        return json.loads(r.read())
-
-
 def _ready(url: str) -> bool:
     import urllib.error
     import urllib.request
@@ -80,18 +68,6 @@ def _ready(url: str) -> bool:
             return r.status == 200
     except (urllib.error.URLError, OSError):
         return False
-
-
-def _wait(pred: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if pred():
-                return
-        except OSError:
-            pass
-        time.sleep(0.02)
-    raise SystemExit(f"bench: timed out waiting for {what}")
 
 
 def _relay_config(state: Path, ingest_url: str, sources: dict[str, Any]) -> tuple[Path, str]:
@@ -114,13 +90,6 @@ def _launch(config: Path, notify: _Notify | None) -> subprocess.Popen[bytes]:
         env["NOTIFY_SOCKET"] = str(notify.path)
     return subprocess.Popen([*CLI, "run", "--config", str(config)], env=env, stdout=subprocess.DEVNULL,
                             stderr=open(config.with_suffix(".log"), "wb"))
-
-
-def _vmhwm(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def _cpu(p: psutil.Process) -> float:
@@ -188,7 +157,7 @@ def bench_overhead(ingest_url: str, ingest_stats: Any) -> dict[str, Any]:
             last_cpu, last_t = c, t
         cpu1, t1 = _cpu(proc), time.perf_counter()
         after = ingest_stats()
-        rss_peak = _vmhwm(p.pid)
+        rss_peak = peak_rss(p.pid)
         rss_now = proc.memory_info().rss
         p.terminate()
         p.wait(30)

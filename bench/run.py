@@ -23,7 +23,6 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -31,53 +30,21 @@ import psutil
 import yaml
 
 from bench import overhead
+from bench.common import CLI, DEFAULT_POLICY, HERE, WORK, peak_rss
+from bench.common import free_port as _free_port
+from bench.common import get_json as _get
+from bench.common import wait as _wait
 from bench.workload import otlp_requests, points_per_request
 from relay.config import SpoolSettings
 from relay.spool import Spool
 from relay.stats import Stats
 
-HERE = Path(__file__).parent
-WORK = HERE / "work"
 REQUESTS = int(os.environ.get("BENCH_REQUESTS", "600"))
-DEFAULT_POLICY = HERE.parent / "configs" / "policy.yaml"
-CLI = [sys.executable, "-m", "relay.cli"]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as r:
-        return json.loads(r.read())
-
-
-def _wait(pred: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if pred():
-                return
-        except OSError:
-            pass
-        time.sleep(0.02)
-    raise SystemExit(f"bench: timed out waiting for {what}")
 
 
 def _cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
-
-
-def _peak_rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 async def _append_all(state: Path, reqs: list[bytes], items: int) -> None:
@@ -143,7 +110,7 @@ def bench_end_to_end(ingest: Ingest, reqs: list[bytes]) -> dict[str, Any]:
     drain_wall = time.perf_counter() - wall0
     t = proc.cpu_times()
     drain_cpu = t.user + t.system
-    rss = _peak_rss(relay.pid)
+    rss = peak_rss(relay.pid)
     status = _get(f"http://{cfg['server']['listen']}/status")  # type: ignore[index]
     wire_bytes = status["destinations"][0]["shipped_bytes"]
     relay.terminate()
