@@ -9,7 +9,7 @@ repeated fields makes that a valid merge, with no decode.
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -196,39 +196,39 @@ def parse_request(signal: Signal, body: bytes) -> Message:
 _HEX_ID_FIELDS = {"traceId", "spanId", "parentSpanId"}
 
 
-def _ids_to_hex(node: Any) -> Any:
-    # OTLP JSON writes trace and span ids as hex, where proto3 JSON would use base64.
+def _convert_ids(node: Any, convert: Callable[[str, str], str]) -> Any:
+    """Rewrite, in place, every trace/span id string of a decoded OTLP JSON document."""
     if isinstance(node, dict):
         for k, v in node.items():
             if k in _HEX_ID_FIELDS and isinstance(v, str):
-                node[k] = base64.b64decode(v).hex()
+                node[k] = convert(k, v)
             else:
-                _ids_to_hex(v)
+                _convert_ids(v, convert)
     elif isinstance(node, list):
         for v in node:
-            _ids_to_hex(v)
+            _convert_ids(v, convert)
     return node
+
+
+def _ids_to_hex(node: Any) -> Any:
+    # OTLP JSON writes trace and span ids as hex, where proto3 JSON would use base64.
+    return _convert_ids(node, lambda _k, v: base64.b64decode(v).hex())
 
 
 class BadJson(ValueError):
     """A body that is not valid OTLP JSON."""
 
 
+def _hex_to_base64(key: str, value: str) -> str:
+    try:
+        return base64.b64encode(bytes.fromhex(value)).decode()
+    except ValueError:
+        raise BadJson(f"{key} must be hex, got {value[:40]!r}") from None
+
+
 def _ids_from_hex(node: Any) -> Any:
     # The reverse of _ids_to_hex: proto3 JSON parsing wants base64 for bytes fields.
-    if isinstance(node, dict):
-        for k, v in node.items():
-            if k in _HEX_ID_FIELDS and isinstance(v, str):
-                try:
-                    node[k] = base64.b64encode(bytes.fromhex(v)).decode()
-                except ValueError:
-                    raise BadJson(f"{k} must be hex, got {v[:40]!r}") from None
-            else:
-                _ids_from_hex(v)
-    elif isinstance(node, list):
-        for v in node:
-            _ids_from_hex(v)
-    return node
+    return _convert_ids(node, _hex_to_base64)
 
 
 def from_json(signal: Signal, body: bytes) -> Message:
