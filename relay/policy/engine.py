@@ -20,12 +20,15 @@ from typing import Any
 from opentelemetry.proto.common.v1 import common_pb2
 
 from relay.otlp import SIGNAL_INFO, Signal
+from relay.policy import shapes
 from relay.policy.detectors import DETECTORS, Detector, regex_detector
 from relay.policy.schema import KeyRule, PolicyFile, ValueRule
 
 MASK = "***"
 _SERIALIZE_KV = common_pb2.KeyValue.SerializeToString
 _CACHE_LIMIT = 200_000
+# The shapes of about 100,000 series; a flood of new shapes restarts the memo, never grows it.
+_SHAPE_MEMO_BYTES = 8 << 20
 
 
 @dataclass
@@ -65,6 +68,11 @@ class Policy:
         self._rules_cache: dict[tuple[Signal, str | None, str], list[tuple[ValueRule, Detector]]] = {}
         self._value_cache: dict[tuple[Signal, str | None, str, str], ValueVerdict] = {}
         self._set_cache: dict[tuple[str, Signal, str | None], dict[tuple[bytes, ...], Any]] = {}
+        # The metrics fast path (relay.policy.shapes): metric shapes this policy leaves as they
+        # are, with the rule events they cause; and resources before -> after.
+        self.shape_memo: dict[bytes, tuple[tuple[tuple[str, str], int], ...]] = {}
+        self._shape_memo_bytes = 0
+        self.resource_memo: dict[bytes, tuple[bytes, tuple[tuple[tuple[str, str], int], ...]]] = {}
 
     # -- decisions (memoized) ----------------------------------------------------------------------
 
@@ -144,6 +152,14 @@ class Policy:
         self._bounded(self._value_cache)[ck] = hit
         return hit
 
+    def remember_shape(self, shape: bytes, events: tuple[tuple[tuple[str, str], int], ...]) -> None:
+        """Record a metric shape this policy leaves as it is (relay.policy.shapes)."""
+        if self._shape_memo_bytes + len(shape) > _SHAPE_MEMO_BYTES:
+            self.shape_memo.clear()
+            self._shape_memo_bytes = 0
+        self.shape_memo[shape] = events
+        self._shape_memo_bytes += len(shape)
+
     @staticmethod
     def _bounded(cache: dict[Any, Any]) -> dict[Any, Any]:
         if len(cache) >= _CACHE_LIMIT:  # a flood of distinct values must not grow memory without bound
@@ -153,9 +169,14 @@ class Policy:
     # -- applying ----------------------------------------------------------------------------------
 
     def apply(self, signal: Signal, body: bytes) -> tuple[bytes, Outcome]:
+        outcome = Outcome()
+        if signal == "metrics":
+            try:
+                return shapes.apply_metrics(self, body, outcome), outcome
+            except shapes.Fallback:
+                outcome = Outcome()
         msg = SIGNAL_INFO[signal].request()
         msg.ParseFromString(body)
-        outcome = Outcome()
         if signal == "metrics":
             self._metrics(msg, outcome)
         elif signal == "logs":
@@ -163,6 +184,10 @@ class Policy:
         else:
             self._traces(msg, outcome)
         return msg.SerializeToString(), outcome
+
+    def apply_attributes(self, kvs: Any, kind: str, signal: Signal, metric: str | None,
+                         o: Outcome) -> tuple[bool, bool]:
+        return self._attrs(kvs, kind, signal, metric, o)
 
     def _attrs(self, kvs: Any, kind: str, signal: Signal, metric: str | None, o: Outcome) -> tuple[bool, bool]:
         """Apply key and value rules to a KeyValue list in place; returns (identity changed, drop
@@ -273,39 +298,52 @@ class Policy:
             self._resource(rm.resource, "metrics", o)
             for sm in rm.scope_metrics:
                 for mi in range(len(sm.metrics) - 1, -1, -1):
-                    m = sm.metrics[mi]
-                    kind = m.WhichOneof("data")
-                    points = getattr(m, kind).data_points if kind else []
-                    o.items_in += len(points)
-                    allowed, rule = self.metric_allowed(m.name)
-                    if not allowed:
-                        o.add(rule, "dropped_item", len(points))
+                    if not self.apply_metric(sm.metrics[mi], o)[0]:
                         del sm.metrics[mi]
-                        continue
-                    collided = False
-                    doomed = []
-                    sets = self._set_cache_for("attributes", "metrics", m.name)
-                    for pi, dp in enumerate(points):
-                        # The hot loop: one lookup per point for an attribute set seen before.
-                        kvs = dp.attributes
-                        parts = tuple(map(_SERIALIZE_KV, kvs))
-                        verdict = sets.get(parts) or self._verdict("attributes", "metrics", m.name, parts)
-                        if verdict[3] or verdict[2] is not None:
-                            self._apply_verdict(kvs, verdict, o)
-                        if verdict[1]:
-                            doomed.append(pi)
-                        collided = collided or verdict[0]
-                    for pi in reversed(doomed):
-                        del points[pi]
-                    if collided and len(points) > 1:
-                        merged = _merge_points(kind or "", m, points)
-                        if merged:
-                            o.add(f"merge:{m.name}", "merged", merged)
-                    if not len(points):
-                        del sm.metrics[mi]
-                        continue
-                    o.items_out += len(points)
         _prune(msg.resource_metrics, "scope_metrics", "metrics")
+
+    def apply_metric(self, m: Any, o: Outcome) -> tuple[bool, bool]:
+        """Apply the policy to one Metric in place: (keep it?, changed?)."""
+        kind = m.WhichOneof("data")
+        points = getattr(m, kind).data_points if kind else []
+        o.items_in += len(points)
+        allowed, rule = self.metric_allowed(m.name)
+        if not allowed:
+            o.add(rule, "dropped_item", len(points))
+            return False, True
+        changed = collided = False
+        doomed = []
+        sets = self._set_cache_for("attributes", "metrics", m.name)
+        for pi, dp in enumerate(points):
+            # One lookup per point for an attribute set seen before.
+            kvs = dp.attributes
+            parts = tuple(map(_SERIALIZE_KV, kvs))
+            verdict = sets.get(parts) or self._verdict("attributes", "metrics", m.name, parts)
+            if verdict[3] or verdict[2] is not None:
+                self._apply_verdict(kvs, verdict, o)
+                changed = changed or verdict[2] is not None
+            if verdict[1]:
+                doomed.append(pi)
+            collided = collided or verdict[0]
+            # Exemplars carry attributes of their own (those filtered from the point's): the same
+            # rules apply, and an exemplar whose attributes would drop the item is dropped. A point
+            # with exemplars is always re-encoded (its shape holds their values, so it never recurs).
+            exemplars = dp.exemplars
+            for ei in range(len(exemplars) - 1, -1, -1):
+                if self._attrs(exemplars[ei].filtered_attributes, "attributes", "metrics", m.name, o)[1]:
+                    del exemplars[ei]
+                changed = True
+        for pi in reversed(doomed):
+            del points[pi]
+        if collided and len(points) > 1:
+            merged = _merge_points(kind or "", m, points)
+            if merged:
+                o.add(f"merge:{m.name}", "merged", merged)
+        changed = changed or bool(doomed) or collided
+        if not len(points):
+            return False, True
+        o.items_out += len(points)
+        return True, changed
 
     def _logs(self, msg: Any, o: Outcome) -> None:
         for rl in msg.resource_logs:

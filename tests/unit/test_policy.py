@@ -255,3 +255,163 @@ values:
     assert p.key_action("attributes", "metrics", "x", "user")[0] == "keep"
     assert p.value("traces", None, "span.name", "GET secret-42")[0] == "GET ***"
     assert p.value("logs", None, "body", "GET secret-42")[0] == "GET secret-42"
+
+
+# -- the metrics fast path (relay.policy.shapes): the same answer as the per-point engine ----------
+
+METRIC_POLICY = """
+version: 1
+metrics: {default: allow, deny: ['secret.*']}
+resource_attributes:
+  default: drop
+  rules: [{key: service.name, action: keep}, {key: host.name, action: hash}]
+attributes:
+  default: keep
+  rules: [{key: pod, action: drop}, {key: user, action: hash}]
+values:
+  - {detector: email, action: mask}
+  - {detector: ipv4, action: hash}
+  - {detector: aws_access_key, action: drop_item}
+"""
+
+ATTR_VALUES = st.one_of(st.sampled_from(["a", "b", "orders", "10.1.2.3", "x@y.example.com", "AKIAABCDEFGHIJKLMNOP"]),
+                        st.integers(0, 3))
+POINT = st.tuples(st.integers(0, 10**6), st.dictionaries(st.sampled_from(["topic", "pod", "user", "partition"]),
+                                                         ATTR_VALUES, max_size=3))
+METRIC = st.tuples(st.sampled_from(["kafka.bytes", "kafka.lag", "secret.thing", "jvm.heap"]),
+                   st.sampled_from(["sum", "gauge"]), st.lists(POINT, min_size=1, max_size=6))
+
+
+def _request(metrics: list[Any], host: str = "broker-1", t: int = 1_000) -> bytes:
+    b = MetricsBuilder({"service.name": "kafka", "host.name": host, "owner": "ops"}, "test")
+    for name, kind, points in metrics:
+        m = b.sum(name, "1") if kind == "sum" else b.gauge(name, "1")
+        for value, attrs in points:
+            b.point(m, value, t, 1, attrs)
+    return bytes(b.finish().SerializeToString())
+
+
+def _full_engine(p: Policy, body: bytes) -> tuple[Any, Any]:
+    """The per-point engine alone, on a full parse: what the fast path must agree with."""
+    from relay.policy.engine import Outcome
+
+    msg = SIGNAL_INFO["metrics"].request()
+    msg.ParseFromString(body)
+    o = Outcome()
+    p._metrics(msg, o)
+    return msg, o
+
+
+def _parsed(body: bytes) -> Any:
+    msg = SIGNAL_INFO["metrics"].request()
+    msg.ParseFromString(body)
+    return msg
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batches=st.lists(st.lists(METRIC, min_size=1, max_size=4), min_size=1, max_size=3))
+def test_the_fast_path_agrees_with_the_per_point_engine(batches: list[Any]) -> None:
+    p, reference = policy(METRIC_POLICY), policy(METRIC_POLICY)
+    # Each batch twice, and twice merged: the second time most shapes come from the memo.
+    bodies = [_request(m, t=1_000 + i) for i, m in enumerate(batches)]
+    for body in [*bodies, *bodies, b"".join(bodies)]:
+        fast, fast_outcome = p.apply("metrics", body)
+        full, full_outcome = _full_engine(reference, body)
+        assert _parsed(fast) == full
+        assert (fast_outcome.items_in, fast_outcome.items_out) == (full_outcome.items_in, full_outcome.items_out)
+        assert {k: v for k, v in fast_outcome.counts.items() if v} == {k: v for k, v in full_outcome.counts.items()
+                                                                        if v}
+
+
+def test_a_known_shape_with_a_new_value_is_not_let_through() -> None:
+    p = policy(METRIC_POLICY)
+    clean = _request([("kafka.bytes", "sum", [(1, {"topic": "orders"}), (2, {"topic": "audit"})])])
+    out, _ = p.apply("metrics", clean)
+    assert p.shape_memo, "a metric the policy leaves alone is remembered"
+    assert b"orders" in out
+    # Same metric, same keys, one value now an email: a different shape, so the engine sees it.
+    leaky = _request([("kafka.bytes", "sum", [(1, {"topic": "orders"}), (2, {"topic": "ann@corp.example.com"})])])
+    out, outcome = p.apply("metrics", leaky)
+    assert b"ann@corp" not in out and b"***" in out
+    assert outcome.counts[("detector:email", "masked")] == 1
+
+
+def test_the_memo_does_not_outlive_its_policy() -> None:
+    body = _request([("kafka.bytes", "sum", [(1, {"topic": "x@y.example.com"})])])
+    keep_all = policy("version: 1\nresource_attributes: {default: keep}\nattributes: {default: keep}\n")
+    assert b"x@y.example.com" in keep_all.apply("metrics", body)[0]
+    assert keep_all.shape_memo
+    tightened = policy(METRIC_POLICY)  # what a reload builds: a new Policy, an empty memo
+    assert b"x@y.example.com" not in tightened.apply("metrics", body)[0]
+
+
+def test_exemplar_attributes_follow_the_attribute_rules() -> None:
+    b = MetricsBuilder({"service.name": "app"}, "test")
+    m = b.sum("requests", "1")
+    b.point(m, 1, 1_000, 1, {"route": "/x"})
+    req = b.finish()
+    dp = req.resource_metrics[0].scope_metrics[0].metrics[0].sum.data_points[0]
+    ex = dp.exemplars.add(time_unix_nano=900, as_int=1, trace_id=b"\x01" * 16, span_id=b"\x02" * 8)
+    set_attributes(ex.filtered_attributes, {"pod": "web-7f9c", "client": "10.9.8.7"})
+    ex2 = dp.exemplars.add(time_unix_nano=950, as_int=1)
+    set_attributes(ex2.filtered_attributes, {"key": "AKIAABCDEFGHIJKLMNOP"})
+    p = policy(METRIC_POLICY)
+    for _ in range(2):  # and the second time, when the point's shape is known
+        out, _ = p.apply("metrics", req.SerializeToString())
+        assert b"web-7f9c" not in out and b"10.9.8.7" not in out and b"AKIA" not in out
+        exemplars = _parsed(out).resource_metrics[0].scope_metrics[0].metrics[0].sum.data_points[0].exemplars
+        assert len(exemplars) == 1  # the one holding an access key is dropped
+        assert attributes_dict(exemplars[0].filtered_attributes)["client"].startswith("h:")
+
+
+def test_encodings_the_walk_does_not_take_apart_go_to_the_full_engine() -> None:
+    from google.protobuf.message import DecodeError
+    from opentelemetry.proto.resource.v1 import resource_pb2
+
+    from relay.policy import shapes
+
+    def field(n: int, payload: bytes) -> bytes:
+        return shapes._encode_varint(n << 3 | 2) + shapes._encode_varint(len(payload)) + payload
+
+    p = policy(METRIC_POLICY)
+    body = _request([("kafka.bytes", "sum", [(1, {"topic": "orders", "user": "ann"})])])
+    msg = _parsed(body)
+    # The resource written as two fields, which protobuf merges: the walk must not read only one.
+    first, second = resource_pb2.Resource(), resource_pb2.Resource()
+    set_attributes(first.attributes, {"service.name": "kafka", "host.name": "broker-1"})
+    set_attributes(second.attributes, {"owner": "ops"})
+    scope = msg.resource_metrics[0].scope_metrics[0].SerializeToString()
+    odd = field(1, field(1, first.SerializeToString()) + field(1, second.SerializeToString()) + field(2, scope))
+    assert _parsed(odd) == msg  # the same request, encoded unusually
+    out, _ = p.apply("metrics", odd)
+    assert _parsed(out) == _full_engine(policy(METRIC_POLICY), body)[0]
+    assert b"broker-1" not in out and b"ops" not in out
+    # Unknown fields (a newer OTLP) pass through, as the full engine would keep them.
+    assert p.apply("metrics", body + field(99, b"future"))[0].endswith(field(99, b"future"))
+    # Garbage is still refused, as before.
+    with pytest.raises(DecodeError):
+        p.apply("metrics", body[:-3] + b"\xff\xff\xff")
+
+
+def test_a_repeated_scrape_is_copied_without_the_per_point_engine() -> None:
+    calls = []
+
+    class Counting(Policy):
+        def apply_metric(self, m: Any, o: Any) -> tuple[bool, bool]:
+            calls.append(m.name)
+            return super().apply_metric(m, o)
+
+    pf, _ = load_text(METRIC_POLICY, PolicyFile, "test-policy.yaml")
+    p = Counting(pf, SECRET, "test-policy.yaml", "0" * 64, 0.0)
+    series = [("kafka.bytes", "sum", [(1, {"topic": "orders"}), (2, {"topic": "audit"})]),
+              ("kafka.lag", "gauge", [(5, {"topic": "orders", "partition": 0})]),
+              ("kafka.users", "gauge", [(5, {"user": "ann"})])]  # hashed: changed, so never memoized
+    p.apply("metrics", _request(series, t=1_000))
+    assert sorted(calls) == ["kafka.bytes", "kafka.lag", "kafka.users"]
+    calls.clear()
+    # The next scrape: same series, new values and timestamps.
+    later = [(name, kind, [(v * 7 + 3, attrs) for v, attrs in points]) for name, kind, points in series]
+    out, outcome = p.apply("metrics", _request(later, t=31_000))
+    assert calls == ["kafka.users"]
+    assert outcome.items_in == outcome.items_out == 4
+    assert _parsed(out) == _full_engine(policy(METRIC_POLICY), _request(later, t=31_000))[0]
