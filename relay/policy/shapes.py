@@ -91,6 +91,9 @@ _RM_RESOURCE = _field_number(metrics_pb2.ResourceMetrics, "resource")
 _RM_SCOPES = _field_number(metrics_pb2.ResourceMetrics, "scope_metrics")
 _SM_SCOPE = _field_number(metrics_pb2.ScopeMetrics, "scope")
 _SM_METRICS = _field_number(metrics_pb2.ScopeMetrics, "metrics")
+_EXEMPLAR_TAGS = {kind: bytes([_field_number(point, "exemplars") << 3 | 2]) for kind, point in _POINT_TYPES.items()
+                  if "exemplars" in point.DESCRIPTOR.fields_by_name}
+assert all(len(t) == 1 and t[0] < 0x80 for t in _EXEMPLAR_TAGS.values()), "one-byte tags"
 assert (_RM_RESOURCE, _RM_SCOPES, _SM_SCOPE, _SM_METRICS) == (1, 2, 1, 2), "the walk in _fields assumes these"
 
 
@@ -246,7 +249,10 @@ def _slow_metric(policy: Policy, raw: bytes, o: Outcome) -> tuple[bytes | None, 
     policy left it as it was, else its new bytes; the rule events it caused)."""
     m = metrics_pb2.Metric.FromString(raw)
     scratch = type(o)()
-    keep, changed = policy.apply_metric(m, scratch)
+    # An exemplar starts with its field's tag byte: without that byte anywhere, there is none.
+    kind = m.WhichOneof("data")
+    tag = _EXEMPLAR_TAGS.get(kind or "")
+    keep, changed = policy.apply_metric(m, scratch, exemplars=tag is not None and tag in raw)
     o.items_in += scratch.items_in
     o.items_out += scratch.items_out
     for event, n in scratch.counts.items():

@@ -293,13 +293,8 @@ def _request(metrics: list[Any], host: str = "broker-1", t: int = 1_000) -> byte
 
 def _full_engine(p: Policy, body: bytes) -> tuple[Any, Any]:
     """The per-point engine alone, on a full parse: what the fast path must agree with."""
-    from relay.policy.engine import Outcome
-
-    msg = SIGNAL_INFO["metrics"].request()
-    msg.ParseFromString(body)
-    o = Outcome()
-    p._metrics(msg, o)
-    return msg, o
+    out, outcome = p.apply_per_point("metrics", body)
+    return _parsed(out), outcome
 
 
 def _parsed(body: bytes) -> Any:
@@ -364,6 +359,32 @@ def test_exemplar_attributes_follow_the_attribute_rules() -> None:
         assert attributes_dict(exemplars[0].filtered_attributes)["client"].startswith("h:")
 
 
+def test_histograms_and_summaries_take_both_paths_alike() -> None:
+    b = MetricsBuilder({"service.name": "app"}, "test")
+    req = b.finish()
+    sm = req.resource_metrics[0].scope_metrics[0]
+    h = sm.metrics.add(name="latency", unit="ms")
+    for pod, route in (("a", "/x"), ("b", "/x")):
+        dp = h.histogram.data_points.add(count=2, sum=3.0, bucket_counts=[1, 1], explicit_bounds=[1.0],
+                                         time_unix_nano=5, start_time_unix_nano=1)
+        set_attributes(dp.attributes, {"pod": pod, "route": route})
+        ex = dp.exemplars.add(as_double=0.5)
+        set_attributes(ex.filtered_attributes, {"client": "10.0.0.1"})
+    q = sm.metrics.add(name="gc.pause", unit="s")
+    qp = q.summary.data_points.add(count=1, sum=0.1, time_unix_nano=5)
+    set_attributes(qp.attributes, {"pod": "a", "user": "x@y.example.com"})
+    body = req.SerializeToString()
+    p = policy(METRIC_POLICY)
+    for _ in range(2):
+        out, outcome = p.apply("metrics", body)
+        full, full_outcome = _full_engine(policy(METRIC_POLICY), body)
+        assert _parsed(out) == full
+        assert dict(outcome.counts) == dict(full_outcome.counts)
+    merged = full.resource_metrics[0].scope_metrics[0].metrics[0].histogram.data_points
+    assert len(merged) == 1 and merged[0].count == 4 and list(merged[0].bucket_counts) == [2, 2]
+    assert b"10.0.0.1" not in out and b"x@y" not in out
+
+
 def test_encodings_the_walk_does_not_take_apart_go_to_the_full_engine() -> None:
     from google.protobuf.message import DecodeError
     from opentelemetry.proto.resource.v1 import resource_pb2
@@ -397,9 +418,9 @@ def test_a_repeated_scrape_is_copied_without_the_per_point_engine() -> None:
     calls = []
 
     class Counting(Policy):
-        def apply_metric(self, m: Any, o: Any) -> tuple[bool, bool]:
+        def apply_metric(self, m: Any, o: Any, exemplars: bool = True) -> tuple[bool, bool]:
             calls.append(m.name)
-            return super().apply_metric(m, o)
+            return super().apply_metric(m, o, exemplars)
 
     pf, _ = load_text(METRIC_POLICY, PolicyFile, "test-policy.yaml")
     p = Counting(pf, SECRET, "test-policy.yaml", "0" * 64, 0.0)
