@@ -140,13 +140,13 @@ def map_response(
             if not isinstance(bean_values, dict):
                 continue
             ctx = {"params": mappings.params_for(bean_name), "bean": bean_values}
-            for index, rule in enumerate(mappings.rules_for(bean_name)):
+            for rule in mappings.rules_for(bean_name):
                 value = _number(_navigate(bean_values.get(rule.attribute), rule.path))
                 if value is None or (rule.drop_negative and value < 0):
                     continue
                 if rule.scale != 1.0:
                     value = value * rule.scale
-                attrs = mappings.attrs_for(bean_name, index, rule, ctx)
+                attrs = mappings.attrs_for(rule, ctx)
                 metric = b.metric(rule.metric, rule.type, rule.unit, rule.desc)
                 b.point(metric, value, now_ns, start_ns if rule.type != "gauge" else 0, attrs)
     return MapResult(b.finish(), b.points, errors, identity)
