@@ -144,8 +144,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _run(path: str) -> int:
+    from relay import allocator
     from relay.app import Relay
 
+    allocator.tune()
     loaded = config.load(path)
     logs.setup(loaded.config.log_level)
     relay = Relay(loaded)

@@ -164,7 +164,7 @@ def _scope_metrics(policy: Policy, view: memoryview, o: Outcome) -> list[bytes |
         raw = bytes(value)
         new, events = _slow_metric(policy, raw, o)
         if new is raw:
-            policy.remember_shape(key, events)
+            policy.remember_shape(shape.name, key, events)
         if new is not None:
             _emit(metrics, field, [new])
     return head + metrics if metrics else []
