@@ -46,3 +46,14 @@ def peak_rss(pid: int) -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+def memory_split(pid: int) -> dict[str, int]:
+    """A process's resident memory split into private (heap, RssAnon) and file-backed pages
+    (RssFile: the interpreter's and libraries' code, shared with every process mapping them)."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key = line.split(":")[0]
+        if key in ("RssAnon", "RssFile", "RssShmem"):
+            out[key] = int(line.split()[1]) * 1024
+    return out

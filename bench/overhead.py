@@ -25,7 +25,7 @@ from typing import Any
 import psutil
 import yaml
 
-from bench.common import CLI, HERE, WORK, peak_rss
+from bench.common import CLI, HERE, WORK, memory_split, peak_rss
 from bench.common import DEFAULT_POLICY as POLICY
 from bench.common import free_port as _port
 from bench.common import get_json as _get
@@ -34,7 +34,7 @@ from bench.common import wait as _wait
 WINDOW = float(os.environ.get("BENCH_OVERHEAD_SECONDS", "120"))
 
 
-class _Notify:
+class Notify:
     def __init__(self, path: Path) -> None:
         path.unlink(missing_ok=True)
         self.path = path
@@ -51,12 +51,15 @@ class _Notify:
                 data = self.sock.recv(4096)
             except TimeoutError:
                 continue
+            except OSError:  # closed under us: done
+                return
             if b"READY=1" in data and self.ready_at is None:
                 self.ready_at = time.perf_counter()
 
     def close(self) -> None:
         self._stop = True
         self.sock.close()
+        self.path.unlink(missing_ok=True)
 
 
 def _ready(url: str) -> bool:
@@ -84,7 +87,7 @@ def _relay_config(state: Path, ingest_url: str, sources: dict[str, Any]) -> tupl
     return path, "http://" + status
 
 
-def _launch(config: Path, notify: _Notify | None) -> subprocess.Popen[bytes]:
+def _launch(config: Path, notify: Notify | None) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
     if notify:
         env["NOTIFY_SOCKET"] = str(notify.path)
@@ -107,7 +110,7 @@ def bench_start_to_ready(ingest_url: str) -> dict[str, Any]:
     _wait(lambda: _ready(status), 60, "the first start")
     p.terminate()
     p.wait(30)
-    notify = _Notify(WORK / "notify.sock")
+    notify = Notify(WORK / "notify.sock")
     t0 = time.perf_counter()
     p = _launch(config, notify)
     _wait(lambda: notify.ready_at is not None, 60, "READY=1")
@@ -121,6 +124,32 @@ def bench_start_to_ready(ingest_url: str) -> dict[str, Any]:
     subprocess.run([sys.executable, "-c", "pass"], check=True)
     bare = time.perf_counter() - t0
     return {"ready_s": ready_s, "readyz_s": readyz_s, "bare_python_s": bare}
+
+
+_FLOOR = """
+import gc, sys
+for name in sys.argv[1:]:
+    __import__(name)
+gc.collect()
+print(next(l for l in open('/proc/self/status') if l.startswith('VmRSS')).split()[1])
+"""
+# What the relay imports from outside itself: the design's libraries and the few it adds.
+DEPENDENCIES = ("asyncio", "aiohttp", "aiohttp.web", "cryptography.hazmat.primitives.asymmetric.ed25519",
+                "opentelemetry.proto.collector.metrics.v1.metrics_service_pb2",
+                "opentelemetry.proto.collector.logs.v1.logs_service_pb2",
+                "opentelemetry.proto.collector.trace.v1.trace_service_pb2", "diskcache", "yaml", "psutil",
+                "systemd.daemon", "systemd.journal", "prometheus_client", "http_message_signatures", "zstandard")
+
+
+def bench_import_floor() -> dict[str, Any]:
+    """Resident memory of an interpreter that only imported things: nothing, the relay's
+    libraries, and the relay itself. The floor under any steady-state figure."""
+    def rss(*modules: str) -> int:
+        out = subprocess.run([sys.executable, "-c", _FLOOR, *modules], capture_output=True, text=True, check=True)
+        return int(out.stdout.strip()) * 1024
+
+    return {"bare_python_rss_bytes": rss(), "dependencies_rss_bytes": rss(*DEPENDENCIES),
+            "relay_imported_rss_bytes": rss(*DEPENDENCIES, "relay.cli", "relay.app")}
 
 
 def bench_overhead(ingest_url: str, ingest_stats: Any) -> dict[str, Any]:
@@ -159,6 +188,7 @@ def bench_overhead(ingest_url: str, ingest_stats: Any) -> dict[str, Any]:
         after = ingest_stats()
         rss_peak = peak_rss(p.pid)
         rss_now = proc.memory_info().rss
+        split = memory_split(p.pid)
         p.terminate()
         p.wait(30)
     finally:
@@ -178,12 +208,15 @@ def bench_overhead(ingest_url: str, ingest_stats: Any) -> dict[str, Any]:
     time.sleep(min(WINDOW, 30))
     cpu_i1, ti1 = _cpu(proc), time.perf_counter()
     idle_rss = proc.memory_info().rss
+    idle_split = memory_split(p.pid)
     p.terminate()
     p.wait(30)
     return {
         "window_s": t1 - t0, "series_per_broker_read": series,
         "cpu_pct_of_core": (cpu1 - cpu0) / (t1 - t0) * 100, "peak_rss_bytes": rss_peak, "rss_bytes": rss_now,
         "idle_cpu_pct_of_core": (cpu_i1 - cpu_i0) / (ti1 - ti0) * 100, "idle_rss_bytes": idle_rss,
+        "rss_anon_bytes": split.get("RssAnon", 0), "rss_file_bytes": split.get("RssFile", 0),
+        "idle_rss_anon_bytes": idle_split.get("RssAnon", 0), "idle_rss_file_bytes": idle_split.get("RssFile", 0),
         "points": items, "wire_bytes": wire, "wire_bytes_per_point": wire / items if items else 0.0,
         "samples": samples,
     }
