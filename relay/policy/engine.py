@@ -28,7 +28,7 @@ MASK = "***"
 _SERIALIZE_KV = common_pb2.KeyValue.SerializeToString
 _CACHE_LIMIT = 200_000
 # The shapes of about 100,000 series; a flood of new shapes restarts the memo, never grows it.
-_SHAPE_MEMO_BYTES = 8 << 20
+_SHAPE_MEMO_BYTES = 4 << 20
 
 
 @dataclass
@@ -72,6 +72,7 @@ class Policy:
         # are, with the rule events they cause; and resources before -> after.
         self.shape_memo: dict[bytes, tuple[tuple[tuple[str, str], int], ...]] = {}
         self._shape_memo_bytes = 0
+        self.checked: set[bytes] = set()  # what the fast path copied as it came, once decoded
         self.resource_memo: dict[bytes, tuple[bytes, tuple[tuple[tuple[str, str], int], ...]]] = {}
 
     # -- decisions (memoized) ----------------------------------------------------------------------

@@ -131,6 +131,7 @@ def _resource_metrics(policy: Policy, view: memoryview, o: Outcome) -> list[byte
                 _emit(scopes, field, sm)
         else:
             head.append(whole)
+    _check(policy, metrics_pb2.ResourceMetrics, head)
     return head + scopes if scopes else []
 
 
@@ -167,7 +168,21 @@ def _scope_metrics(policy: Policy, view: memoryview, o: Outcome) -> list[bytes |
             policy.remember_shape(shape.name, key, events)
         if new is not None:
             _emit(metrics, field, [new])
+    _check(policy, metrics_pb2.ScopeMetrics, head)
     return head + metrics if metrics else []
+
+
+def _check(policy: Policy, message: Any, fields: list[bytes | memoryview]) -> None:
+    """Decode what is copied around the metrics (scope, schema URLs, fields of a newer OTLP)
+    once per distinct content, so that what the full parser would refuse (a string that is
+    not UTF-8, say) is refused here too, with the same DecodeError."""
+    raw = b"".join(fields)
+    if raw in policy.checked:
+        return
+    message.FromString(raw)
+    if len(policy.checked) >= 1_000:
+        policy.checked.clear()
+    policy.checked.add(raw)
 
 
 def _fields(view: memoryview) -> Iterator[tuple[int, memoryview, memoryview]]:
@@ -179,6 +194,8 @@ def _fields(view: memoryview) -> Iterator[tuple[int, memoryview, memoryview]]:
         start = pos
         tag, pos = _varint(view, pos)
         field, wire = tag >> 3, tag & 7
+        if field == 0:  # not a field number: garbage, which the full parser refuses
+            raise Fallback()
         if wire == 2:
             length, pos = _varint(view, pos)
             value_start, pos = pos, pos + length

@@ -436,3 +436,20 @@ def test_a_repeated_scrape_is_copied_without_the_per_point_engine() -> None:
     assert calls == ["kafka.users"]
     assert outcome.items_in == outcome.items_out == 4
     assert _parsed(out) == _full_engine(policy(METRIC_POLICY), _request(later, t=31_000))[0]
+
+
+def test_what_the_fast_path_copies_is_still_checked_like_the_full_parser_would() -> None:
+    from google.protobuf.message import DecodeError
+
+    p = policy(METRIC_POLICY)
+    body = _request([("kafka.bytes", "sum", [(1, {"topic": "orders"})])])
+    p.apply("metrics", body)
+    p.apply("metrics", body)  # the metric's shape is now known, its bytes copied as they come
+    msg = _parsed(body)
+    msg.resource_metrics[0].scope_metrics[0].scope.name = "scope-xyz"
+    raw = msg.SerializeToString()
+    bad = raw.replace(b"scope-xyz", b"scope-\xff\xfe\xfd")  # same length: not UTF-8 any more
+    with pytest.raises(DecodeError):
+        SIGNAL_INFO["metrics"].request().ParseFromString(bad)
+    with pytest.raises(DecodeError):
+        p.apply("metrics", bad)
