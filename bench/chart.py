@@ -20,6 +20,9 @@ def draw(results: dict[str, Any], out: Path) -> None:
     ax1.bar_label(bars, labels=[f"{v:,.0f}k" for v in values])
     ax1.axhline(300, color="#a4161a", linestyle="--", linewidth=1)
     ax1.text(1.45, 305, "target 300k", color="#a4161a", ha="right", va="bottom", fontsize=9)
+    five_x = 5 * sdk["points_per_s"] / 1e3
+    ax1.axhline(five_x, color="#a4161a", linestyle=":", linewidth=1)
+    ax1.text(1.45, five_x + 5, "target 5x the SDK", color="#a4161a", ha="right", va="bottom", fontsize=9)
     ax1.set_ylabel("thousand points per second")
     ax1.set_title(f"Throughput: {results['ratios']['throughput']:.1f}x the SDK, same run")
     samples = steady.get("samples") or []
@@ -32,6 +35,10 @@ def draw(results: dict[str, Any], out: Path) -> None:
         ax3 = ax2.twinx()
         ax3.plot(t, [s[2] for s in samples], color="#8a4b00", label="RSS MiB")
         ax3.axhline(60, color="#8a4b00", linestyle=":", linewidth=1)
+        floor = results.get("import_floor", {}).get("relay_imported_rss_bytes")
+        if floor:
+            ax3.axhline(floor / 2**20, color="#8a4b00", linestyle="--", linewidth=1)
+            ax3.text(t[-1], floor / 2**20 - 1, "imports alone", color="#8a4b00", ha="right", va="top", fontsize=9)
         ax3.set_ylabel("RSS MiB (budget 60, dotted)")
         ax3.set_ylim(0, max(80, max(s[2] for s in samples) * 1.2))
         ax2.set_title(f"Reference load: host + {steady['series_per_broker_read']:,}-series broker + self")

@@ -222,6 +222,64 @@ def bench_overhead(ingest_url: str, ingest_stats: Any) -> dict[str, Any]:
     }
 
 
+def bench_push_10k(ingest_url: str, ingest_items: Any, seconds: float = 60.0) -> dict[str, Any]:
+    """The OTel Collector's Metric10kDPS shape: 10,000 points/s pushed over OTLP/HTTP in
+    100-point batches (100 requests/s), received, spooled with fsync, redacted, compressed,
+    signed and shipped. Average CPU and RSS over the window, and the peak."""
+    from bench.workload import otlp_batches
+
+    rate, per = 100, 100
+    batches = otlp_batches(rate * 10, per)  # ten seconds' worth, sent round and round
+    state = WORK / "push10k-state"
+    shutil.rmtree(state, ignore_errors=True)
+    state.mkdir(parents=True)
+    otlp = f"127.0.0.1:{_port()}"
+    config, status = _relay_config(state, ingest_url, {"host": {"enabled": False}, "otlp": {"listen": otlp}})
+    p = _launch(config, None)
+    proc = psutil.Process(p.pid)
+    _wait(lambda: _ready(status), 60, "the relay")
+    before = ingest_items()
+
+    async def push() -> tuple[int, float]:
+        import aiohttp
+
+        sent = 0
+        async with aiohttp.ClientSession() as session:
+            t0 = time.perf_counter()
+            while (elapsed := time.perf_counter() - t0) < seconds:
+                due = int(elapsed * rate) + 1
+                while sent < due:
+                    body = batches[sent % len(batches)]
+                    async with session.post(f"http://{otlp}/v1/metrics", data=body,
+                                            headers={"Content-Type": "application/x-protobuf"}) as r:
+                        if r.status != 200:
+                            raise SystemExit(f"bench: the relay answered a push with {r.status}")
+                    sent += 1
+                await asyncio.sleep(max(0.0, sent / rate - (time.perf_counter() - t0)))
+            return sent, time.perf_counter() - t0
+
+    samples: list[float] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(1.0):
+            samples.append(proc.memory_info().rss)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    cpu0 = _cpu(proc)
+    sampler.start()
+    sent, wall = asyncio.run(push())
+    cpu1 = _cpu(proc)
+    stop.set()
+    sampler.join()
+    _wait(lambda: ingest_items() - before >= sent * per, 60, "the pushed points to arrive")
+    peak = peak_rss(p.pid)
+    p.terminate()
+    p.wait(30)
+    return {"points_per_s": sent * per / wall, "seconds": wall, "cpu_pct_of_core": (cpu1 - cpu0) / wall * 100,
+            "avg_rss_bytes": sum(samples) / max(len(samples), 1), "peak_rss_bytes": peak}
+
+
 def bench_catch_up(ingest_url: str, ingest_items: Any, requests: list[bytes],
                    points_per_request: int) -> dict[str, Any]:
     """24 h at the reference load (one ~5,000-series read every 30 s = 2,880 requests) spooled,

@@ -89,6 +89,26 @@ def otlp_requests(count: int) -> list[bytes]:
     return out
 
 
+def otlp_batches(count: int, points: int = 100) -> list[bytes]:
+    """`count` ExportMetricsServiceRequests of `points` points each, walking through the broker's
+    series in order (the shape of the OTel Collector's load test: 100-point batches)."""
+    all_series = series()
+    out = []
+    for i in range(count):
+        b = MetricsBuilder(RESOURCE, "telemetry-relay/bench", "0.1.0")
+        metrics: dict[str, Any] = {}
+        now = START_NS + i * 10_000_000
+        for k in range(points):
+            n = i * points + k
+            s = all_series[n % len(all_series)]
+            m = metrics.get(s.name)
+            if m is None:
+                m = metrics[s.name] = b.sum(s.name, s.unit) if s.kind == "sum" else b.gauge(s.name, s.unit)
+            b.point(m, _value(s, n // len(all_series)), now, START_NS if s.kind == "sum" else 0, s.attrs)
+        out.append(b.finish().SerializeToString())
+    return out
+
+
 def sdk_metrics_data(count: int) -> list[Any]:
     """The same points as otlp_requests(count), as the OTel SDK's MetricsData objects."""
     from opentelemetry.sdk.metrics.export import (
