@@ -176,6 +176,9 @@ class DestinationSettings:
     compression: Literal["zstd", "gzip", "none"] = "zstd"
     max_request_bytes: ByteSize = ByteSize(4 * MiB)
     in_flight: int = 1
+    # After the queue ran empty, wait this long for more data before sending, so a steady
+    # trickle of pushes leaves in a few requests a second rather than one request each.
+    linger: Duration = Duration(0.2)
     timeout: Duration = Duration(30.0)
     # /readyz fails when there is data to send and no success for this long.
     ready_threshold: Duration = Duration(300.0)
@@ -205,6 +208,8 @@ class DestinationSettings:
             raise ValueError("in_flight must be between 1 and 32")
         if self.timeout <= 0:
             raise ValueError("timeout must be positive")
+        if not 0 <= self.linger <= 60:
+            raise ValueError("linger must be between 0s and 60s")
 
 
 @dataclass(frozen=True)

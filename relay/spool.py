@@ -128,6 +128,7 @@ class _Queue:
     def __init__(self, directory: Path, signal: Signal, settings: SpoolSettings, destinations: Sequence[str]):
         self.signal = signal
         self.directory = directory
+        self.freed_bytes = 0  # payload bytes deleted since the last reclaim
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._sync = 2 if settings.fsync == "always" else 1
         self.cache = diskcache.Cache(str(directory), timeout=60, sqlite_synchronous=self._sync, **_CACHE_SETTINGS)
@@ -241,16 +242,19 @@ class _Queue:
         self.cache.set(f"cursor:{dest}", _CUR.pack(*cursor))
         # Entries every destination has accepted are no longer needed.
         done = min(c[0] for c in s.cursors.values())
+        before = s.head_bytes
         while s.head <= done and s.head < s.tail:
             self.cache.delete(s.head)
             self.cache.delete(-s.head)
             s.head += 1
         self._load_head()
+        self.freed_bytes += s.head_bytes - before
 
     def reclaim(self, pages: int = 4096) -> None:
         """Give up to `pages` pages of delivered entries back to the filesystem. Called when the
         queue is empty, so nothing live has to move; in steps (16 MiB at most), so that a
         drained 4 GiB backlog does not hold the spool thread for seconds at once."""
+        self.freed_bytes = 0
         con = sqlite3.connect(str(self.directory / "cache.db"), timeout=60, isolation_level=None)
         try:
             if con.execute("PRAGMA freelist_count").fetchone()[0] < 256:
@@ -715,7 +719,9 @@ class Spool:
             with self._atomic(), q.without_fsync(), q.cache.transact():
                 q.ack(dest, cursor)
                 q._write_hdr()
-            if not q.state.entries:
+            # A queue emptied after a backlog gives its space back; one emptied after each of a
+            # steady trickle of small deliveries has little to give, and the appends reuse it.
+            if not q.state.entries and q.freed_bytes >= 4 << 20:
                 q.reclaim()
         except _DISK_ERRORS as e:
             # An ack that did not persist only means a resend after restart: at-least-once.

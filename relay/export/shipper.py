@@ -211,7 +211,14 @@ class Shipper:
                     try:
                         await asyncio.wait_for(data.wait(), timeout=5.0)
                     except TimeoutError:
-                        pass
+                        continue
+                    # New data after an empty queue: let more arrive, so that a steady trickle
+                    # of pushes leaves in a few requests a second (a backlog never waits here).
+                    if self.settings.linger > 0:
+                        try:
+                            await asyncio.wait_for(self._stopping.wait(), timeout=self.settings.linger)
+                        except TimeoutError:
+                            pass
                     continue
                 # Acknowledge strictly in order, so the cursor never passes an unsent entry.
                 lease, task = inflight[0]

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.procs import Ingest, Proc, Relay, relay_config, wait_until
+from tests.procs import Ingest, Proc, Relay, free_port, relay_config, wait_until
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 
@@ -344,3 +344,49 @@ def test_bearer_token_tls_and_decompression_ratio_guard(tmp_path: Path) -> None:
         relay.terminate()
         ingest.terminate()
     assert "receiver-token-7f3e91" not in relay.log()
+
+
+def test_a_trickle_of_pushes_leaves_in_few_requests_and_none_is_lost(tmp_path: Path) -> None:
+    """destinations[].linger: after the queue ran empty, the shipper waits for more data, so
+    a client pushing every 20 ms does not cost one upstream request (and spool commit) each."""
+    import time
+
+    from relay.otlp import MetricsBuilder
+
+    def push(url: str, i: int) -> None:
+        b = MetricsBuilder({"service.name": "trickle"}, "test")
+        b.point(b.gauge("queue.depth", "1"), float(i), time.time_ns(), 0, {"n": str(i)})
+        req = urllib.request.Request(url, data=b.finish().SerializeToString(), method="POST",
+                                     headers={"Content-Type": "application/x-protobuf"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.status == 200
+
+    def pushed_points(ingest: Ingest) -> list[int]:
+        return sorted(int(dp["asDouble"]) for rec in ingest.requests() for rm in rec["request"]["resourceMetrics"]
+                      for sm in rm["scopeMetrics"] for m in sm["metrics"] if m["name"] == "queue.depth"
+                      for dp in m["gauge"]["dataPoints"])
+
+    requests_per_linger = {}
+    for linger in ("1s", "0s"):
+        work = tmp_path / linger
+        work.mkdir()
+        ingest = Ingest(work)
+        ingest.start()
+        cfg = relay_config(work, ingest.url, sources={"host": {"enabled": False}, "internal": {"enabled": False},
+                                                      "otlp": {"listen": f"127.0.0.1:{free_port()}"}})
+        cfg["destinations"][0]["linger"] = linger
+        relay = Relay(work, cfg)
+        relay.start()
+        try:
+            url = f"http://{cfg['sources']['otlp']['listen']}/v1/metrics"
+            for i in range(30):
+                push(url, i)
+                time.sleep(0.02)
+            wait_until(lambda: len(pushed_points(ingest)) >= 30, what="every pushed point at the ingest")  # noqa: B023
+            assert pushed_points(ingest) == list(range(30))
+            requests_per_linger[linger] = len(ingest.requests())
+        finally:
+            relay.terminate()
+            ingest.terminate()
+    assert requests_per_linger["1s"] <= 3, requests_per_linger
+    assert requests_per_linger["0s"] >= 10, requests_per_linger
