@@ -293,14 +293,14 @@ def bench_catch_up(ingest_url: str, ingest_items: Any, requests: list[bytes],
     state.mkdir(parents=True)
     entries = 2880
 
-    async def fill() -> None:
+    async def fill(state: Path, entries: int) -> None:
         spool = Spool(state, SpoolSettings(max_bytes=4 << 30), ["ingest"], Stats())
         await spool.open()
         for i in range(entries):
             await spool.append("metrics", requests[i % len(requests)], points_per_request)
         await spool.close()
 
-    asyncio.run(fill())
+    asyncio.run(fill(state, entries))
     total = entries * points_per_request
     config, _ = _relay_config(state, ingest_url, {"host": {"enabled": False}, "internal": {"enabled": False},
                                                   "otlp": {"enabled": False}})
@@ -311,4 +311,30 @@ def bench_catch_up(ingest_url: str, ingest_items: Any, requests: list[bytes],
     elapsed = time.perf_counter() - t0
     p.terminate()
     p.wait(30)
-    return {"points": total, "entries": entries, "drain_s": elapsed, "points_per_s": total / elapsed}
+
+    # The same kind of backlog with destinations[].max_bytes_per_second set: the drain must
+    # hold to the cap (small requests, so that one request's worth is a small error).
+    cap, capped_entries = 64 * 1024, 60
+    state = WORK / "capped-state"
+    shutil.rmtree(state, ignore_errors=True)
+    state.mkdir(parents=True)
+    asyncio.run(fill(state, capped_entries))
+    config, status = _relay_config(state, ingest_url, {"host": {"enabled": False}, "internal": {"enabled": False},
+                                                       "otlp": {"enabled": False}})
+    cfg = yaml.safe_load(config.read_text())
+    cfg["destinations"][0].update({"max_bytes_per_second": cap, "max_request_bytes": "256KiB"})
+    config.write_text(yaml.safe_dump(cfg))
+    before = ingest_items()
+    notify = Notify(WORK / "capped-notify.sock")
+    p = _launch(config, notify)
+    _wait(lambda: notify.ready_at is not None, 60, "the capped relay's READY=1")
+    notify.close()
+    capped_total = capped_entries * points_per_request
+    _wait(lambda: ingest_items() - before >= capped_total, 300, "the capped backlog to drain")
+    capped_s = time.perf_counter() - (notify.ready_at or 0.0)
+    wire = _get(status + "/status")["destinations"][0]["shipped_bytes"]
+    p.terminate()
+    p.wait(30)
+    return {"points": total, "entries": entries, "drain_s": elapsed, "points_per_s": total / elapsed,
+            "capped_cap_bytes_per_s": cap, "capped_wire_bytes": wire, "capped_s": capped_s,
+            "capped_bytes_per_s": wire / capped_s}
