@@ -183,7 +183,7 @@ class Mappings:
     # against every bean each scrape would cost ~1 s of CPU for a 5,000-series broker). One
     # shared tuple per distinct rule set, so the memo costs a name and a pointer per bean.
     # Attributes and ObjectName properties are worked out afresh each scrape instead: about
-    # 10 ms of CPU every 30 s for such a broker, where keeping them cost ~5 MiB of memory.
+    # 20 ms of CPU every 30 s for such a broker, where keeping them cost ~5 MiB of memory.
     _by_bean: dict[str, tuple[CompiledJolokia, ...]] = field(default_factory=dict, repr=False)
     _rule_sets: dict[tuple[CompiledJolokia, ...], tuple[CompiledJolokia, ...]] = field(default_factory=dict,
                                                                                       repr=False)
