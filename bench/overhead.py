@@ -128,10 +128,14 @@ def bench_start_to_ready(ingest_url: str) -> dict[str, Any]:
 
 _FLOOR = """
 import gc, sys
+def rss():
+    return next(l for l in open('/proc/self/status') if l.startswith('VmRSS')).split()[1]
+steps = [rss()]
 for name in sys.argv[1:]:
     __import__(name)
+    steps.append(rss())
 gc.collect()
-print(next(l for l in open('/proc/self/status') if l.startswith('VmRSS')).split()[1])
+print(rss(), *steps)
 """
 # What the relay imports from outside itself: the design's libraries and the few it adds.
 DEPENDENCIES = ("asyncio", "aiohttp", "aiohttp.web", "cryptography.hazmat.primitives.asymmetric.ed25519",
@@ -144,12 +148,18 @@ DEPENDENCIES = ("asyncio", "aiohttp", "aiohttp.web", "cryptography.hazmat.primit
 def bench_import_floor() -> dict[str, Any]:
     """Resident memory of an interpreter that only imported things: nothing, the relay's
     libraries, and the relay itself. The floor under any steady-state figure."""
-    def rss(*modules: str) -> int:
+    def rss(*modules: str) -> tuple[int, list[int]]:
         out = subprocess.run([sys.executable, "-c", _FLOOR, *modules], capture_output=True, text=True, check=True)
-        return int(out.stdout.strip()) * 1024
+        final, *steps = (int(v) * 1024 for v in out.stdout.split())
+        return final, steps
 
-    return {"bare_python_rss_bytes": rss(), "dependencies_rss_bytes": rss(*DEPENDENCIES),
-            "relay_imported_rss_bytes": rss(*DEPENDENCIES, "relay.cli", "relay.app")}
+    bare, _ = rss()
+    deps, steps = rss(*DEPENDENCIES)
+    relay, _ = rss(*DEPENDENCIES, "relay.cli", "relay.app")
+    # What each library adds when imported after those before it (shared imports count once).
+    shares = {name: after - before for name, before, after in zip(DEPENDENCIES, steps, steps[1:], strict=False)}
+    return {"bare_python_rss_bytes": bare, "dependencies_rss_bytes": deps, "relay_imported_rss_bytes": relay,
+            "import_shares_bytes": shares}
 
 
 def bench_overhead(ingest_url: str, ingest_stats: Any) -> dict[str, Any]:

@@ -414,6 +414,10 @@ def main() -> None:
          "value": f"{floor['dependencies_rss_bytes'] / 2**20:.1f}",
          "baseline": f"{floor['bare_python_rss_bytes'] / 2**20:.1f} (bare python3)", "ratio": "-", "target": "-",
          "result": "-"},
+        {"figure": "  the largest shares of it, each imported after those before (MiB)",
+         "value": ", ".join(f"{name.split('.')[0] if name != 'aiohttp.web' else name} {b / 2**20:.1f}"
+                            for name, b in sorted(floor["import_shares_bytes"].items(), key=lambda kv: -kv[1])[:5]),
+         "baseline": "-", "ratio": "-", "target": "-", "result": "-"},
         {"figure": "import floor: the same + the relay's own modules (MiB)",
          "value": f"{floor['relay_imported_rss_bytes'] / 2**20:.1f}",
          "baseline": f"{floor['dependencies_rss_bytes'] / 2**20:.1f} (libraries only)", "ratio": "-",
