@@ -4,8 +4,9 @@ Owns: deciding, for every metric, attribute, string value, log body and span nam
 it leaves as is, hashed, masked or not at all; merging data points whose identities
 collide once an attribute is gone (sums add, gauges keep the latest, histograms merge
 buckets, summaries keep the latest); and counting every decision per rule. Decisions are
-memoized per distinct key and per distinct value, so the cost follows the number of
-distinct values, not of data points.
+memoized per distinct key, value and attribute set, so the cost follows the number of
+distinct values, not of data points; and a metric whose whole shape recurs unchanged does
+not reach this engine at all (relay.policy.shapes copies it as bytes).
 """
 
 from __future__ import annotations
