@@ -390,3 +390,50 @@ def test_a_trickle_of_pushes_leaves_in_few_requests_and_none_is_lost(tmp_path: P
             ingest.terminate()
     assert requests_per_linger["1s"] <= 3, requests_per_linger
     assert requests_per_linger["0s"] >= 10, requests_per_linger
+
+
+def test_requests_over_the_concurrency_limit_get_503_with_retry_after(tmp_path: Path) -> None:
+    """sources.otlp.max_concurrent_requests: a client that holds a request open (here: sends
+    half its body and waits) takes a slot; one more at once is refused, retryable, and counted."""
+    import socket
+
+    from relay.otlp import MetricsBuilder
+
+    ingest = Ingest(tmp_path)
+    ingest.start()
+    listen = f"127.0.0.1:{free_port()}"
+    cfg = relay_config(tmp_path, ingest.url, sources={"host": {"enabled": False}, "internal": {"enabled": False},
+                                                      "otlp": {"listen": listen, "max_concurrent_requests": 1}})
+    relay = Relay(tmp_path, cfg)
+    relay.start()
+    b = MetricsBuilder({"service.name": "busy"}, "test")
+    b.point(b.gauge("g", "1"), 1.0, 1_000, 0, {})
+    body = b.finish().SerializeToString()
+    host, port = listen.split(":")
+    try:
+        slow = socket.create_connection((host, int(port)), timeout=10)
+        slow.sendall(f"POST /v1/metrics HTTP/1.1\r\nHost: {listen}\r\nContent-Type: application/x-protobuf\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body[: len(body) // 2])
+
+        def busy_answer() -> tuple[int, str | None]:
+            req = urllib.request.Request(f"http://{listen}/v1/metrics", data=body, method="POST",
+                                         headers={"Content-Type": "application/x-protobuf"})
+            try:
+                with urllib.request.urlopen(req, timeout=10) as r:
+                    return r.status, None
+            except urllib.error.HTTPError as e:
+                return e.code, e.headers.get("Retry-After")
+
+        # The slow request holds the only slot once the relay has its headers.
+        wait_until(lambda: busy_answer()[0] == 503, what="a request over the limit to be refused")
+        status, retry_after = busy_answer()
+        assert status == 503 and retry_after is not None and int(retry_after) > 0
+        slow.sendall(body[len(body) // 2:])  # the slow one completes and is accepted
+        assert slow.recv(64).startswith(b"HTTP/1.1 200")
+        slow.close()
+        assert busy_answer() == (200, None)  # the slot is free again
+        rejected = relay.status()["receivers"][0]["signals"]["metrics"]["rejected"]
+        assert rejected.get("busy", 0) >= 2
+    finally:
+        relay.terminate()
+        ingest.terminate()
