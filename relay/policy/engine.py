@@ -196,10 +196,6 @@ class Policy:
             self._traces(msg, outcome)
         return msg.SerializeToString(), outcome
 
-    def apply_attributes(self, kvs: Any, kind: str, signal: Signal, metric: str | None,
-                         o: Outcome) -> tuple[bool, bool]:
-        return self._attrs(kvs, kind, signal, metric, o)
-
     def _attrs(self, kvs: Any, kind: str, signal: Signal, metric: str | None, o: Outcome) -> tuple[bool, bool]:
         """Apply key and value rules to a KeyValue list in place; returns (identity changed, drop
         the item). Memoized per distinct attribute set: the same series recurs in every scrape,
@@ -301,12 +297,12 @@ class Policy:
                 result = "masked"
         return result
 
-    def _resource(self, res: Any, signal: Signal, o: Outcome) -> None:
+    def apply_resource(self, res: Any, signal: Signal, o: Outcome) -> None:
         self._attrs(res.attributes, "resource", signal, None, o)
 
     def _metrics(self, msg: Any, o: Outcome) -> None:
         for rm in msg.resource_metrics:
-            self._resource(rm.resource, "metrics", o)
+            self.apply_resource(rm.resource, "metrics", o)
             for sm in rm.scope_metrics:
                 for mi in range(len(sm.metrics) - 1, -1, -1):
                     if not self.apply_metric(sm.metrics[mi], o)[0]:
@@ -366,7 +362,7 @@ class Policy:
 
     def _logs(self, msg: Any, o: Outcome) -> None:
         for rl in msg.resource_logs:
-            self._resource(rl.resource, "logs", o)
+            self.apply_resource(rl.resource, "logs", o)
             for sl in rl.scope_logs:
                 records = sl.log_records
                 o.items_in += len(records)
@@ -382,7 +378,7 @@ class Policy:
 
     def _traces(self, msg: Any, o: Outcome) -> None:
         for rs in msg.resource_spans:
-            self._resource(rs.resource, "traces", o)
+            self.apply_resource(rs.resource, "traces", o)
             for ss in rs.scope_spans:
                 spans = ss.spans
                 o.items_in += len(spans)

@@ -251,7 +251,7 @@ def _resource(policy: Policy, raw: bytes, o: Outcome) -> bytes:
     if hit is None:
         res = resource_pb2.Resource.FromString(raw)
         scratch = type(o)()
-        policy.apply_attributes(res.attributes, "resource", "metrics", None, scratch)
+        policy.apply_resource(res, "metrics", scratch)
         hit = (bytes(res.SerializeToString()), tuple(scratch.counts.items()))
         if len(memo) >= 1_000:
             memo.clear()
