@@ -434,6 +434,7 @@ class Spool:
         self._queues: dict[Signal, _Queue] = {}
         self._deadletter: diskcache.Cache | None = None
         self._pending: list[tuple[Signal, bytes, int, asyncio.Future[None]]] = []
+        self._writing = 0  # payload bytes of the batch the spool thread is writing now
         self._writer: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Event | None = None
         self._listeners: list[Callable[[Signal], None]] = []
@@ -534,7 +535,10 @@ class Spool:
         if len(payload) > self.settings.max_bytes // 2:
             raise SpoolError("too_large", f"request of {len(payload)} bytes exceeds half the spool cap")
         if refuse_when_full:
-            pending = sum(len(p) for _, p, _, _ in self._pending)
+            # Queued and being-written batches count too: the batch on its way to disk is in
+            # neither the queue state nor _pending until its write ends (counting it twice
+            # meanwhile only refuses a little early; not counting it evicted accepted data).
+            pending = sum(len(p) for _, p, _, _ in self._pending) + self._writing
             used = self._total_bytes() + pending
             if used + len(payload) > self.settings.max_bytes:
                 self.stats.spool_append_errors.labels("full").inc()
@@ -553,6 +557,7 @@ class Spool:
             batch, self._pending = self._pending, []
             if not batch:
                 continue
+            self._writing = sum(len(p) for _, p, _, _ in batch)
             try:
                 await self._run(self._append_sync, [(s, p, n) for s, p, n, _ in batch])
             except SpoolError as e:
@@ -560,6 +565,8 @@ class Spool:
                     if not fut.done():
                         fut.set_exception(e)
                 continue
+            finally:
+                self._writing = 0
             for *_, fut in batch:
                 if not fut.done():
                     fut.set_result(None)

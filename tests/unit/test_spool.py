@@ -190,3 +190,45 @@ def test_a_drained_backlog_gives_its_disk_space_back(tmp_path: Path) -> None:
         assert on_disk() < 2 * MiB, f"{on_disk()} bytes left of {full}"
 
     run(main)
+
+
+def test_refusing_when_full_never_evicts_what_was_accepted(tmp_path: Path) -> None:
+    """Pushes that arrive while an earlier batch is being written must count it: otherwise
+    they are accepted, the write goes over the cap, and accepted data is evicted. A consumer
+    keeps the spool hovering at its cap, so the writers cross it again and again."""
+    from relay.spool import SpoolError
+
+    stats = Stats()
+
+    async def main() -> None:
+        s = await opened(tmp_path, ["a"], stats, max_bytes=MiB)
+        payload = b"z" * (40 * 1024)
+        accepted = refused = 0
+        done = asyncio.Event()
+
+        async def writer() -> None:
+            nonlocal accepted, refused
+            for _ in range(150):
+                try:
+                    await s.append("metrics", payload, 1, refuse_when_full=True)
+                    accepted += 1
+                except SpoolError:
+                    refused += 1
+                    await asyncio.sleep(0.001)
+
+        async def consumer() -> None:
+            while not done.is_set():
+                lease = await s.lease("a", "metrics", 0, 2 * len(payload))
+                if lease is not None:
+                    await s.ack("a", lease)
+                await asyncio.sleep(0.002)
+
+        drain = asyncio.create_task(consumer())
+        await asyncio.gather(*(writer() for _ in range(8)))
+        done.set()
+        await drain
+        assert refused > 0 and accepted > 0
+        assert Stats.total(stats.points_dropped, reason="max_bytes") == 0, f"{accepted} accepted"
+        await s.close()
+
+    run(main)
