@@ -328,10 +328,6 @@ class SignalQueue:
         finally:
             con.close()
 
-    def backlog(self, dest: str) -> tuple[int, int]:
-        """(bytes, items) destination `dest` has not yet accepted."""
-        return self.state.backlog(dest)
-
     def close(self) -> None:
         self.cache.close()
 

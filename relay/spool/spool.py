@@ -11,8 +11,9 @@ of them to the spool thread, and one transaction (one fsync) per queue commits t
 (group commit); then the listeners (the shippers) are woken.
 
 backlog() and snapshot() read the queue states from the event loop while the spool
-thread replaces them: each figure is sound, but two may come from different commits.
-They are status figures, approximate by that much, never used for a decision on disk.
+thread changes them (in place, or by swapping a rolled-back state in): the GIL keeps
+each field read whole, but one figure may mix two moments of a commit. They are
+approximate by that much, which a status figure can afford.
 """
 
 from __future__ import annotations
