@@ -267,9 +267,9 @@ def _status(base: str, raw: bool) -> int:
 
 
 def _spool(path: str, raw: bool) -> int:
-    from relay.spool import describe
+    from relay.spool.inspect import summary
 
-    info = describe(config.load(path).config.state_dir)
+    info = summary(config.load(path).config.state_dir)
     if raw:
         print(json.dumps(info, indent=2))
         return EXIT_OK

@@ -17,7 +17,7 @@ from relay import config
 from relay.otlp import SIGNALS, Signal, from_json, parse_request, to_json_dict
 from relay.policy import load_policy, load_secret
 from relay.schema import SchemaError
-from relay.spool import read_entries
+from relay.spool.inspect import oldest_entries
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,7 +43,7 @@ def _inputs(args: argparse.Namespace, state_dir: str | None) -> list[tuple[Signa
             raise SchemaError("command line", None, "--from-spool", "needs --config to find the spool")
         out: list[tuple[Signal, bytes]] = []
         for signal in SIGNALS:
-            out += [(signal, e.payload) for e in read_entries(state_dir, signal, args.from_spool)]
+            out += [(signal, e.payload) for e in oldest_entries(state_dir, signal, args.from_spool)]
         return out
     raise SchemaError("command line", None, "--input", "give --input FILE or --from-spool N")
 
@@ -107,7 +107,7 @@ def _unhash(args: argparse.Namespace) -> int:
     policy = load_policy(cfg.policy.file, load_secret(cfg.state_dir))
     found: dict[str, set[str]] = defaultdict(set)
     for signal in SIGNALS:
-        for entry in read_entries(cfg.state_dir, signal, 1_000_000):
+        for entry in oldest_entries(cfg.state_dir, signal, 1_000_000):
             doc = to_json_dict(parse_request(signal, entry.payload))
             for where, value in _strings(doc):
                 if policy.token(value) == args.token:

@@ -284,9 +284,8 @@ class Shipper:
                     self.outbox.add(self.name, lease.signal, len(body), wire, self.settings.compression, policy_sha)
                 return
             if result == "split":
-                half = len(lease.entries) // 2
-                for part in (lease.entries[:half], lease.entries[half:]):
-                    await self._deliver_entries(Lease(lease.signal, part[0].seq, part[-1].seq, part, (0, 0, 0)))
+                for part in lease.halves():
+                    await self._deliver_entries(part)
                 return
             attempt += 1
             self.state.backoff_until = time.time() + delay
@@ -302,9 +301,8 @@ class Shipper:
         """A spooled entry that is not valid OTLP (a damaged disk, say) must not block the queue:
         halve the batch until the bad entries stand alone, and move those to dead-letter."""
         if len(lease.entries) > 1:
-            half = len(lease.entries) // 2
-            for part in (lease.entries[:half], lease.entries[half:]):
-                await self._deliver_entries(Lease(lease.signal, part[0].seq, part[-1].seq, part, (0, 0, 0)))
+            for part in lease.halves():
+                await self._deliver_entries(part)
             return
         reason = "spooled entry is not a valid OTLP protobuf request (damaged on disk?)"
         self._failed("undecodable", reason, 0, retry=False)

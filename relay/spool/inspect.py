@@ -1,0 +1,45 @@
+"""Offline inspection of a spool for the CLI (`telemetry-relay spool`, `policy test --from-spool`).
+
+Owns: reading a spool directory without writing to it, while the relay may be running
+beside it (SQLite lets a `mode=ro` reader in beside the writer; see queue.ReadOnlyStore).
+The record format is decoded by the queue module, not here, so both read it one way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from relay.otlp import SIGNALS, Signal
+from relay.spool import deadletter, recovery
+from relay.spool.queue import Entry, load_state, open_readonly, read_entry, read_header
+
+
+def summary(state_dir: str | Path) -> dict[str, Any]:
+    """What is in a spool: per signal the entries, bytes, oldest entry and each destination's
+    cursor; the dead-letter records (without payloads); the quarantine."""
+    base = Path(state_dir) / "spool"
+    out: dict[str, Any] = {"queues": {}, "dead_letters": [], "quarantine": recovery.quarantined(Path(state_dir))}
+    for signal in SIGNALS:
+        with open_readonly(base / signal) as store:
+            if store is None:
+                continue
+            s = load_state(store)
+        cursors = {dest: {"acknowledged_up_to": c.seq, "backlog_bytes": s.backlog(dest)[0]}
+                   for dest, c in s.cursors.items()}
+        out["queues"][signal] = {"entries": s.entries, "bytes": s.bytes, "oldest": s.head_created,
+                                 "destinations": cursors}
+    with open_readonly(base / "deadletter") as store:
+        if store is not None:
+            out["dead_letters"] = deadletter.records(store)
+    return out
+
+
+def oldest_entries(state_dir: str | Path, signal: Signal, limit: int) -> list[Entry]:
+    """The oldest `limit` entries of one signal's queue (fewer if some were delivered meanwhile)."""
+    with open_readonly(Path(state_dir) / "spool" / signal) as store:
+        s = read_header(store) if store is not None else None
+        if store is None or s is None:
+            return []
+        found = (read_entry(store, seq) for seq in range(s.head, min(s.next_seq, s.head + limit)))
+        return [entry for _, entry in filter(None, found)]

@@ -1,0 +1,376 @@
+"""The durable spool's async face: every collected or received request is on disk before it counts.
+
+Owns: the interface the rest of the relay uses (append, lease, ack, dead_letter, backlog,
+snapshot), the byte cap and age limit, the accounting of every drop, and the one thread
+all disk work runs on. The queues themselves are queue.SignalQueue, one per signal under
+<state_dir>/spool; data leaves them only when every destination has accepted it, or by a
+counted drop (max_bytes, max_age, dead_letter).
+
+An append does not write at once: it joins `_pending`, the writer task hands each batch
+of them to the spool thread, and one transaction (one fsync) per queue commits the lot
+(group commit); then the listeners (the shippers) are woken.
+
+backlog() and snapshot() read the queue states from the event loop while the spool
+thread changes them (in place, or by swapping a rolled-back state in): the GIL keeps
+each field read whole, but one figure may mix two moments of a commit. They are
+approximate by that much, which a status figure can afford.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import diskcache
+
+from relay.config import SpoolSettings
+from relay.otlp import SIGNALS, Signal
+from relay.spool import recovery
+from relay.spool.deadletter import DeadLetters
+from relay.spool.queue import DISK_ERRORS, Cursor, Lease, QueueState, SignalQueue
+from relay.stats import Stats
+
+log = logging.getLogger("relay.spool")
+
+
+class SpoolError(Exception):
+    """A spool write failed; the data was not acknowledged."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class Spool:
+    """The async face of the spool. Every disk operation runs on the spool thread."""
+
+    def __init__(self, state_dir: str | Path, settings: SpoolSettings, destinations: Sequence[str], stats: Stats):
+        self.dir = Path(state_dir) / "spool"
+        self.settings = settings
+        self.destinations = list(destinations)
+        self.stats = stats
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="spool")
+        self._queues: dict[Signal, SignalQueue] = {}
+        self._deadletter: DeadLetters | None = None
+        self._pending: list[tuple[Signal, bytes, int, asyncio.Future[None]]] = []
+        self._writing = 0  # payload bytes of the batch the spool thread is writing now
+        self._writer: asyncio.Task[None] | None = None
+        self._wakeup: asyncio.Event | None = None
+        self._listeners: list[Callable[[Signal], None]] = []
+        self.last_error: str | None = None
+        self.writable = True
+        self.quarantined: list[dict[str, Any]] = []
+        # Entries handed to a shipper and not yet acknowledged: evicting one of those is a loss
+        # only if its delivery then fails, so it is counted when that is known, not before.
+        self._leased_upto: dict[tuple[str, Signal], int] = {}
+        self._evicted_in_flight: dict[tuple[str, Signal], dict[int, tuple[int, str]]] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        await self._on_spool_thread(self._open_sync)
+        self._wakeup = asyncio.Event()
+        self._writer = asyncio.create_task(self._write_loop(), name="spool-writer")
+
+    def _open_sync(self) -> None:
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.dir, 0o700)  # raw local data: private to the service user
+        for signal in SIGNALS:
+            if signal == "metrics" or (self.dir / signal).exists():
+                q, report = recovery.open_queue(self.dir, signal, self.settings, self.destinations)
+                self._queues[signal] = q
+                if report is not None:
+                    self.quarantined.append(report)
+        self._deadletter = DeadLetters(self.dir / "deadletter", self.settings.fsync)
+        self._update_gauges()
+
+    async def close(self) -> None:
+        if self._writer:
+            self._writer.cancel()
+            try:
+                await self._writer
+            except asyncio.CancelledError:
+                pass
+            self._writer = None
+        # Appends still queued were never acknowledged; fail them rather than hang their callers.
+        for _, _, _, fut in self._pending:
+            if not fut.done():
+                fut.set_exception(SpoolError("closed", "spool is closing"))
+        self._pending.clear()
+        await self._on_spool_thread(self._close_sync)
+        self._executor.shutdown(wait=True)
+
+    def _close_sync(self) -> None:
+        # Evicted while in flight and never acknowledged: lost after all, so counted now.
+        for (dest, _), pending in self._evicted_in_flight.items():
+            for items, reason in pending.values():
+                self._count_drop(dest, reason, items)
+        self._evicted_in_flight.clear()
+        for q in self._queues.values():
+            q.close()
+        if self._deadletter is not None:
+            self._deadletter.close()
+
+    async def _on_spool_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def add_listener(self, fn: Callable[[Signal], None]) -> None:
+        """fn(signal) is called on the event loop after new data of that signal is durable."""
+        self._listeners.append(fn)
+
+    # -- append (group commit) ---------------------------------------------------------------------
+
+    async def append(self, signal: Signal, payload: bytes, items: int, refuse_when_full: bool = False) -> None:
+        """Return once the request is durably on disk. Raises SpoolError if it could not be.
+
+        refuse_when_full: instead of evicting the oldest data to make room, refuse the new
+        data (reason "full") so a pushing client can keep it and retry later."""
+        if len(payload) > self.settings.max_bytes // 2:
+            raise SpoolError("too_large", f"request of {len(payload)} bytes exceeds half the spool cap")
+        if refuse_when_full:
+            # Queued and being-written batches count too: the batch on its way to disk is in
+            # neither the queue state nor _pending until its write ends (counting it twice
+            # meanwhile only refuses a little early; not counting it evicted accepted data).
+            pending = sum(len(p) for _, p, _, _ in self._pending) + self._writing
+            used = self._total_bytes() + pending
+            if used + len(payload) > self.settings.max_bytes:
+                self.stats.spool_append_errors.labels("full").inc()
+                raise SpoolError("full", f"spool is full ({used} of {self.settings.max_bytes} bytes)")
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((signal, payload, items, fut))
+        assert self._wakeup is not None, "spool not open"
+        self._wakeup.set()
+        await fut
+
+    async def _write_loop(self) -> None:
+        assert self._wakeup is not None
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            batch, self._pending = self._pending, []
+            if not batch:
+                continue
+            self._writing = sum(len(p) for _, p, _, _ in batch)
+            try:
+                await self._on_spool_thread(self._append_sync, [(s, p, n) for s, p, n, _ in batch])
+            except SpoolError as e:
+                for *_, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(e)
+                continue
+            finally:
+                self._writing = 0
+            for *_, fut in batch:
+                if not fut.done():
+                    fut.set_result(None)
+            for signal in {s for s, *_ in batch}:
+                for fn in self._listeners:
+                    fn(signal)
+
+    def _append_sync(self, items: list[tuple[Signal, bytes, int]]) -> None:
+        now = time.time()
+        try:
+            for signal in {s for s, _, _ in items}:
+                if signal not in self._queues:
+                    self._queues[signal] = SignalQueue(self.dir / signal, signal, self.settings, self.destinations)
+            # One transaction per queue: one fsync covers every append in the batch.
+            for signal, q in self._queues.items():
+                mine = [(p, n) for s, p, n in items if s == signal]
+                if not mine:
+                    continue
+                with q.transaction():
+                    for payload, n in mine:
+                        q.append(payload, n, now)
+                    self._evict_over_cap(q)
+        except DISK_ERRORS as e:
+            self._note_write_failure(e)
+            raise SpoolError(self._reason(e), f"spool write failed: {e}") from None
+        if not self.writable:
+            log.info("spool is writable again")
+        self.writable, self.last_error = True, None
+        for signal, _, n in items:
+            self.stats.points_spooled.labels(signal).inc(n)
+        self._update_gauges()
+
+    @staticmethod
+    def _reason(e: BaseException) -> str:
+        text = str(e).lower()
+        if "full" in text or getattr(e, "errno", None) == 28:
+            return "disk_full"
+        if isinstance(e, diskcache.Timeout):
+            return "locked"
+        return "io_error"
+
+    def _note_write_failure(self, e: BaseException) -> None:
+        reason = self._reason(e)
+        self.stats.spool_append_errors.labels(reason).inc()
+        if self.writable:  # log the transition once, not every failed write
+            log.error("spool write failed (%s): %s; new data is refused until it recovers", reason, e)
+        self.writable, self.last_error = False, f"{reason}: {e}"
+
+    def _total_bytes(self) -> int:
+        return sum(q.state.bytes for q in self._queues.values())
+
+    def _evict_over_cap(self, current: SignalQueue) -> None:
+        # Evict the oldest entries across all queues until under the cap. Other queues are
+        # written in their own transaction.
+        while self._total_bytes() > self.settings.max_bytes:
+            victim = min(
+                (q for q in self._queues.values() if q.state.entries),
+                key=lambda q: q.state.head_created or 0.0,
+            )
+            if victim is current:
+                self._drop_head(victim, "max_bytes")
+            else:
+                with victim.transaction():
+                    self._drop_head(victim, "max_bytes")
+
+    def _drop_head(self, q: SignalQueue, reason: str) -> None:
+        seq, items, _, lost = q.pop_head()
+        for dest, n in lost.items():
+            if seq <= self._leased_upto.get((dest, q.signal), 0):
+                self._evicted_in_flight.setdefault((dest, q.signal), {})[seq] = (n, reason)
+                continue
+            self._count_drop(dest, reason, n)
+        if lost:
+            log.warning(
+                "spool dropped entry %s/%d (%d items) by %s for %s",
+                q.signal, seq, items, reason, ", ".join(sorted(lost)),
+            )
+
+    def _count_drop(self, dest: str, reason: str, items: int) -> None:
+        self.stats.points_dropped.labels(dest, reason).inc(items)
+        self.stats.entries_dropped.labels(dest, reason).inc()
+
+    # -- age limit ---------------------------------------------------------------------------------
+
+    async def enforce_age(self, now: float | None = None) -> None:
+        await self._on_spool_thread(self._enforce_age_sync, time.time() if now is None else now)
+
+    def _enforce_age_sync(self, now: float) -> None:
+        limit = now - self.settings.max_age
+        try:
+            for q in self._queues.values():
+                if q.state.head_created is None or q.state.head_created >= limit:
+                    continue
+                with q.transaction():
+                    while q.state.head_created is not None and q.state.head_created < limit:
+                        self._drop_head(q, "max_age")
+            for q in self._queues.values():
+                if not q.state.entries:  # a drained backlog's file shrinks a step at each pass
+                    q.reclaim()
+        except DISK_ERRORS as e:
+            self._note_write_failure(e)
+        self._update_gauges()
+
+    # -- reading and acknowledging -----------------------------------------------------------------
+
+    def signals(self) -> list[Signal]:
+        return list(self._queues)
+
+    def cursor(self, dest: str, signal: Signal) -> int:
+        q = self._queues.get(signal)
+        return q.state.cursors[dest].seq if q else 0
+
+    async def lease(self, dest: str, signal: Signal, after: int, max_bytes: int) -> Lease | None:
+        """Oldest entries after seq `after` (or the destination's cursor) up to max_bytes."""
+        return await self._on_spool_thread(self._lease_sync, dest, signal, after, max_bytes)  # type: ignore[no-any-return]
+
+    def _lease_sync(self, dest: str, signal: Signal, after: int, max_bytes: int) -> Lease | None:
+        q = self._queues.get(signal)
+        if q is None:
+            return None
+        after = max(after, q.state.cursors[dest].seq)
+        entries = q.read(after, max_bytes)
+        if not entries:
+            return None
+        key = (dest, signal)
+        self._leased_upto[key] = max(self._leased_upto.get(key, 0), entries[-1].seq)
+        return Lease(signal, entries[0].seq, entries[-1].seq, entries, q.cursor_after(entries[-1].seq))
+
+    async def ack(self, dest: str, lease: Lease) -> None:
+        """The destination has accepted (or we dead-lettered) every entry up to lease.last."""
+        await self._on_spool_thread(self._ack_sync, dest, lease.signal, lease.cursor_after)
+
+    def _ack_sync(self, dest: str, signal: Signal, cursor: Cursor) -> None:
+        pending = self._evicted_in_flight.get((dest, signal))
+        if pending:  # evicted while on the wire, and delivered after all: not a loss
+            for seq in [s for s in pending if s <= cursor.seq]:
+                del pending[seq]
+        q = self._queues[signal]
+        try:
+            with q.without_fsync(), q.transaction():
+                q.ack(dest, cursor)
+            # A queue emptied after a backlog gives its space back; one emptied after each of a
+            # steady trickle of small deliveries has little to give, and the appends reuse it.
+            if not q.state.entries and q.freed_bytes >= 4 << 20:
+                q.reclaim()
+        except DISK_ERRORS as e:
+            # An ack that did not persist only means a resend after restart: at-least-once.
+            log.warning("spool could not record delivery for %s: %s", dest, e)
+        self._update_gauges()
+
+    async def dead_letter(self, dest: str, lease: Lease, status: int, reason: str) -> None:
+        """Keep a permanently rejected batch aside, with the reason, and count it.
+        The caller acknowledges it in order like any delivered lease."""
+        await self._on_spool_thread(self._dead_letter_sync, dest, lease, status, reason)
+
+    def _dead_letter_sync(self, dest: str, lease: Lease, status: int, reason: str) -> None:
+        assert self._deadletter is not None
+        self._deadletter.put(dest, lease, status, reason)
+        self.stats.points_dropped.labels(dest, "dead_letter").inc(lease.items)
+        self.stats.entries_dropped.labels(dest, "dead_letter").inc(len(lease.entries))
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        """Dead-letter records without their payloads (for status and the CLI)."""
+        assert self._deadletter is not None
+        return self._deadletter.records()
+
+    # -- status ------------------------------------------------------------------------------------
+
+    def backlog(self, dest: str) -> tuple[int, int]:
+        """(bytes, items) waiting for a destination, over all signals. O(1), from the loop;
+        approximate while the spool thread commits (see the module docstring)."""
+        b = i = 0
+        for state in self._states():
+            qb, qi = state.backlog(dest)
+            b, i = b + qb, i + qi
+        return b, i
+
+    def snapshot(self) -> dict[str, Any]:
+        states = self._states()
+        return {
+            "entries": sum(s.entries for s in states),
+            "bytes": sum(s.bytes for s in states),
+            "max_bytes": self.settings.max_bytes,
+            "oldest_age_seconds": _oldest_age(states),
+            "writable": self.writable,
+            "last_error": self.last_error,
+            "quarantined": self.quarantined,
+            "dropped_points": {
+                reason: v for reason, v in Stats.by_label(self.stats.points_dropped, "reason").items() if v
+            },
+        }
+
+    def _states(self) -> list[QueueState]:
+        return [q.state for q in list(self._queues.values())]
+
+    def _update_gauges(self) -> None:
+        """Set the spool gauges from the queue states (on the spool thread, after each change)."""
+        states = self._states()
+        self.stats.spool_entries.set(sum(s.entries for s in states))
+        self.stats.spool_bytes.set(sum(s.bytes for s in states))
+        self.stats.spool_oldest_age.set(_oldest_age(states))
+        for dest in self.destinations:
+            self.stats.backlog_bytes.labels(dest).set(sum(s.backlog(dest)[0] for s in states))
+
+
+def _oldest_age(states: list[QueueState]) -> float:
+    oldest = min((s.head_created for s in states if s.head_created), default=None)
+    return round(time.time() - oldest, 3) if oldest else 0.0
