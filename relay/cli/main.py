@@ -133,9 +133,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "keys":
         return _keys(args)
     if args.command == "policy":
-        from relay import policy_cli
+        from relay.cli import policy
 
-        return policy_cli.run(args)
+        return policy.run(args)
     if args.command == "spool":
         return _spool(args.config, args.json)
     if args.command == "outbox":
@@ -375,7 +375,3 @@ def format_status(d: dict[str, Any]) -> str:
         if rej:
             out.append("    dropped: " + ", ".join(f"{k} {v:.0f} points" for k, v in rej.items()))
     return "\n".join(out)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
