@@ -51,7 +51,7 @@ def _inputs(args: argparse.Namespace, state_dir: str | None) -> list[tuple[Signa
 def _test(args: argparse.Namespace) -> int:
     cfg = None
     if not args.policy or args.from_spool:
-        cfg = config.load(args.config).config
+        cfg = config.load_settings(args.config)
     policy_path = args.policy or (cfg.policy.file if cfg else "")
     state_dir = cfg.state_dir if cfg else None
     # Hash tokens in a dry run match the relay's only with its secret; without it, a throwaway one.
@@ -103,7 +103,7 @@ def _strings(node: Any, path: str = "") -> list[tuple[str, str]]:
 
 
 def _unhash(args: argparse.Namespace) -> int:
-    cfg = config.load(args.config).config
+    cfg = config.load_settings(args.config)
     policy = load_policy(cfg.policy.file, load_secret(cfg.state_dir))
     found: dict[str, set[str]] = defaultdict(set)
     for signal in SIGNALS:

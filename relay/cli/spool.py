@@ -15,7 +15,7 @@ from relay.cli.common import EXIT_OK, format_ago, format_bytes, format_utc
 def run(args: argparse.Namespace) -> int:
     from relay.spool import describe
 
-    info = describe(config.load(args.config).config.state_dir)
+    info = describe(config.load_settings(args.config).state_dir)
     if args.json:
         print(json.dumps(info, indent=2))
         return EXIT_OK

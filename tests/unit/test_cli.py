@@ -1,6 +1,6 @@
-"""The CLI's pure pieces (formatters, the human status), and main's handling of a status
-server that answers "not ready" or does not answer at all (a real HTTP server on loopback,
-main called in-process)."""
+"""The CLI's pure pieces (formatters, the human status), its secrets-free config load, and
+main's handling of a status server that answers "not ready" or does not answer at all
+(a real HTTP server on loopback, main called in-process)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,16 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from relay import config
 from relay.cli import main
 from relay.cli.common import format_ago, format_bytes, format_duration
 from relay.cli.status import format_status
+from relay.schema import SchemaError
 from tests.procs import free_port
 
 
@@ -57,6 +60,48 @@ def test_status_text_shows_problems_reload_errors_and_each_destination() -> None
     assert "  dropped: max_age 3 points" in lines
     assert "    last success never, backlog 2.0 KiB (4 items), in flight 1, shipped 0 points in 0 requests" in lines
     assert "    retrying in 1.5s" in lines and "    last error (2s ago): HTTP 503" in lines
+
+
+SECRETS_CONFIG = """\
+state_dir: state
+policy: {file: policy.yaml}
+signing: {key_dir: keys}
+destinations:
+  - name: vendor
+    endpoint: https://ingest.example.com
+    api_key_env: TELEMETRY_RELAY_TEST_UNSET_API_KEY
+    proxy_url: http://proxy:3128
+    proxy_username: relay
+    proxy_password_file: missing-proxy-password
+    policy_file: vendor-policy.yaml
+"""
+
+
+def test_load_settings_reads_no_secret_and_resolves_paths_as_load_does(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "relay.yaml"
+    path.write_text(SECRETS_CONFIG)
+    monkeypatch.delenv("TELEMETRY_RELAY_TEST_UNSET_API_KEY", raising=False)
+    with pytest.raises(SchemaError, match="api_key_env"):
+        config.load(str(path))
+    settings = config.load_settings(str(path))
+    assert settings.state_dir == str(tmp_path / "state")
+    assert settings.policy.file == str(tmp_path / "policy.yaml")
+    assert settings.signing.key_dir == str(tmp_path / "keys")
+    assert settings.destinations[0].policy_file == str(tmp_path / "vendor-policy.yaml")
+
+    # Where the secrets are there, both loads agree on every setting.
+    monkeypatch.setenv("TELEMETRY_RELAY_TEST_UNSET_API_KEY", "k" * 32)
+    (tmp_path / "missing-proxy-password").write_text("pw-123456\n")
+    (tmp_path / "missing-proxy-password").chmod(0o600)
+    assert config.load_settings(str(path)) == config.load(str(path)).config
+
+
+def test_load_settings_still_rejects_an_invalid_config(tmp_path: Path) -> None:
+    path = tmp_path / "relay.yaml"
+    path.write_text(SECRETS_CONFIG + "bogus: 1\n")
+    with pytest.raises(SchemaError, match=r"relay.yaml:12: bogus: unknown key"):
+        config.load_settings(str(path))
 
 
 @pytest.fixture
