@@ -1,9 +1,11 @@
 """The command line as an operator runs it (real subprocesses, real files): the read-only
-commands (policy test, policy unhash, spool) need no API key."""
+commands (policy test, policy unhash, spool) need no API key and never create the policy
+secret."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -72,3 +74,35 @@ def test_read_only_commands_work_without_the_api_key(tmp_path: Path) -> None:
     p = cli("spool", "--config", str(config))
     assert p.returncode == 0, p.stderr
     assert "metrics: 1 entries" in p.stdout and "vendor:" in p.stdout
+
+
+def test_policy_commands_never_create_the_policy_secret(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(HASH_CUSTOMER)
+    config = write_config(tmp_path, policy)
+    state = tmp_path / "state"
+    spool_one_request(state, {"customer": "globex-corp"})
+    secret = state / "policy-secret"
+
+    p = cli("policy", "unhash", "h:0000000000000000", "--config", str(config))
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert f"no policy-secret in {state} yet" in p.stderr and "first start" in p.stderr
+    assert "Traceback" not in p.stderr
+    assert not secret.exists()
+
+    # The dry run still works, and says its tokens are not the ones the relay will ship.
+    p = cli("policy", "test", "--config", str(config), "--from-spool", "5")
+    assert p.returncode == 0 and "hashed 1" in p.stdout, p.stdout + p.stderr
+    assert f"no policy-secret in {state} yet" in p.stderr and "throwaway key" in p.stderr
+    assert not secret.exists()
+
+    # Once the relay has made its secret, both use it, and the note is gone.
+    secret.write_text("ab" * 32 + "\n")
+    secret.chmod(0o600)
+    p = cli("policy", "test", "--config", str(config), "--from-spool", "5", "--json")
+    assert p.returncode == 0 and p.stderr == "", p.stderr
+    point = json.loads(p.stdout)[0]["request"]["resourceMetrics"][0]["scopeMetrics"][0]["metrics"][0]["sum"][
+        "dataPoints"][0]
+    token = point["attributes"][0]["value"]["stringValue"]
+    p = cli("policy", "unhash", token, "--config", str(config))
+    assert p.returncode == 0 and "'globex-corp'" in p.stdout, p.stdout + p.stderr
