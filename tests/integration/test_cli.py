@@ -1,6 +1,6 @@
-"""The command line as an operator runs it (real subprocesses, real files): the read-only
-commands (policy test, policy unhash, spool) need no API key and never create the policy
-secret."""
+"""The command line as an operator runs it (real subprocesses, real files): check-config
+validates the policy files a start would load, and the read-only commands (policy test,
+policy unhash, spool) need no API key and never create the policy secret."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from relay.config import SpoolSettings
 from relay.otlp import MetricsBuilder
 from relay.spool import Spool
 from relay.stats import Stats
-from tests.procs import CLI
+from tests.procs import CLI, PASS_THROUGH_POLICY
 
 # A variable no test environment sets: the config names it, so a full load must fail.
 UNSET_KEY_ENV = "TELEMETRY_RELAY_TEST_UNSET_API_KEY"
@@ -53,6 +54,38 @@ def spool_one_request(state_dir: Path, attrs: dict[str, str]) -> None:
         await spool.close()
 
     asyncio.run(append())
+
+
+@pytest.mark.parametrize("broken", ["yaml", "unknown_key"])
+def test_check_config_fails_on_a_broken_policy_with_file_and_line(tmp_path: Path, broken: str) -> None:
+    good = tmp_path / "policy.yaml"
+    good.write_text(PASS_THROUGH_POLICY.read_text())
+    bad = tmp_path / "backup-policy.yaml"
+    bad.write_text({
+        "yaml": "version: 1\nattributes: {default: keep\nmetrics: {default: allow}\n",
+        "unknown_key": "version: 1\nattributes:\n  default: keep\n  defualt: drop\n",
+    }[broken])
+    config = write_config(tmp_path, good, second_policy=bad)
+    p = cli("check-config", "--config", str(config), env={UNSET_KEY_ENV: "k" * 32})
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert "Traceback" not in p.stderr
+    if broken == "unknown_key":
+        assert f"{bad}:4: attributes.defualt: unknown key" in p.stderr
+    else:
+        assert f"{bad}:3: invalid YAML" in p.stderr, p.stderr
+
+
+def test_check_config_names_each_policy_it_validated(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(PASS_THROUGH_POLICY.read_text())
+    backup = tmp_path / "backup-policy.yaml"
+    backup.write_text(HASH_CUSTOMER)
+    config = write_config(tmp_path, policy, second_policy=backup)
+    p = cli("check-config", "--config", str(config), env={UNSET_KEY_ENV: "k" * 32})
+    assert p.returncode == 0, p.stderr
+    assert f"{config}: OK (2 destinations: vendor -> http://127.0.0.1:9, backup -> http://127.0.0.1:10)" in p.stdout
+    assert f"{policy}: OK (policy sha256 " in p.stdout and f"{backup}: OK (policy sha256 " in p.stdout
+    assert not (tmp_path / "state").exists(), "check-config starts nothing and writes nothing"
 
 
 def test_read_only_commands_work_without_the_api_key(tmp_path: Path) -> None:
