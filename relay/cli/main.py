@@ -1,8 +1,9 @@
 """The `telemetry-relay` argument parser, and dispatch to the module of each command.
 
-Owns: turning every expected failure into one clear line on stderr and an exit code
-(2 for bad config or usage); anything else becomes one "internal error" line and exit 1.
-No traceback reaches the user unless --debug is given.
+Owns: turning every expected failure (common.USER_ERRORS) into one clear line on stderr,
+secrets redacted, and its exit code: 2 for bad config, usage or secrets, or no relay
+answering; a command's own CommandError says its code. Anything else becomes one
+"internal error" line and exit 1. No traceback reaches the user unless --debug is given.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the relay in the foreground")
     run.add_argument("--config", default=config.DEFAULT_CONFIG_PATH, help="path to relay.yaml")
 
-    chk = sub.add_parser("check-config", help="validate the configuration without starting anything")
+    chk = sub.add_parser("check-config", help="validate relay.yaml and the policy files without starting anything")
     chk.add_argument("--config", default=config.DEFAULT_CONFIG_PATH, help="path to relay.yaml")
 
     st = sub.add_parser("status", help="show what a running relay is doing (exit 1 when not ready)")

@@ -44,8 +44,7 @@ def _inputs(args: argparse.Namespace, state_dir: str | None) -> list[tuple[Signa
             raise SchemaError(str(path), None, "--input", f"not an OTLP {args.signal} request: {e}") from None
         return [(args.signal, msg.SerializeToString())]
     if args.from_spool:
-        if state_dir is None:
-            raise SchemaError("command line", None, "--from-spool", "needs --config to find the spool")
+        assert state_dir is not None, "_test loads relay.yaml whenever --from-spool is given"
         out: list[tuple[Signal, bytes]] = []
         for signal in SIGNALS:
             out += [(signal, e.payload) for e in read_entries(state_dir, signal, args.from_spool)]
