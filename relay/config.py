@@ -294,10 +294,17 @@ def _finish(cfg: Config, lines: dict[str, int], path: str) -> LoadedConfig:
             raise SchemaError(path, lines.get(pw_path), pw_path, str(e)) from None
         tls = _resolve_files(d.tls, ("ca_file", "client_cert_file", "client_key_file"), "client_key_file",
                              f"destinations[{i}].tls", lines, path, base)
-        if d.policy_file and not Path(d.policy_file).is_absolute():
-            d = replace(d, policy_file=str(base / d.policy_file))
         dests.append(replace(d, tls=tls))
-    cfg = replace(cfg, destinations=tuple(dests))
+    cfg = _resolve_state_paths(replace(cfg, destinations=tuple(dests)), base)
+    target_passwords = _scrape_targets(cfg, lines, path, base)
+    return LoadedConfig(cfg, path, keys, proxy_passwords, receiver_token, target_passwords)
+
+
+def _resolve_state_paths(cfg: Config, base: Path) -> Config:
+    """Make the state directory, key directory and policy files absolute (relative to relay.yaml)."""
+    dests = tuple(replace(d, policy_file=str(base / d.policy_file))
+                  if d.policy_file and not Path(d.policy_file).is_absolute() else d for d in cfg.destinations)
+    cfg = replace(cfg, destinations=dests)
     state = Path(cfg.state_dir)
     if not state.is_absolute():
         cfg = replace(cfg, state_dir=str(base / state))
@@ -305,8 +312,7 @@ def _finish(cfg: Config, lines: dict[str, int], path: str) -> LoadedConfig:
         cfg = replace(cfg, policy=replace(cfg.policy, file=str(base / cfg.policy.file)))
     if cfg.signing.key_dir is not None and not Path(cfg.signing.key_dir).is_absolute():
         cfg = replace(cfg, signing=replace(cfg.signing, key_dir=str(base / cfg.signing.key_dir)))
-    target_passwords = _scrape_targets(cfg, lines, path, base)
-    return LoadedConfig(cfg, path, keys, proxy_passwords, receiver_token, target_passwords)
+    return cfg
 
 
 def _scrape_targets(cfg: Config, lines: dict[str, int], path: str, base: Path) -> dict[str, str | None]:
@@ -383,6 +389,17 @@ def load(path: str) -> LoadedConfig:
     """Load and fully check a config file. Raises SchemaError with file, line and key path."""
     cfg, lines = load_file(path, Config)
     return _finish(cfg, lines, path)
+
+
+def load_settings(path: str) -> Config:
+    """Load and validate a config file without reading any secret or checking other files.
+
+    For the commands that only inspect local state (`policy test`, `policy unhash`, `spool`):
+    they need the state directory and the policy files, not the API keys and passwords a start
+    needs, so they work where those are not set. Paths are resolved as load() resolves them.
+    """
+    cfg, _ = load_file(path, Config)
+    return _resolve_state_paths(cfg, Path(path).resolve().parent)
 
 
 def loads(text: str, name: str = "<string>") -> LoadedConfig:

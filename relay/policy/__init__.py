@@ -19,18 +19,34 @@ from relay.schema import SchemaError, load_text
 
 log = logging.getLogger("relay.policy")
 
-__all__ = ["Outcome", "Policy", "PolicyHolder", "load_policy", "load_secret"]
+__all__ = ["SECRET_FILE", "Outcome", "Policy", "PolicyHolder", "existing_secret", "load_policy", "load_secret"]
+
+
+SECRET_FILE = "policy-secret"
+
+
+def existing_secret(state_dir: str | Path) -> bytes | None:
+    """The per-installation HMAC key for hashed values, or None while there is none yet.
+
+    Never creates it: the read-only commands call this, and a file they created (as root,
+    say) would be one the service user cannot read.
+    """
+    try:
+        value = (Path(state_dir) / SECRET_FILE).read_text().strip()
+    except FileNotFoundError:
+        return None
+    return bytes.fromhex(value) if value else None
 
 
 def load_secret(state_dir: str | Path) -> bytes:
-    """The per-installation HMAC key for hashed values, created once (0600) in the state directory."""
-    path = Path(state_dir) / "policy-secret"
-    try:
-        value = path.read_text().strip()
-        if value:
-            return bytes.fromhex(value)
-    except FileNotFoundError:
-        pass
+    """The per-installation HMAC key, created (0600) in the state directory when missing.
+
+    Only starting the relay calls this, so the file belongs to the user the service runs as.
+    """
+    existing = existing_secret(state_dir)
+    if existing is not None:
+        return existing
+    path = Path(state_dir) / SECRET_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     value = pysecrets.token_hex(32)
     fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -3,19 +3,24 @@
 Owns: the dry run (what a policy would let out of a given request or of the spooled
 backlog, per rule or as OTLP JSON) and finding which recent local value a hash token
 stands for, by hashing the values found in the spool with this installation's secret.
+
+Both only read: they load relay.yaml without its secrets (API keys, passwords), and they
+never create the policy secret; only starting the relay does.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from relay import config
+from relay.cli.common import EXIT_FAIL, CommandError
 from relay.otlp import SIGNALS, Signal, from_json, parse_request, to_json_dict
-from relay.policy import load_policy, load_secret
+from relay.policy import SECRET_FILE, existing_secret, load_policy
 from relay.schema import SchemaError
 from relay.spool.inspect import oldest_entries
 
@@ -39,8 +44,7 @@ def _inputs(args: argparse.Namespace, state_dir: str | None) -> list[tuple[Signa
             raise SchemaError(str(path), None, "--input", f"not an OTLP {args.signal} request: {e}") from None
         return [(args.signal, msg.SerializeToString())]
     if args.from_spool:
-        if state_dir is None:
-            raise SchemaError("command line", None, "--from-spool", "needs --config to find the spool")
+        assert state_dir is not None, "_test loads relay.yaml whenever --from-spool is given"
         out: list[tuple[Signal, bytes]] = []
         for signal in SIGNALS:
             out += [(signal, e.payload) for e in oldest_entries(state_dir, signal, args.from_spool)]
@@ -48,15 +52,26 @@ def _inputs(args: argparse.Namespace, state_dir: str | None) -> list[tuple[Signa
     raise SchemaError("command line", None, "--input", "give --input FILE or --from-spool N")
 
 
+def _secret(state_dir: str) -> bytes | None:
+    """This installation's hashing secret, or None before the relay's first start."""
+    path = Path(state_dir) / SECRET_FILE
+    try:
+        return existing_secret(state_dir)
+    except OSError as e:
+        raise CommandError(f"cannot read {path}: {e.strerror} (run as the service user or root)") from None
+    except ValueError:
+        raise CommandError(f"{path} does not hold a hex key (the relay cannot start with it either)") from None
+
+
 def _test(args: argparse.Namespace) -> int:
     cfg = None
     if not args.policy or args.from_spool:
-        cfg = config.load(args.config).config
+        cfg = config.load_settings(args.config)
     policy_path = args.policy or (cfg.policy.file if cfg else "")
     state_dir = cfg.state_dir if cfg else None
     # Hash tokens in a dry run match the relay's only with its secret; without it, a throwaway one.
-    secret = load_secret(state_dir) if state_dir and Path(state_dir).exists() else b"dry-run" * 4
-    policy = load_policy(policy_path, secret)
+    secret = _secret(state_dir) if state_dir else None
+    policy = load_policy(policy_path, secret or b"dry-run" * 4)
     totals: dict[tuple[str, str], int] = defaultdict(int)
     items_in = items_out = 0
     redacted: list[dict[str, Any]] = []
@@ -68,6 +83,10 @@ def _test(args: argparse.Namespace) -> int:
             totals[key] += n
         if args.json:
             redacted.append({"signal": signal, "request": to_json_dict(parse_request(signal, new_body))})
+    if state_dir and secret is None and any(action == "hashed" for _, action in totals):
+        print(f"telemetry-relay: note: no {SECRET_FILE} in {state_dir} yet (the relay creates it on its first "
+              "start), so these hash tokens come from a throwaway key and differ from what the relay will ship",
+              file=sys.stderr)
     if args.json:
         print(json.dumps(redacted, indent=2))
         return 0
@@ -103,8 +122,13 @@ def _strings(node: Any, path: str = "") -> list[tuple[str, str]]:
 
 
 def _unhash(args: argparse.Namespace) -> int:
-    cfg = config.load(args.config).config
-    policy = load_policy(cfg.policy.file, load_secret(cfg.state_dir))
+    cfg = config.load_settings(args.config)
+    secret = _secret(cfg.state_dir)
+    if secret is None:
+        raise CommandError(
+            f"no {SECRET_FILE} in {cfg.state_dir} yet, so nothing has been hashed on this installation: "
+            "the relay creates it on its first start (systemctl start telemetry-relay)", EXIT_FAIL)
+    policy = load_policy(cfg.policy.file, secret)
     found: dict[str, set[str]] = defaultdict(set)
     for signal in SIGNALS:
         for entry in oldest_entries(cfg.state_dir, signal, 1_000_000):

@@ -1,0 +1,9 @@
+"""The `telemetry-relay` command line, one module per command.
+
+Commands: run, status, check-config, ingest, keys, policy, spool, outbox, version.
+`relay.cli:main` is the console entry point; `python -m relay.cli` runs the same.
+"""
+
+from relay.cli.main import main
+
+__all__ = ["main"]

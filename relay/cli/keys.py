@@ -1,0 +1,54 @@
+"""`telemetry-relay keys init|show|rotate|export`: the Ed25519 request-signing keys in the
+configured key directory, and their public halves to register with the vendor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from relay import config
+from relay.cli.common import EXIT_OK
+from relay.export.signing import KeyStore, public_pem
+from relay.schema import SchemaError
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config.load(args.config).config
+    store = KeyStore(config.key_dir(cfg), cfg.signing.rotation_overlap)
+    if args.action == "init":
+        existed = store.exists()
+        key = store.init()
+        print(f"{'signing key exists' if existed else 'created signing key'}: key id {key.key_id}")
+        print(public_pem(key.public), end="")
+        return EXIT_OK
+    if args.action == "rotate":
+        new, old = store.rotate()
+        print(f"new signing key: {new.key_id}")
+        print(f"retired key {old.key_id} still signs (as a second signature) for "
+              f"{cfg.signing.rotation_overlap:g}s; register the new public key with the vendor:")
+        print(public_pem(new.public), end="")
+        print("Reload the relay to use it: systemctl reload telemetry-relay")
+        return EXIT_OK
+    keys = store.active()
+    if args.action == "export":
+        if not args.out:
+            raise SchemaError("command line", None, "--out", "keys export needs --out DIR")
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        for k in keys:
+            (out / f"{k.key_id}.pem").write_text(public_pem(k.public))
+        print(f"wrote {len(keys)} public keys to {out}")
+        return EXIT_OK
+    if args.json:
+        print(json.dumps([{"key_id": k.key_id, "public_key_pem": public_pem(k.public),
+                           "retired_at": k.retired_at} for k in keys], indent=2))
+        return EXIT_OK
+    for k in keys:
+        when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(k.retired_at or 0))
+        state = "current" if k.retired_at is None else f"retired {when} UTC"
+        print(f"key id {k.key_id} ({state}, algorithm ed25519)")
+        print(public_pem(k.public), end="")
+    return EXIT_OK

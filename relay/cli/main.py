@@ -1,0 +1,127 @@
+"""The `telemetry-relay` argument parser, and dispatch to the module of each command.
+
+Owns: turning every expected failure (common.USER_ERRORS) into one clear line on stderr,
+secrets redacted, and its exit code: 2 for bad config, usage or secrets, or no relay
+answering; a command's own CommandError says its code. Anything else becomes one
+"internal error" line and exit 1. No traceback reaches the user unless --debug is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable
+
+from relay import __version__, config
+from relay.cli.common import DEFAULT_STATUS_URL, EXIT_FAIL, EXIT_OK, EXIT_USAGE, USER_ERRORS, exit_code
+from relay.secrets import redact
+
+# Each command but `version` has its own module in this package, with a run(args) -> int.
+COMMAND_MODULES = {
+    "run": "run",
+    "check-config": "check_config",
+    "status": "status",
+    "ingest": "ingest",
+    "keys": "keys",
+    "policy": "policy",
+    "spool": "spool",
+    "outbox": "outbox",
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="telemetry-relay", description="On-prem telemetry relay: collect, spool, redact, ship."
+    )
+    p.add_argument("--debug", action="store_true", help="show internal tracebacks")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the relay in the foreground")
+    run.add_argument("--config", default=config.DEFAULT_CONFIG_PATH, help="path to relay.yaml")
+
+    chk = sub.add_parser("check-config", help="validate relay.yaml and the policy files without starting anything")
+    chk.add_argument("--config", default=config.DEFAULT_CONFIG_PATH, help="path to relay.yaml")
+
+    st = sub.add_parser("status", help="show what a running relay is doing (exit 1 when not ready)")
+    st.add_argument("--url", default=DEFAULT_STATUS_URL, help="status server base URL")
+    st.add_argument("--json", action="store_true", help="print the raw /status JSON")
+
+    ing = sub.add_parser("ingest", help="run the reference vendor ingest")
+    ing.add_argument("--listen", default="127.0.0.1:4319", help="host:port to listen on")
+    ing.add_argument("--store", help="directory for the received requests (JSON lines)")
+    ing.add_argument("--no-store", action="store_true", help="decode and count only (benchmarks)")
+    ing.add_argument("--api-key-file", help="require this bearer token")
+    ing.add_argument("--max-body", default="64MiB", help="largest decompressed body accepted")
+    ing.add_argument("--trusted-keys", help="directory of relay public keys (*.pem); verify every request")
+    ing.add_argument("--window", type=float, default=300.0, help="signature freshness and replay window, seconds")
+    ing.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM)")
+    ing.add_argument("--tls-key", help="private key of --tls-cert")
+    ing.add_argument("--client-ca", help="require client certificates signed by this CA (mTLS)")
+
+    keys = sub.add_parser("keys", help="manage the Ed25519 request-signing keys")
+    keys.add_argument("action", choices=["init", "show", "rotate", "export"],
+                      help="init: create if missing; show: print public keys and key ids; rotate: new key, "
+                           "old one kept for signing.rotation_overlap; export: write public keys to --out")
+    keys.add_argument("--config", default=config.DEFAULT_CONFIG_PATH, help="path to relay.yaml")
+    keys.add_argument("--out", help="with export: directory for <key id>.pem public keys")
+    keys.add_argument("--json", action="store_true", help="with show: machine-readable output")
+
+    pol = sub.add_parser("policy", help="dry-run the redaction policy, or find what a hash token stands for")
+    pol_sub = pol.add_subparsers(dest="policy_command", metavar="ACTION", required=True)
+    pt = pol_sub.add_parser("test", help="show what would leave: per-rule summary, or the OTLP JSON with --json")
+    pt.add_argument("--config", default=config.DEFAULT_CONFIG_PATH, help="path to relay.yaml")
+    pt.add_argument("--policy", help="policy file (default: the one relay.yaml names)")
+    pt.add_argument("--input", help="an OTLP request: .json (OTLP JSON) or .pb (protobuf)")
+    pt.add_argument("--signal", choices=["metrics", "logs", "traces"], default="metrics")
+    pt.add_argument("--from-spool", type=int, metavar="N", help="the N oldest spooled requests")
+    pt.add_argument("--json", action="store_true", help="print what would leave, as OTLP JSON")
+    pu = pol_sub.add_parser("unhash", help="find which recent local value (from the spool) a token stands for")
+    pu.add_argument("token", help="a hash token as shipped, e.g. h:3f9a1c0b2d4e5f60")
+    pu.add_argument("--config", default=config.DEFAULT_CONFIG_PATH, help="path to relay.yaml")
+
+    sp = sub.add_parser("spool", help="what the spool holds: queues, backlog per destination, dead letters")
+    sp.add_argument("--config", default=config.DEFAULT_CONFIG_PATH, help="path to relay.yaml")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+
+    ob = sub.add_parser("outbox", help="the last payloads shipped, exactly as sent (redacted)")
+    ob.add_argument("--url", default=DEFAULT_STATUS_URL, help="status server base URL")
+    ob.add_argument("--last", type=int, default=5, help="how many (newest last)")
+    ob.add_argument("--json", action="store_true", help="print the payloads as OTLP JSON")
+
+    sub.add_parser("version", help="print the version")
+    return p
+
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command is None:
+        parser().print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return dispatch(args)
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except USER_ERRORS as e:
+        print(f"telemetry-relay: {redact(str(e))}", file=sys.stderr)
+        return exit_code(e)
+    except Exception as e:
+        if args.debug:
+            raise
+        print(
+            f"telemetry-relay: internal error: {e.__class__.__name__}: {redact(str(e))} "
+            "(run with --debug for details)",
+            file=sys.stderr,
+        )
+        return EXIT_FAIL
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    if args.command == "version":
+        print(f"telemetry-relay {__version__}")
+        return EXIT_OK
+    # Imported only when it runs, so that `status` or `version` do not load the whole pipeline.
+    module = importlib.import_module(f"relay.cli.{COMMAND_MODULES[args.command]}")
+    command: Callable[[argparse.Namespace], int] = module.run
+    return command(args)

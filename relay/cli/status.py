@@ -1,0 +1,70 @@
+"""`telemetry-relay status`: what a running relay is doing, read from its /status.
+
+Owns: the human rendering of the /status document (`format_status`); --json prints the
+document as it came. Exits 1 when the relay answers but is not ready.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+from relay.cli.common import EXIT_FAIL, EXIT_OK, fetch, format_ago, format_bytes, format_duration
+
+
+def run(args: argparse.Namespace) -> int:
+    data = fetch(args.url, "/status")
+    if args.json:
+        print(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        print(format_status(data))
+    return EXIT_OK if data.get("ready") else EXIT_FAIL
+
+
+def format_status(d: dict[str, Any]) -> str:
+    now = time.time()
+    verdict = "READY" if d.get("ready") else "NOT READY"
+    out = [f"telemetry-relay {d.get('version')}  {verdict}  (uptime {format_duration(d.get('uptime_seconds', 0))})"]
+    for p in d.get("problems", []):
+        out.append(f"  ! {p}")
+    cfg = d.get("config", {})
+    reload_note = f"last reload refused: {cfg['last_reload_error']}" if cfg.get("last_reload_error") else "ok"
+    out.append(f"config: {cfg.get('path')} ({reload_note})")
+    out.append("")
+    out.append("Sources")
+    for s in d.get("sources", []):
+        state = "ok" if not s.get("last_error") else f"ERROR: {s['last_error']}"
+        out.append(
+            f"  {s['name']:<10} every {s['interval_seconds']:g}s  last run {format_ago(s.get('last_run'), now)}  "
+            f"{s.get('last_points', 0)} points  total {s.get('points_collected', 0):.0f}  {state}"
+        )
+    sp = d.get("spool") or {}
+    out.append("")
+    out.append("Spool")
+    out.append(
+        f"  {sp.get('entries', 0)} entries, {format_bytes(sp.get('bytes', 0))} of "
+        f"{format_bytes(sp.get('max_bytes', 0))}, oldest {format_duration(sp.get('oldest_age_seconds', 0))}"
+        + ("" if sp.get("writable", True) else f"  NOT WRITABLE: {sp.get('last_error')}")
+    )
+    dropped = sp.get("dropped_points") or {}
+    out.append("  dropped: " + (", ".join(f"{k} {v:.0f} points" for k, v in dropped.items()) or "none"))
+    out.append("")
+    out.append("Destinations")
+    for dst in d.get("destinations", []):
+        out.append(
+            f"  {dst['name']}  {dst['endpoint']}\n"
+            f"    last success {format_ago(dst.get('last_success'), now)}, "
+            f"backlog {format_bytes(dst.get('backlog_bytes', 0))} "
+            f"({dst.get('backlog_items', 0)} items), in flight {dst.get('in_flight', 0)}, "
+            f"shipped {dst.get('shipped_points', 0):.0f} points in {dst.get('shipped_requests', 0):.0f} requests"
+        )
+        if dst.get("backoff_seconds"):
+            out.append(f"    retrying in {dst['backoff_seconds']:.1f}s")
+        if dst.get("last_error"):
+            out.append(f"    last error ({format_ago(dst.get('last_error_time'), now)}): {dst['last_error']}")
+        rej = dst.get("dropped_points") or {}
+        if rej:
+            out.append("    dropped: " + ", ".join(f"{k} {v:.0f} points" for k, v in rej.items()))
+    return "\n".join(out)

@@ -1,0 +1,141 @@
+"""The command line as an operator runs it (real subprocesses, real files): check-config
+validates the policy files a start would load, and the read-only commands (policy test,
+policy unhash, spool) need no API key and never create the policy secret."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from relay.config import SpoolSettings
+from relay.otlp import MetricsBuilder
+from relay.spool import Spool
+from relay.stats import Stats
+from tests.procs import CLI, PASS_THROUGH_POLICY
+
+# A variable no test environment sets: the config names it, so a full load must fail.
+UNSET_KEY_ENV = "TELEMETRY_RELAY_TEST_UNSET_API_KEY"
+HASH_CUSTOMER = ("version: 1\nresource_attributes: {default: keep}\nattributes:\n  default: keep\n"
+                 "  rules: [{key: customer, action: hash}]\n")
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if k != UNSET_KEY_ENV}
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60, env={**environ, **(env or {})})
+
+
+def write_config(tmp_path: Path, policy: Path, second_policy: Path | None = None) -> Path:
+    """relay.yaml with one destination (two if second_policy) whose API key comes from UNSET_KEY_ENV."""
+    dests = [{"name": "vendor", "endpoint": "http://127.0.0.1:9", "api_key_env": UNSET_KEY_ENV}]
+    if second_policy:
+        dests.append({"name": "backup", "endpoint": "http://127.0.0.1:10", "policy_file": str(second_policy)})
+    path = tmp_path / "relay.yaml"
+    path.write_text(yaml.safe_dump({"state_dir": str(tmp_path / "state"), "policy": {"file": str(policy)},
+                                    "destinations": dests}))
+    return path
+
+
+def spool_one_request(state_dir: Path, attrs: dict[str, str]) -> None:
+    """What a running relay would have spooled: one metrics request, on disk."""
+    b = MetricsBuilder({"service.name": "shop"}, "test")
+    m = b.sum("orders.total", "1")
+    b.point(m, 5, 1_800_000_000_000_000_000, 1_799_000_000_000_000_000, attrs)
+
+    async def append() -> None:
+        spool = Spool(state_dir, SpoolSettings(), ["vendor"], Stats())
+        await spool.open()
+        await spool.append("metrics", b.finish().SerializeToString(), 1)
+        await spool.close()
+
+    asyncio.run(append())
+
+
+@pytest.mark.parametrize("broken", ["yaml", "unknown_key"])
+def test_check_config_fails_on_a_broken_policy_with_file_and_line(tmp_path: Path, broken: str) -> None:
+    good = tmp_path / "policy.yaml"
+    good.write_text(PASS_THROUGH_POLICY.read_text())
+    bad = tmp_path / "backup-policy.yaml"
+    bad.write_text({
+        "yaml": "version: 1\nattributes: {default: keep\nmetrics: {default: allow}\n",
+        "unknown_key": "version: 1\nattributes:\n  default: keep\n  defualt: drop\n",
+    }[broken])
+    config = write_config(tmp_path, good, second_policy=bad)
+    p = cli("check-config", "--config", str(config), env={UNSET_KEY_ENV: "k" * 32})
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert "Traceback" not in p.stderr
+    if broken == "unknown_key":
+        assert f"{bad}:4: attributes.defualt: unknown key" in p.stderr
+    else:
+        assert f"{bad}:3: invalid YAML" in p.stderr, p.stderr
+
+
+def test_check_config_names_each_policy_it_validated(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(PASS_THROUGH_POLICY.read_text())
+    backup = tmp_path / "backup-policy.yaml"
+    backup.write_text(HASH_CUSTOMER)
+    config = write_config(tmp_path, policy, second_policy=backup)
+    p = cli("check-config", "--config", str(config), env={UNSET_KEY_ENV: "k" * 32})
+    assert p.returncode == 0, p.stderr
+    assert f"{config}: OK (2 destinations: vendor -> http://127.0.0.1:9, backup -> http://127.0.0.1:10)" in p.stdout
+    assert f"{policy}: OK (policy sha256 " in p.stdout and f"{backup}: OK (policy sha256 " in p.stdout
+    assert not (tmp_path / "state").exists(), "check-config starts nothing and writes nothing"
+
+
+def test_read_only_commands_work_without_the_api_key(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(HASH_CUSTOMER)
+    config = write_config(tmp_path, policy)
+    spool_one_request(tmp_path / "state", {"customer": "globex-corp"})
+
+    # A start (and so check-config) needs the key ...
+    p = cli("check-config", "--config", str(config))
+    assert p.returncode == 2 and f"{UNSET_KEY_ENV} is not set" in p.stderr, p.stderr
+    # ... a dry run, a lookup or a look at the spool does not.
+    p = cli("policy", "test", "--config", str(config), "--from-spool", "5")
+    assert p.returncode == 0, p.stderr
+    assert "items in: 1, would leave: 1" in p.stdout and "attributes:customer" in p.stdout
+    (tmp_path / "state" / "policy-secret").write_text("ab" * 32 + "\n")
+    p = cli("policy", "unhash", "h:0000000000000000", "--config", str(config))
+    assert p.returncode == 1 and "no value in the spool hashes to it" in p.stdout, p.stdout + p.stderr
+    p = cli("spool", "--config", str(config))
+    assert p.returncode == 0, p.stderr
+    assert "metrics: 1 entries" in p.stdout and "vendor:" in p.stdout
+
+
+def test_policy_commands_never_create_the_policy_secret(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(HASH_CUSTOMER)
+    config = write_config(tmp_path, policy)
+    state = tmp_path / "state"
+    spool_one_request(state, {"customer": "globex-corp"})
+    secret = state / "policy-secret"
+
+    p = cli("policy", "unhash", "h:0000000000000000", "--config", str(config))
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert f"no policy-secret in {state} yet" in p.stderr and "first start" in p.stderr
+    assert "Traceback" not in p.stderr
+    assert not secret.exists()
+
+    # The dry run still works, and says its tokens are not the ones the relay will ship.
+    p = cli("policy", "test", "--config", str(config), "--from-spool", "5")
+    assert p.returncode == 0 and "hashed 1" in p.stdout, p.stdout + p.stderr
+    assert f"no policy-secret in {state} yet" in p.stderr and "throwaway key" in p.stderr
+    assert not secret.exists()
+
+    # Once the relay has made its secret, both use it, and the note is gone.
+    secret.write_text("ab" * 32 + "\n")
+    secret.chmod(0o600)
+    p = cli("policy", "test", "--config", str(config), "--from-spool", "5", "--json")
+    assert p.returncode == 0 and p.stderr == "", p.stderr
+    point = json.loads(p.stdout)[0]["request"]["resourceMetrics"][0]["scopeMetrics"][0]["metrics"][0]["sum"][
+        "dataPoints"][0]
+    token = point["attributes"][0]["value"]["stringValue"]
+    p = cli("policy", "unhash", token, "--config", str(config))
+    assert p.returncode == 0 and "'globex-corp'" in p.stdout, p.stdout + p.stderr
