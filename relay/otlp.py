@@ -24,8 +24,6 @@ from opentelemetry.proto.metrics.v1 import metrics_pb2
 Signal = Literal["metrics", "logs", "traces"]
 SIGNALS: tuple[Signal, ...] = ("metrics", "logs", "traces")
 
-ExportMetricsServiceRequest = metrics_service_pb2.ExportMetricsServiceRequest
-ExportMetricsServiceResponse = metrics_service_pb2.ExportMetricsServiceResponse
 AGGREGATION_TEMPORALITY_CUMULATIVE = metrics_pb2.AGGREGATION_TEMPORALITY_CUMULATIVE
 
 
@@ -48,12 +46,6 @@ SIGNAL_INFO: dict[Signal, SignalInfo] = {
         "/v1/traces", trace_service_pb2.ExportTraceServiceRequest, trace_service_pb2.ExportTraceServiceResponse
     ),
 }
-
-_POINT_FIELDS = {
-    "gauge": "data_points", "sum": "data_points", "histogram": "data_points",
-    "exponential_histogram": "data_points", "summary": "data_points",
-}
-
 
 def set_attributes(target: Any, attrs: Mapping[str, Any]) -> None:
     """Append key/values to a repeated KeyValue field (resource, point, log or span attributes)."""
@@ -108,10 +100,6 @@ class MetricsBuilder:
         self._scope.scope.version = scope_version
         self.points = 0
         self._by_name: dict[str, Any] = {}
-
-    @property
-    def resource_attributes(self) -> Any:
-        return self.request.resource_metrics[0].resource.attributes
 
     def metric(self, name: str, kind: str, unit: str = "", description: str = "") -> Any:
         """The metric of that name in this request, created on first use.
