@@ -14,7 +14,7 @@ import psutil
 from google.protobuf.message import Message
 
 from relay import __version__
-from relay.otlp import AGGREGATION_TEMPORALITY_CUMULATIVE, MetricsBuilder, set_attributes
+from relay.otlp import MetricsBuilder, cumulative_buckets
 from relay.sources.base import Source
 from relay.stats import OTLP_NAMES, Stats
 
@@ -70,19 +70,8 @@ class InternalSource(Source):
                 entry["count"] = int(s.value)
         if not series:
             return
-        m = b.request.resource_metrics[0].scope_metrics[0].metrics.add()
-        m.name, m.unit = name, unit
-        m.histogram.aggregation_temporality = AGGREGATION_TEMPORALITY_CUMULATIVE
+        m = b.histogram(name, unit)
         for entry in series.values():
-            dp = m.histogram.data_points.add()
-            dp.start_time_unix_nano, dp.time_unix_nano = self.start_ns, now
-            dp.count, dp.sum = entry["count"], entry["sum"]
-            buckets = sorted(entry["buckets"])
-            prev = 0.0
-            for le, cumulative in buckets:
-                if le != float("inf"):
-                    dp.explicit_bounds.append(le)
-                dp.bucket_counts.append(int(cumulative - prev))
-                prev = cumulative
-            set_attributes(dp.attributes, entry["labels"])
-            b.points += 1
+            bounds, counts = cumulative_buckets(entry["buckets"], entry["count"])
+            b.histogram_point(m, now, self.start_ns, count=entry["count"], sum=entry["sum"], bounds=bounds,
+                              bucket_counts=counts, attrs=entry["labels"])
