@@ -10,10 +10,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from relay.sources import mapping
-from relay.stats import OTLP_NAMES, Stats
+from relay.stats import SELF_METRICS
 
 KIND = {"counter": "Sum (monotonic, cumulative)", "updowncounter": "Sum (non-monotonic, cumulative)",
         "gauge": "Gauge"}
+SELF_KIND = {"counter": KIND["counter"], "gauge": KIND["gauge"], "histogram": "Histogram"}
 
 HOST = [
     ("system.cpu.time", "counter", "s", "cpu, state", "psutil.cpu_times(percpu)"),
@@ -65,17 +66,10 @@ def render() -> str:
     out += ["", "## Relay self-metrics (`sources.internal`, every 10 s)", "",
             "The same counters as `/metrics` (Prometheus names in the last column).", "",
             "| metric | type | unit | attributes | Prometheus name |", "|---|---|---|---|---|"]
-    stats = Stats()
-    labels = {f.name: f for f in stats.registry.collect()}
-    for prom, meta in OTLP_NAMES.items():
-        fam = labels.get(prom)
-        kind = {"counter": "counter", "gauge": "gauge", "histogram": "histogram"}.get(fam.type if fam else "", "")
-        collector = next((c for c in stats.registry._collector_to_names if prom in
-                          stats.registry._collector_to_names[c]), None)
-        lbls = ", ".join(getattr(collector, "_labelnames", ())) if collector else ""
-        type_text = {"counter": KIND["counter"], "gauge": KIND["gauge"], "histogram": "Histogram"}.get(kind, kind)
-        suffix = "_total" if kind == "counter" else ""
-        out.append(f"| `{meta.otlp_name}` | {type_text} | `{meta.unit}` | {lbls} | `{prom}{suffix}` |")
+    for d in SELF_METRICS:
+        suffix = "_total" if d.kind == "counter" else ""
+        out.append(f"| `{d.otlp_name}` | {SELF_KIND[d.kind]} | `{d.unit}` | {', '.join(d.labels)} "
+                   f"| `{d.prom_name}{suffix}` |")
     out += ["", "## Broker JVM processes (found by discovery)", "",
             "Resource: `process.pid`, `process.executable.name`, `process.command` (the executable; the full",
             "command line only with `sources.discovery.send_command_line: true`, as it can hold passwords).", "",
