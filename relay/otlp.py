@@ -90,6 +90,23 @@ def attributes_dict(kvs: Iterable[common_pb2.KeyValue]) -> dict[str, Any]:
     return {kv.key: any_value_to_python(kv.value) for kv in kvs}
 
 
+MetricKind = Literal["counter", "updowncounter", "gauge"]
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """What a source declares about a metric it emits; its code and docs/metrics.md both read it.
+
+    kind: counter (monotonic cumulative sum), updowncounter (non-monotonic sum) or gauge;
+    attributes: the keys every point of it carries."""
+
+    name: str
+    kind: MetricKind
+    unit: str
+    attributes: tuple[str, ...]
+    description: str
+
+
 class MetricsBuilder:
     """Builds one ExportMetricsServiceRequest with one resource and one scope."""
 
@@ -114,6 +131,10 @@ class MetricsBuilder:
                 m = self.sum(name, unit, description, monotonic=kind == "counter")
             self._by_name[name] = m
         return m
+
+    def metric_for(self, spec: MetricSpec) -> Any:
+        """The metric a source declared, created on first use."""
+        return self.metric(spec.name, spec.kind, spec.unit, spec.description)
 
     def sum(self, name: str, unit: str, description: str = "", monotonic: bool = True) -> Any:
         m = self._scope.metrics.add()

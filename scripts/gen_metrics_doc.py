@@ -1,6 +1,8 @@
-"""Writes docs/metrics.md from the code and the shipped mapping rules, so the list of what the
-relay emits cannot drift from what it does. `python scripts/gen_metrics_doc.py > docs/metrics.md`;
-tests/unit/test_metrics_doc.py fails when the committed page is stale."""
+"""Writes docs/metrics.md from the tables the code itself builds its metrics from (the METRICS of
+relay/sources/host.py and process.py, relay.stats.SELF_METRICS) and the shipped mapping rules, so
+the list of what the relay emits cannot drift from what it does.
+`python scripts/gen_metrics_doc.py > docs/metrics.md`; tests/unit/test_metrics_doc.py fails when the
+committed page is stale, and checks that the sources emit what their tables declare."""
 
 from __future__ import annotations
 
@@ -9,37 +11,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from relay.sources import mapping
+from relay.otlp import MetricSpec
+from relay.sources import host, mapping, process
 from relay.stats import SELF_METRICS
 
 KIND = {"counter": "Sum (monotonic, cumulative)", "updowncounter": "Sum (non-monotonic, cumulative)",
         "gauge": "Gauge"}
 SELF_KIND = {"counter": KIND["counter"], "gauge": KIND["gauge"], "histogram": "Histogram"}
 
-HOST = [
-    ("system.cpu.time", "counter", "s", "cpu, state", "psutil.cpu_times(percpu)"),
-    ("system.memory.usage", "updowncounter", "By", "state (used, free, buffered, cached)", "psutil.virtual_memory"),
-    ("system.cpu.load_average.1m / .5m / .15m", "gauge", "{thread}", "", "psutil.getloadavg"),
-    ("system.filesystem.usage", "updowncounter", "By", "device, mode, mountpoint, type, state", "psutil.disk_usage"),
-    ("system.disk.io", "counter", "By", "device, direction", "psutil.disk_io_counters"),
-    ("system.disk.operations", "counter", "{operations}", "device, direction", "psutil.disk_io_counters"),
-    ("system.network.io", "counter", "By", "device, direction", "psutil.net_io_counters"),
-    ("system.network.packets", "counter", "{packets}", "device, direction", "psutil.net_io_counters"),
-    ("system.network.errors", "counter", "{errors}", "device, direction", "psutil.net_io_counters"),
-    ("system.network.dropped", "counter", "{packets}", "device, direction", "psutil.net_io_counters"),
-    ("system.paging.usage", "updowncounter", "By", "device, state", "/proc/swaps"),
-    ("system.processes.count", "updowncounter", "{processes}", "status", "psutil.process_iter"),
-]
-PROCESS = [
-    ("process.cpu.time", "counter", "s", "state (user, system)"),
-    ("process.memory.usage", "updowncounter", "By", ""),
-    ("process.open_file_descriptors", "updowncounter", "{count}", ""),
-    ("process.threads", "updowncounter", "{threads}", ""),
-]
-
-
 def _attrs(exprs: tuple[tuple[str, object], ...], texts: dict[str, str]) -> str:
     return ", ".join(f"{k} = {texts[k]}" for k, _ in exprs) if exprs else ""
+
+
+def _row(spec: MetricSpec) -> str:
+    return (f"| `{spec.name}` | {KIND[spec.kind]} | `{spec.unit}` | {', '.join(spec.attributes)} "
+            f"| {spec.description} |")
 
 
 def render() -> str:
@@ -58,11 +44,10 @@ def render() -> str:
         "",
         "Cumulative sums start at boot time.",
         "",
-        "| metric | type | unit | attributes | read from |",
+        "| metric | type | unit | attributes | description |",
         "|---|---|---|---|---|",
     ]
-    for name, kind, unit, attrs, src in HOST:
-        out.append(f"| `{name}` | {KIND[kind]} | `{unit}` | {attrs} | {src} |")
+    out += [_row(spec) for spec in host.METRICS]
     out += ["", "## Relay self-metrics (`sources.internal`, every 10 s)", "",
             "The same counters as `/metrics` (Prometheus names in the last column).", "",
             "| metric | type | unit | attributes | Prometheus name |", "|---|---|---|---|---|"]
@@ -73,9 +58,8 @@ def render() -> str:
     out += ["", "## Broker JVM processes (found by discovery)", "",
             "Resource: `process.pid`, `process.executable.name`, `process.command` (the executable; the full",
             "command line only with `sources.discovery.send_command_line: true`, as it can hold passwords).", "",
-            "| metric | type | unit | attributes |", "|---|---|---|---|"]
-    for name, kind, unit, attrs in PROCESS:
-        out.append(f"| `{name}` | {KIND[kind]} | `{unit}` | {attrs} |")
+            "| metric | type | unit | attributes | description |", "|---|---|---|---|---|"]
+    out += [_row(spec) for spec in process.METRICS]
     for name in ("kafka", "jvm", "zookeeper", "kraft"):
         path = mapping.default_dir() / f"{name}.yaml"
         mf = mapping.load_mapping_file(path)
