@@ -153,6 +153,8 @@ def _matches(labels: dict[str, str], match: dict[str, str]) -> bool:
 
 
 class SelfCounter(_Mirrored):
+    """A counter: `stats.x.labels(...).inc(n)`, as with prometheus_client."""
+
     def __init__(self, definition: MetricDef, registry: CollectorRegistry) -> None:
         super().__init__(definition, Counter(definition.prom_name, definition.help, definition.labels,
                                              registry=registry))
@@ -177,6 +179,8 @@ class _CounterSeries:
 
 
 class SelfGauge(_Mirrored):
+    """A gauge: `stats.x.set(v)` or `stats.x.labels(...).set(v)`, as with prometheus_client."""
+
     def __init__(self, definition: MetricDef, registry: CollectorRegistry) -> None:
         super().__init__(definition, Gauge(definition.prom_name, definition.help, definition.labels,
                                            registry=registry))
@@ -204,6 +208,7 @@ class _GaugeSeries:
         self._gauge._set(self._key, self._child, value)
 
 
+# The class each kind of table entry becomes, as the Stats annotations below name it.
 _MADE_BY_KIND = {"counter": "SelfCounter", "gauge": "SelfGauge", "histogram": "Histogram"}
 
 
