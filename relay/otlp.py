@@ -1,7 +1,8 @@
 """Small helpers over the OTLP protobuf messages: the one data model of the relay.
 
 Owns: the signal table (request/response classes and URL paths), attribute and
-metric builders used by the sources, item counting, and the OTLP JSON encoding.
+metric builders used by the sources (sums, gauges, histograms, summaries, and the one
+conversion of Prometheus cumulative buckets), item counting, and the OTLP JSON encoding.
 Requests are merged by concatenating their serialized bytes: protobuf's rule for
 repeated fields makes that a valid merge, with no decode.
 """
@@ -9,6 +10,7 @@ repeated fields makes that a valid merge, with no decode.
 from __future__ import annotations
 
 import base64
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -24,8 +26,6 @@ from opentelemetry.proto.metrics.v1 import metrics_pb2
 Signal = Literal["metrics", "logs", "traces"]
 SIGNALS: tuple[Signal, ...] = ("metrics", "logs", "traces")
 
-ExportMetricsServiceRequest = metrics_service_pb2.ExportMetricsServiceRequest
-ExportMetricsServiceResponse = metrics_service_pb2.ExportMetricsServiceResponse
 AGGREGATION_TEMPORALITY_CUMULATIVE = metrics_pb2.AGGREGATION_TEMPORALITY_CUMULATIVE
 
 
@@ -48,12 +48,6 @@ SIGNAL_INFO: dict[Signal, SignalInfo] = {
         "/v1/traces", trace_service_pb2.ExportTraceServiceRequest, trace_service_pb2.ExportTraceServiceResponse
     ),
 }
-
-_POINT_FIELDS = {
-    "gauge": "data_points", "sum": "data_points", "histogram": "data_points",
-    "exponential_histogram": "data_points", "summary": "data_points",
-}
-
 
 def set_attributes(target: Any, attrs: Mapping[str, Any]) -> None:
     """Append key/values to a repeated KeyValue field (resource, point, log or span attributes)."""
@@ -96,6 +90,23 @@ def attributes_dict(kvs: Iterable[common_pb2.KeyValue]) -> dict[str, Any]:
     return {kv.key: any_value_to_python(kv.value) for kv in kvs}
 
 
+MetricKind = Literal["counter", "updowncounter", "gauge"]
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """What a source declares about a metric it emits; its code and docs/metrics.md both read it.
+
+    kind: counter (monotonic cumulative sum), updowncounter (non-monotonic sum) or gauge;
+    attributes: the keys every point of it carries."""
+
+    name: str
+    kind: MetricKind
+    unit: str
+    attributes: tuple[str, ...]
+    description: str
+
+
 class MetricsBuilder:
     """Builds one ExportMetricsServiceRequest with one resource and one scope."""
 
@@ -109,10 +120,6 @@ class MetricsBuilder:
         self.points = 0
         self._by_name: dict[str, Any] = {}
 
-    @property
-    def resource_attributes(self) -> Any:
-        return self.request.resource_metrics[0].resource.attributes
-
     def metric(self, name: str, kind: str, unit: str = "", description: str = "") -> Any:
         """The metric of that name in this request, created on first use.
         kind: counter (monotonic cumulative sum), updowncounter (non-monotonic sum) or gauge."""
@@ -124,6 +131,10 @@ class MetricsBuilder:
                 m = self.sum(name, unit, description, monotonic=kind == "counter")
             self._by_name[name] = m
         return m
+
+    def metric_for(self, spec: MetricSpec) -> Any:
+        """The metric a source declared, created on first use."""
+        return self.metric(spec.name, spec.kind, spec.unit, spec.description)
 
     def sum(self, name: str, unit: str, description: str = "", monotonic: bool = True) -> Any:
         m = self._scope.metrics.add()
@@ -155,6 +166,55 @@ class MetricsBuilder:
             set_attributes(dp.attributes, attrs)
         self.points += 1
 
+    def histogram(self, name: str, unit: str, description: str = "") -> Any:
+        """A cumulative explicit-bucket histogram; add its points with histogram_point."""
+        m = self._scope.metrics.add()
+        m.name, m.unit, m.description = name, unit, description
+        m.histogram.aggregation_temporality = AGGREGATION_TEMPORALITY_CUMULATIVE
+        return m
+
+    def histogram_point(
+        self, metric: metrics_pb2.Metric, time_ns: int, start_ns: int = 0, *, count: int, sum: float | None,
+        bounds: Iterable[float], bucket_counts: Iterable[int], attrs: Mapping[str, Any] | None = None,
+    ) -> None:
+        """One histogram point. `sum` is optional in OTLP: None leaves it unset (not 0)."""
+        dp = metric.histogram.data_points.add()
+        dp.time_unix_nano = time_ns
+        if start_ns:
+            dp.start_time_unix_nano = start_ns
+        dp.count = count
+        if sum is not None:
+            dp.sum = sum
+        dp.explicit_bounds.extend(bounds)
+        dp.bucket_counts.extend(bucket_counts)
+        if attrs:
+            set_attributes(dp.attributes, attrs)
+        self.points += 1
+
+    def summary(self, name: str, unit: str, description: str = "") -> Any:
+        """A summary (quantiles over a window); add its points with summary_point."""
+        m = self._scope.metrics.add()
+        m.name, m.unit, m.description = name, unit, description
+        m.summary.SetInParent()
+        return m
+
+    def summary_point(
+        self, metric: metrics_pb2.Metric, time_ns: int, start_ns: int = 0, *, count: int, sum: float,
+        quantiles: Iterable[tuple[float, float]], attrs: Mapping[str, Any] | None = None,
+    ) -> None:
+        """One summary point; `quantiles` are (quantile, value) pairs, kept in the order given."""
+        dp = metric.summary.data_points.add()
+        dp.time_unix_nano = time_ns
+        if start_ns:
+            dp.start_time_unix_nano = start_ns
+        dp.count, dp.sum = count, sum
+        for q, v in quantiles:
+            qv = dp.quantile_values.add()
+            qv.quantile, qv.value = q, v
+        if attrs:
+            set_attributes(dp.attributes, attrs)
+        self.points += 1
+
     def finish(self) -> metrics_service_pb2.ExportMetricsServiceRequest:
         """Drop metrics that got no points (empty metrics are invalid OTLP) and return the request."""
         keep = [m for m in self._scope.metrics if len(getattr(m, m.WhichOneof("data") or "gauge").data_points)]
@@ -164,6 +224,32 @@ class MetricsBuilder:
             for raw in kept:
                 self._scope.metrics.add().ParseFromString(raw)
         return self.request
+
+
+def cumulative_buckets(buckets: Iterable[tuple[float, float]], count: float) -> tuple[list[float], list[int]]:
+    """OTLP explicit bounds and per-bucket counts from Prometheus cumulative (`le`, count) buckets.
+
+    The one rule for scraped histograms and the relay's own:
+    - buckets are taken in order of their bound; +Inf is no bound in OTLP, only the last bucket;
+    - a missing +Inf bucket is implied and holds `count` minus the last cumulative count: the
+      text format lets exporters leave it out, and OTLP needs one more count than bounds;
+    - a count that goes down (malformed exposition) gives 0 for that bucket, as OTLP counts
+      are unsigned; the next bucket is still taken relative to the count as written.
+    prometheus_client always writes +Inf and never goes down, so for the relay's own
+    histograms the last two rules change nothing.
+    """
+    ordered = sorted(buckets)
+    bounds: list[float] = []
+    counts: list[int] = []
+    prev = 0.0
+    for le, cumulative in ordered:
+        if not math.isinf(le):
+            bounds.append(le)
+        counts.append(max(0, int(cumulative - prev)))
+        prev = cumulative
+    if not ordered or not math.isinf(ordered[-1][0]):
+        counts.append(max(0, int(count - prev)))
+    return bounds, counts
 
 
 def count_items(signal: Signal, message: Message) -> int:

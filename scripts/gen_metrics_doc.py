@@ -1,6 +1,8 @@
-"""Writes docs/metrics.md from the code and the shipped mapping rules, so the list of what the
-relay emits cannot drift from what it does. `python scripts/gen_metrics_doc.py > docs/metrics.md`;
-tests/unit/test_metrics_doc.py fails when the committed page is stale."""
+"""Writes docs/metrics.md from the tables the code itself builds its metrics from (the METRICS of
+relay/sources/host.py and process.py, relay.stats.SELF_METRICS) and the shipped mapping rules, so
+the list of what the relay emits cannot drift from what it does.
+`python scripts/gen_metrics_doc.py > docs/metrics.md`; tests/unit/test_metrics_doc.py fails when the
+committed page is stale, and checks that the sources emit what their tables declare."""
 
 from __future__ import annotations
 
@@ -9,36 +11,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from relay.sources import mapping
-from relay.stats import OTLP_NAMES, Stats
+from relay.otlp import MetricSpec
+from relay.sources import host, mapping, process
+from relay.stats import SELF_METRICS
 
 KIND = {"counter": "Sum (monotonic, cumulative)", "updowncounter": "Sum (non-monotonic, cumulative)",
         "gauge": "Gauge"}
-
-HOST = [
-    ("system.cpu.time", "counter", "s", "cpu, state", "psutil.cpu_times(percpu)"),
-    ("system.memory.usage", "updowncounter", "By", "state (used, free, buffered, cached)", "psutil.virtual_memory"),
-    ("system.cpu.load_average.1m / .5m / .15m", "gauge", "{thread}", "", "psutil.getloadavg"),
-    ("system.filesystem.usage", "updowncounter", "By", "device, mode, mountpoint, type, state", "psutil.disk_usage"),
-    ("system.disk.io", "counter", "By", "device, direction", "psutil.disk_io_counters"),
-    ("system.disk.operations", "counter", "{operations}", "device, direction", "psutil.disk_io_counters"),
-    ("system.network.io", "counter", "By", "device, direction", "psutil.net_io_counters"),
-    ("system.network.packets", "counter", "{packets}", "device, direction", "psutil.net_io_counters"),
-    ("system.network.errors", "counter", "{errors}", "device, direction", "psutil.net_io_counters"),
-    ("system.network.dropped", "counter", "{packets}", "device, direction", "psutil.net_io_counters"),
-    ("system.paging.usage", "updowncounter", "By", "device, state", "/proc/swaps"),
-    ("system.processes.count", "updowncounter", "{processes}", "status", "psutil.process_iter"),
-]
-PROCESS = [
-    ("process.cpu.time", "counter", "s", "state (user, system)"),
-    ("process.memory.usage", "updowncounter", "By", ""),
-    ("process.open_file_descriptors", "updowncounter", "{count}", ""),
-    ("process.threads", "updowncounter", "{threads}", ""),
-]
-
+SELF_KIND = {"counter": KIND["counter"], "gauge": KIND["gauge"], "histogram": "Histogram"}
 
 def _attrs(exprs: tuple[tuple[str, object], ...], texts: dict[str, str]) -> str:
     return ", ".join(f"{k} = {texts[k]}" for k, _ in exprs) if exprs else ""
+
+
+def _row(spec: MetricSpec) -> str:
+    return (f"| `{spec.name}` | {KIND[spec.kind]} | `{spec.unit}` | {', '.join(spec.attributes)} "
+            f"| {spec.description} |")
 
 
 def render() -> str:
@@ -57,31 +44,22 @@ def render() -> str:
         "",
         "Cumulative sums start at boot time.",
         "",
-        "| metric | type | unit | attributes | read from |",
+        "| metric | type | unit | attributes | description |",
         "|---|---|---|---|---|",
     ]
-    for name, kind, unit, attrs, src in HOST:
-        out.append(f"| `{name}` | {KIND[kind]} | `{unit}` | {attrs} | {src} |")
+    out += [_row(spec) for spec in host.METRICS]
     out += ["", "## Relay self-metrics (`sources.internal`, every 10 s)", "",
             "The same counters as `/metrics` (Prometheus names in the last column).", "",
             "| metric | type | unit | attributes | Prometheus name |", "|---|---|---|---|---|"]
-    stats = Stats()
-    labels = {f.name: f for f in stats.registry.collect()}
-    for prom, meta in OTLP_NAMES.items():
-        fam = labels.get(prom)
-        kind = {"counter": "counter", "gauge": "gauge", "histogram": "histogram"}.get(fam.type if fam else "", "")
-        collector = next((c for c in stats.registry._collector_to_names if prom in
-                          stats.registry._collector_to_names[c]), None)
-        lbls = ", ".join(getattr(collector, "_labelnames", ())) if collector else ""
-        type_text = {"counter": KIND["counter"], "gauge": KIND["gauge"], "histogram": "Histogram"}.get(kind, kind)
-        suffix = "_total" if kind == "counter" else ""
-        out.append(f"| `{meta.otlp_name}` | {type_text} | `{meta.unit}` | {lbls} | `{prom}{suffix}` |")
+    for d in SELF_METRICS:
+        suffix = "_total" if d.kind == "counter" else ""
+        out.append(f"| `{d.otlp_name}` | {SELF_KIND[d.kind]} | `{d.unit}` | {', '.join(d.labels)} "
+                   f"| `{d.prom_name}{suffix}` |")
     out += ["", "## Broker JVM processes (found by discovery)", "",
             "Resource: `process.pid`, `process.executable.name`, `process.command` (the executable; the full",
             "command line only with `sources.discovery.send_command_line: true`, as it can hold passwords).", "",
-            "| metric | type | unit | attributes |", "|---|---|---|---|"]
-    for name, kind, unit, attrs in PROCESS:
-        out.append(f"| `{name}` | {KIND[kind]} | `{unit}` | {attrs} |")
+            "| metric | type | unit | attributes | description |", "|---|---|---|---|---|"]
+    out += [_row(spec) for spec in process.METRICS]
     for name in ("kafka", "jvm", "zookeeper", "kraft"):
         path = mapping.default_dir() / f"{name}.yaml"
         mf = mapping.load_mapping_file(path)

@@ -1,8 +1,9 @@
 """Host metrics via psutil, named as the OTel Collector's hostmetrics receiver names them.
 
 Owns: reading CPU, memory, load, filesystem, disk, network, paging and process counts,
-and building one ExportMetricsServiceRequest per run. psutil calls block, so the whole
-collection runs in a worker thread. Cumulative sums start at boot time.
+and building one ExportMetricsServiceRequest per run; METRICS declares every metric it emits
+(docs/metrics.md is generated from it). psutil calls block, so the whole collection runs
+in a worker thread. Cumulative sums start at boot time.
 """
 
 from __future__ import annotations
@@ -16,10 +17,40 @@ import psutil
 from google.protobuf.message import Message
 
 from relay import __version__
-from relay.otlp import MetricsBuilder
+from relay.otlp import MetricsBuilder, MetricSpec
 from relay.sources.base import Source
 
 SCOPE = "telemetry-relay/host"
+
+CPU_TIME = MetricSpec("system.cpu.time", "counter", "s", ("cpu", "state"),
+                      "Seconds each logical CPU spent on each mode.")
+MEMORY_USAGE = MetricSpec("system.memory.usage", "updowncounter", "By", ("state",), "Bytes of memory in use.")
+LOAD_AVERAGE = tuple(
+    MetricSpec(f"system.cpu.load_average.{window}", "gauge", "{thread}", (), f"Average CPU load over {window}.")
+    for window in ("1m", "5m", "15m")
+)
+FILESYSTEM_USAGE = MetricSpec("system.filesystem.usage", "updowncounter", "By",
+                              ("device", "mode", "mountpoint", "type", "state"), "Filesystem bytes used.")
+DISK_IO = MetricSpec("system.disk.io", "counter", "By", ("device", "direction"), "Disk bytes transferred.")
+DISK_OPERATIONS = MetricSpec("system.disk.operations", "counter", "{operations}", ("device", "direction"),
+                             "Disk operations count.")
+NETWORK_IO = MetricSpec("system.network.io", "counter", "By", ("device", "direction"),
+                        "Bytes transmitted and received.")
+NETWORK_PACKETS = MetricSpec("system.network.packets", "counter", "{packets}", ("device", "direction"),
+                             "Packets transmitted and received.")
+NETWORK_ERRORS = MetricSpec("system.network.errors", "counter", "{errors}", ("device", "direction"),
+                            "Errors encountered.")
+NETWORK_DROPPED = MetricSpec("system.network.dropped", "counter", "{packets}", ("device", "direction"),
+                             "Packets dropped.")
+PAGING_USAGE = MetricSpec("system.paging.usage", "updowncounter", "By", ("device", "state"),
+                          "Swap space used and free.")
+PROCESSES_COUNT = MetricSpec("system.processes.count", "updowncounter", "{processes}", ("status",),
+                             "Processes by status.")
+# In the order a run emits them.
+METRICS: tuple[MetricSpec, ...] = (
+    CPU_TIME, MEMORY_USAGE, *LOAD_AVERAGE, FILESYSTEM_USAGE, DISK_IO, DISK_OPERATIONS,
+    NETWORK_IO, NETWORK_PACKETS, NETWORK_ERRORS, NETWORK_DROPPED, PAGING_USAGE, PROCESSES_COUNT,
+)
 
 _CPU_STATES = {
     "user": "user", "system": "system", "idle": "idle", "irq": "interrupt",
@@ -70,7 +101,7 @@ class HostSource(Source):
         return b.finish()
 
     def _cpu(self, b: MetricsBuilder, now: int, start: int) -> None:
-        m = b.sum("system.cpu.time", "s", "Seconds each logical CPU spent on each mode.")
+        m = b.metric_for(CPU_TIME)
         for i, times in enumerate(psutil.cpu_times(percpu=True)):
             for field, state in _CPU_STATES.items():
                 value = getattr(times, field, None)
@@ -79,7 +110,7 @@ class HostSource(Source):
 
     def _memory(self, b: MetricsBuilder, now: int) -> None:
         vm = psutil.virtual_memory()
-        m = b.sum("system.memory.usage", "By", "Bytes of memory in use.", monotonic=False)
+        m = b.metric_for(MEMORY_USAGE)
         for state, value in (
             ("used", vm.used), ("free", vm.free),
             ("buffered", getattr(vm, "buffers", None)), ("cached", getattr(vm, "cached", None)),
@@ -88,13 +119,11 @@ class HostSource(Source):
                 b.point(m, int(value), now, attrs={"state": state})
 
     def _load(self, b: MetricsBuilder, now: int) -> None:
-        one, five, fifteen = psutil.getloadavg()
-        for suffix, value in (("1m", one), ("5m", five), ("15m", fifteen)):
-            m = b.gauge(f"system.cpu.load_average.{suffix}", "{thread}", f"Average CPU load over {suffix}.")
-            b.point(m, float(value), now)
+        for spec, value in zip(LOAD_AVERAGE, psutil.getloadavg(), strict=True):
+            b.point(b.metric_for(spec), float(value), now)
 
     def _filesystem(self, b: MetricsBuilder, now: int) -> None:
-        m = b.sum("system.filesystem.usage", "By", "Filesystem bytes used.", monotonic=False)
+        m = b.metric_for(FILESYSTEM_USAGE)
         seen: set[str] = set()
         for part in psutil.disk_partitions(all=False):
             if part.mountpoint in seen:
@@ -112,8 +141,8 @@ class HostSource(Source):
 
     def _disk(self, b: MetricsBuilder, now: int, start: int) -> None:
         counters = psutil.disk_io_counters(perdisk=True) or {}
-        io = b.sum("system.disk.io", "By", "Disk bytes transferred.")
-        ops = b.sum("system.disk.operations", "{operations}", "Disk operations count.")
+        io = b.metric_for(DISK_IO)
+        ops = b.metric_for(DISK_OPERATIONS)
         for dev, c in sorted(counters.items()):
             if dev.startswith(_SKIP_DISK_PREFIXES):
                 continue
@@ -126,10 +155,10 @@ class HostSource(Source):
 
     def _network(self, b: MetricsBuilder, now: int, start: int) -> None:
         counters = psutil.net_io_counters(pernic=True) or {}
-        io = b.sum("system.network.io", "By", "Bytes transmitted and received.")
-        packets = b.sum("system.network.packets", "{packets}", "Packets transmitted and received.")
-        errors = b.sum("system.network.errors", "{errors}", "Errors encountered.")
-        dropped = b.sum("system.network.dropped", "{packets}", "Packets dropped.")
+        io = b.metric_for(NETWORK_IO)
+        packets = b.metric_for(NETWORK_PACKETS)
+        errors = b.metric_for(NETWORK_ERRORS)
+        dropped = b.metric_for(NETWORK_DROPPED)
         for dev, c in sorted(counters.items()):
             for direction, nbytes, npk, nerr, ndrop in (
                 ("receive", c.bytes_recv, c.packets_recv, c.errin, c.dropin),
@@ -142,7 +171,7 @@ class HostSource(Source):
                 b.point(dropped, int(ndrop), now, start, attrs)
 
     def _paging(self, b: MetricsBuilder, now: int) -> None:
-        m = b.sum("system.paging.usage", "By", "Swap space used and free.", monotonic=False)
+        m = b.metric_for(PAGING_USAGE)
         for dev, used, free in _swap_devices():
             b.point(m, used, now, attrs={"device": dev, "state": "used"})
             b.point(m, free, now, attrs={"device": dev, "state": "free"})
@@ -153,6 +182,6 @@ class HostSource(Source):
             status = p.info.get("status") or "unknown"
             status = {"disk-sleep": "blocked", "zombie": "zombies"}.get(status, status)
             counts[status] = counts.get(status, 0) + 1
-        m = b.sum("system.processes.count", "{processes}", "Processes by status.", monotonic=False)
+        m = b.metric_for(PROCESSES_COUNT)
         for status, n in sorted(counts.items()):
             b.point(m, n, now, attrs={"status": status})

@@ -1,8 +1,9 @@
 """The relay's own metrics as OTLP (`relay.*`), shipped like any other source.
 
-Owns: converting the self-metrics registry (relay.stats) to one OTLP request per run:
-counters become monotonic cumulative sums, gauges stay gauges, histograms become
-OTLP histograms with de-cumulated bucket counts.
+Owns: converting the self-metrics registry (relay.stats) to one OTLP request per run,
+under the OTLP names and units of relay.stats.SELF_METRICS: counters become monotonic
+cumulative sums, gauges stay gauges, histograms become OTLP histograms with de-cumulated
+bucket counts. It reads the registry, not the plain copies, so it ships what /metrics shows.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ import psutil
 from google.protobuf.message import Message
 
 from relay import __version__
-from relay.otlp import AGGREGATION_TEMPORALITY_CUMULATIVE, MetricsBuilder, set_attributes
+from relay.otlp import MetricsBuilder, cumulative_buckets
 from relay.sources.base import Source
-from relay.stats import OTLP_NAMES, Stats
+from relay.stats import BY_PROM_NAME, Stats
 
 SCOPE = "telemetry-relay/self"
 
@@ -40,16 +41,16 @@ class InternalSource(Source):
         b = MetricsBuilder(self.resource, SCOPE, __version__)
         now = time.time_ns()
         for family in self.stats.registry.collect():
-            meta = OTLP_NAMES.get(family.name)
+            meta = BY_PROM_NAME.get(family.name)
             if meta is None or not family.samples:
                 continue
             if family.type == "counter":
-                m = b.sum(meta.otlp_name, meta.unit, family.documentation)
+                m = b.sum(meta.otlp_name, meta.unit, meta.help)
                 for s in family.samples:
                     if s.name.endswith("_total"):
                         b.point(m, int(s.value), now, self.start_ns, s.labels)
             elif family.type == "gauge":
-                m = b.gauge(meta.otlp_name, meta.unit, family.documentation)
+                m = b.gauge(meta.otlp_name, meta.unit, meta.help)
                 for s in family.samples:
                     b.point(m, float(s.value), now, attrs=s.labels)
             elif family.type == "histogram":
@@ -70,19 +71,8 @@ class InternalSource(Source):
                 entry["count"] = int(s.value)
         if not series:
             return
-        m = b.request.resource_metrics[0].scope_metrics[0].metrics.add()
-        m.name, m.unit = name, unit
-        m.histogram.aggregation_temporality = AGGREGATION_TEMPORALITY_CUMULATIVE
+        m = b.histogram(name, unit)
         for entry in series.values():
-            dp = m.histogram.data_points.add()
-            dp.start_time_unix_nano, dp.time_unix_nano = self.start_ns, now
-            dp.count, dp.sum = entry["count"], entry["sum"]
-            buckets = sorted(entry["buckets"])
-            prev = 0.0
-            for le, cumulative in buckets:
-                if le != float("inf"):
-                    dp.explicit_bounds.append(le)
-                dp.bucket_counts.append(int(cumulative - prev))
-                prev = cumulative
-            set_attributes(dp.attributes, entry["labels"])
-            b.points += 1
+            bounds, counts = cumulative_buckets(entry["buckets"], entry["count"])
+            b.histogram_point(m, now, self.start_ns, count=entry["count"], sum=entry["sum"], bounds=bounds,
+                              bucket_counts=counts, attrs=entry["labels"])

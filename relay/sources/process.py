@@ -3,6 +3,7 @@
 Owns: process.cpu.time, process.memory.usage, process.open_file_descriptors and
 process.threads for a pid, with process.pid, process.executable.name and process.command
 (the executable; the full command line only when asked, as it can hold secrets).
+METRICS declares the four (docs/metrics.md is generated from it).
 """
 
 from __future__ import annotations
@@ -16,10 +17,18 @@ import psutil
 from google.protobuf.message import Message
 
 from relay import __version__
-from relay.otlp import MetricsBuilder
+from relay.otlp import MetricsBuilder, MetricSpec
 from relay.sources.base import Source
 
 SCOPE = "telemetry-relay/process"
+
+CPU_TIME = MetricSpec("process.cpu.time", "counter", "s", ("state",),
+                      "Total CPU seconds broken down by different states.")
+MEMORY_USAGE = MetricSpec("process.memory.usage", "updowncounter", "By", (), "The amount of physical memory in use.")
+OPEN_FILE_DESCRIPTORS = MetricSpec("process.open_file_descriptors", "updowncounter", "{count}", (),
+                                   "Number of file descriptors in use by the process.")
+THREADS = MetricSpec("process.threads", "updowncounter", "{threads}", (), "Process threads count.")
+METRICS: tuple[MetricSpec, ...] = (CPU_TIME, MEMORY_USAGE, OPEN_FILE_DESCRIPTORS, THREADS)
 
 
 class ProcessSource(Source):
@@ -50,15 +59,12 @@ class ProcessSource(Source):
             mem = self.proc.memory_info()
             fds = self.proc.num_fds()
             threads = self.proc.num_threads()
-        m = b.metric("process.cpu.time", "counter", "s", "Total CPU seconds broken down by different states.")
+        m = b.metric_for(CPU_TIME)
         b.point(m, float(cpu.user), now, self.start_ns, {"state": "user"})
         b.point(m, float(cpu.system), now, self.start_ns, {"state": "system"})
-        b.point(b.metric("process.memory.usage", "updowncounter", "By", "The amount of physical memory in use."),
-                int(mem.rss), now, self.start_ns)
-        b.point(b.metric("process.open_file_descriptors", "updowncounter", "{count}",
-                         "Number of file descriptors in use by the process."), int(fds), now, self.start_ns)
-        b.point(b.metric("process.threads", "updowncounter", "{threads}", "Process threads count."),
-                int(threads), now, self.start_ns)
+        b.point(b.metric_for(MEMORY_USAGE), int(mem.rss), now, self.start_ns)
+        b.point(b.metric_for(OPEN_FILE_DESCRIPTORS), int(fds), now, self.start_ns)
+        b.point(b.metric_for(THREADS), int(threads), now, self.start_ns)
         return b.finish()
 
     def details(self) -> dict[str, Any]:

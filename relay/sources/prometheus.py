@@ -11,7 +11,6 @@ Malformed exposition fails that scrape with a clear error; the relay keeps runni
 
 from __future__ import annotations
 
-import math
 import socket
 import time
 from collections.abc import Iterable
@@ -25,7 +24,7 @@ from prometheus_client import parser as text_parser
 from prometheus_client.openmetrics import parser as om_parser
 
 from relay import __version__
-from relay.otlp import AGGREGATION_TEMPORALITY_CUMULATIVE, MetricsBuilder, set_attributes
+from relay.otlp import MetricsBuilder, cumulative_buckets
 from relay.sources.base import Source
 from relay.sources.mapping import Mappings
 from relay.sources.scrape_http import ScrapeSession
@@ -146,45 +145,25 @@ def _group(samples: Iterable[Any], drop: str) -> dict[tuple[tuple[str, str], ...
     return groups
 
 
+def _start_ns(g: dict[str, Any], start_ns: int) -> int:
+    return int(g["created"] * 1e9) if g["created"] else start_ns
+
+
 def _histograms(b: MetricsBuilder, fam: Any, samples: list[Any], now_ns: int, start_ns: int) -> None:
-    m = b.request.resource_metrics[0].scope_metrics[0].metrics.add()
-    m.name, m.unit, m.description = fam.name, fam.unit or "", fam.documentation
-    m.histogram.aggregation_temporality = AGGREGATION_TEMPORALITY_CUMULATIVE
+    m = b.histogram(fam.name, fam.unit or "", fam.documentation)
     for g in _group(samples, "le").values():
-        dp = m.histogram.data_points.add()
-        dp.time_unix_nano = _ts_ns(g["ts"], now_ns)
-        dp.start_time_unix_nano = int(g["created"] * 1e9) if g["created"] else start_ns
-        dp.count = int(g["count"])
-        if g["sum"] is not None:
-            dp.sum = float(g["sum"])
-        buckets = sorted((float(le), v) for le, v in g["items"])
-        prev = 0.0
-        for le, cumulative in buckets:
-            if not math.isinf(le):
-                dp.explicit_bounds.append(le)
-            dp.bucket_counts.append(max(0, int(cumulative - prev)))
-            prev = cumulative
-        if not buckets or not math.isinf(buckets[-1][0]):  # an implicit +Inf bucket holds the rest
-            dp.bucket_counts.append(max(0, int(g["count"] - prev)))
-        set_attributes(dp.attributes, g["labels"])
-        b.points += 1
+        bounds, counts = cumulative_buckets(((float(le), v) for le, v in g["items"]), g["count"])
+        b.histogram_point(m, _ts_ns(g["ts"], now_ns), _start_ns(g, start_ns), count=int(g["count"]),
+                          sum=None if g["sum"] is None else float(g["sum"]), bounds=bounds, bucket_counts=counts,
+                          attrs=g["labels"])
 
 
 def _summaries(b: MetricsBuilder, fam: Any, samples: list[Any], now_ns: int, start_ns: int) -> None:
-    m = b.request.resource_metrics[0].scope_metrics[0].metrics.add()
-    m.name, m.unit, m.description = fam.name, fam.unit or "", fam.documentation
-    m.summary.SetInParent()
+    m = b.summary(fam.name, fam.unit or "", fam.documentation)
     for g in _group(samples, "quantile").values():
-        dp = m.summary.data_points.add()
-        dp.time_unix_nano = _ts_ns(g["ts"], now_ns)
-        dp.start_time_unix_nano = int(g["created"] * 1e9) if g["created"] else start_ns
-        dp.count = int(g["count"])
-        dp.sum = float(g["sum"] or 0.0)
-        for q, v in sorted((float(q), v) for q, v in g["items"]):
-            qv = dp.quantile_values.add()
-            qv.quantile, qv.value = q, float(v)
-        set_attributes(dp.attributes, g["labels"])
-        b.points += 1
+        quantiles = [(q, float(v)) for q, v in sorted((float(q), v) for q, v in g["items"])]
+        b.summary_point(m, _ts_ns(g["ts"], now_ns), _start_ns(g, start_ns), count=int(g["count"]),
+                        sum=float(g["sum"] or 0.0), quantiles=quantiles, attrs=g["labels"])
 
 
 @dataclass(frozen=True)
