@@ -13,9 +13,9 @@ from relay.cli.common import EXIT_OK, format_ago, format_bytes, format_utc
 
 
 def run(args: argparse.Namespace) -> int:
-    from relay.spool import describe
+    from relay.spool.inspect import summary
 
-    info = describe(config.load_settings(args.config).state_dir)
+    info = summary(config.load_settings(args.config).state_dir)
     if args.json:
         print(json.dumps(info, indent=2))
         return EXIT_OK
