@@ -54,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     ing.add_argument("--max-body", default="64MiB", help="largest decompressed body accepted")
     ing.add_argument("--trusted-keys", help="directory of relay public keys (*.pem); verify every request")
     ing.add_argument("--window", type=float, default=300.0, help="signature freshness and replay window, seconds")
+    ing.add_argument("--state-dir", help="directory for the replay state (seen nonces), kept across restarts; "
+                                         "default: the --store directory (with --no-store: memory only)")
     ing.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM)")
     ing.add_argument("--tls-key", help="private key of --tls-cert")
     ing.add_argument("--client-ca", help="require client certificates signed by this CA (mTLS)")
@@ -173,9 +175,14 @@ def _ingest(args: argparse.Namespace) -> int:
         raise SchemaError("command line", None, "--max-body", str(e)) from None
     verifier = None
     if args.trusted_keys:
+        from relay.export.replay import FileNonces, MemoryNonces, NonceStore
         from relay.export.signing import Verifier, load_trusted_keys
 
-        verifier = Verifier(load_trusted_keys(args.trusted_keys), window=args.window)
+        state_dir = args.state_dir or (None if args.no_store else args.store)
+        nonces: NonceStore = FileNonces(state_dir, args.window, time.time()) if state_dir else MemoryNonces(args.window)
+        if not state_dir:
+            log.warning("replay state in memory only: a restart forgets the nonces seen (give --state-dir)")
+        verifier = Verifier(load_trusted_keys(args.trusted_keys), window=args.window, nonces=nonces)
     tls = None
     if args.tls_cert or args.tls_key:
         if not (args.tls_cert and args.tls_key):
