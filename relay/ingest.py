@@ -1,7 +1,8 @@
 """Reference vendor ingest: the receiving half that `make run`, the tests and the benchmarks use.
 
 Owns: accepting OTLP/HTTP protobuf on /v1/{metrics,logs,traces}, verifying each request's
-RFC 9421 signature and Content-Digest against trusted keys (401/400 otherwise, counted by
+RFC 9421 signature and Content-Digest against trusted keys with the `Verifier` (which
+records the nonce in its replay state before the answer; 401/400 otherwise, counted by
 reason, never stored), bounded decompression (413 above the cap), decoding, proper OTLP
 responses, and storing each accepted request, with the key id that signed it, as one JSON
 line (OTLP JSON) in <store>/<signal>-YYYY-MM-DD.jsonl. /stats reports counts.

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import time
 
 from relay import logs
 from relay.cli.common import EXIT_FAIL, EXIT_OK
@@ -32,9 +33,14 @@ def run(args: argparse.Namespace) -> int:
         raise SchemaError("command line", None, "--max-body", str(e)) from None
     verifier = None
     if args.trusted_keys:
+        from relay.export.replay import FileNonces, MemoryNonces, NonceStore
         from relay.export.signing import Verifier, load_trusted_keys
 
-        verifier = Verifier(load_trusted_keys(args.trusted_keys), window=args.window)
+        state_dir = args.state_dir or (None if args.no_store else args.store)
+        nonces: NonceStore = FileNonces(state_dir, args.window, time.time()) if state_dir else MemoryNonces(args.window)
+        if not state_dir:
+            log.warning("replay state in memory only: a restart forgets the nonces seen (give --state-dir)")
+        verifier = Verifier(load_trusted_keys(args.trusted_keys), window=args.window, nonces=nonces)
     tls = None
     if args.tls_cert or args.tls_key:
         if not (args.tls_cert and args.tls_key):

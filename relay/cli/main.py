@@ -55,6 +55,8 @@ def parser() -> argparse.ArgumentParser:
     ing.add_argument("--max-body", default="64MiB", help="largest decompressed body accepted")
     ing.add_argument("--trusted-keys", help="directory of relay public keys (*.pem); verify every request")
     ing.add_argument("--window", type=float, default=300.0, help="signature freshness and replay window, seconds")
+    ing.add_argument("--state-dir", help="directory for the replay state (seen nonces), kept across restarts; "
+                                         "default: the --store directory (with --no-store: memory only)")
     ing.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM)")
     ing.add_argument("--tls-key", help="private key of --tls-cert")
     ing.add_argument("--client-ca", help="require client certificates signed by this CA (mTLS)")

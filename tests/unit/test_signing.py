@@ -5,12 +5,15 @@ import datetime
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from http_message_signatures import HTTPMessageSigner, HTTPMessageVerifier, InvalidSignature, algorithms
+from multidict import CIMultiDict
 
+from relay.export.replay import FileNonces, MemoryNonces
 from relay.export.signing import (
     KeyStore,
     Message,
@@ -168,3 +171,114 @@ def test_key_files_are_private_and_unsafe_ones_refused(tmp_path: Path) -> None:
     store.current_path.write_text("not a key")
     with pytest.raises(SigningKeyError, match="not a readable PEM"):
         store.current()
+
+
+URL = "https://vendor.example/v1/metrics"
+
+
+def reason(verifier: Verifier, headers: Any, body: bytes, now: float | None = None) -> str:
+    with pytest.raises(Rejected) as e:
+        verifier.verify("POST", URL, headers, body, now=now)
+    return f"{e.value.status} {e.value.reason}: {e.value}"
+
+
+def signed_with_policy(signer: Signer, body: bytes, now: float | None = None) -> dict[str, str]:
+    headers = {"Content-Type": "application/x-protobuf", "Content-Encoding": "zstd",
+               "X-Relay-Policy-SHA256": "ab" * 32, "Content-Digest": content_digest(body)}
+    signer.sign("POST", URL, headers, now=now)
+    return headers
+
+
+def test_a_second_signature_input_and_digest_cannot_carry_another_body() -> None:
+    key = make_key()
+    verifier = Verifier({key.key_id: key.public})
+    body, forged = b"\x0a\x05hello", b"\x0a\x06forged"
+    genuine = signed_with_policy(Signer([key]), body, now=time.time() - 1000)  # long past the window
+    fresh = signed_with_policy(Signer([key]), forged)  # stands for what an attacker can write
+    extra = [("Signature-Input", fresh["Signature-Input"]), ("Content-Digest", content_digest(forged))]
+    for lines in ([*genuine.items(), *extra], [*extra, *genuine.items()]):
+        assert reason(verifier, CIMultiDict(lines), forged).startswith("400 duplicate_field")
+
+
+def test_every_signed_or_signature_field_must_come_once() -> None:
+    key = make_key()
+    verifier = Verifier({key.key_id: key.public})
+    body = b"\x0a\x05hello"
+    h = signed_with_policy(Signer([key]), body)
+    for name in ("Signature", "Signature-Input", "Content-Digest", "Content-Type", "Content-Encoding",
+                 "X-Relay-Policy-SHA256"):
+        for spelling in (name, name.upper()):
+            assert reason(verifier, CIMultiDict([*h.items(), (spelling, h[name])]), body) == (
+                f"400 duplicate_field: {spelling} appears more than once; it must appear once")
+        # A plain dict can repeat a field under two spellings of its name.
+        assert reason(verifier, {**h, name.lower(): h[name]}, body).startswith("400 duplicate_field")
+    # One line naming a label twice: the parser would let the last win.
+    for name in ("Signature-Input", "Signature"):
+        doubled = {**h, name: f"{h[name]}, {h[name]}"}
+        assert reason(verifier, doubled, body) == (
+            "401 malformed_signature: a signature field names the label 'relay' twice")
+    # A field the signature does not cover may repeat (RFC 9421 combines the lines).
+    assert verifier.verify("POST", URL, CIMultiDict([*h.items(), ("Accept", "a"), ("Accept", "b")]), body)
+
+
+def test_clock_skew_is_tolerated_up_to_the_window_both_ways() -> None:
+    key = make_key()
+    verifier = Verifier({key.key_id: key.public}, window=300)
+    body = b"x"
+    now = float(int(time.time()))  # created is whole seconds
+    for offset in (-299, -6, 6, 299):  # the relay's clock minus the ingest's
+        assert verifier.verify("POST", URL, signed_with_policy(Signer([key]), body, now=now + offset), body,
+                               now=now) == key.key_id
+    ahead = reason(verifier, signed_with_policy(Signer([key]), body, now=now + 400), body, now=now)
+    assert ahead == ("401 clock_skew: signature created 400s ahead of the ingest's clock (clock skew); "
+                     "at most 300s is tolerated")
+    behind = reason(verifier, signed_with_policy(Signer([key]), body, now=now - 400), body, now=now)
+    assert behind == "401 expired: signature created 400s ago, outside the 300s window"
+
+
+def test_content_encoding_and_policy_header_must_be_covered_when_present() -> None:
+    key = make_key()
+    verifier = Verifier({key.key_id: key.public})
+    body = b"x"
+    for left_out, header in (("content-encoding", "Content-Encoding"), ("x-relay-policy-sha256",
+                                                                       "X-Relay-Policy-SHA256")):
+        h = {"Content-Type": "application/x-protobuf", "Content-Digest": content_digest(body)}
+        Signer([key]).sign("POST", URL, h)  # signed while the header was absent
+        h[header] = "zstd" if header == "Content-Encoding" else "ab" * 32
+        assert reason(verifier, h, body) == (
+            f"401 uncovered_component: signature 'relay' does not cover {left_out}, which the request carries")
+    # Absent headers need no coverage.
+    h = {"Content-Type": "application/x-protobuf", "Content-Digest": content_digest(body)}
+    Signer([key]).sign("POST", URL, h)
+    assert verifier.verify("POST", URL, h, body) == key.key_id
+
+
+def test_replay_state_in_files_survives_a_new_store_and_expires_by_slice(tmp_path: Path) -> None:
+    window, now = 300.0, 1_000_000.0
+    store = FileNonces(tmp_path, window, now)
+    assert store.add("a", now + window, now) and not store.add("a", now + window, now)
+    assert store.add("b", now + 2 * window, now)
+    store.close()  # as if killed: nothing but what was written
+    with open(next(tmp_path.glob("nonces-*.log")), "a") as f:
+        f.write("12")  # a line torn by a crash mid-write
+    again = FileNonces(tmp_path, window, now + 1)
+    assert not again.add("a", now + window, now + 1) and not again.add("b", now + 2 * window, now + 1)
+    assert len(again) == 2
+    # Once every nonce of a slice has expired, the slice and its file are gone.
+    later = now + 2 * window + window + 1
+    assert again.add("c", later + window, later)
+    assert len(again) == 1 and len(list(tmp_path.glob("nonces-*.log"))) == 1
+    again.close()
+    assert MemoryNonces(window).add("a", now + window, now)
+
+
+def test_verifier_records_the_nonce_in_its_store_until_the_signature_expires(tmp_path: Path) -> None:
+    key = make_key()
+    body = b"x"
+    now = time.time()
+    h = signed_with_policy(Signer([key]), body, now=now)
+    first = FileNonces(tmp_path, 300, now)
+    assert Verifier({key.key_id: key.public}, nonces=first).verify("POST", URL, h, body, now=now)
+    first.close()
+    restarted = Verifier({key.key_id: key.public}, nonces=FileNonces(tmp_path, 300, now + 10))
+    assert reason(restarted, h, body, now=now + 10).startswith("401 replay")
