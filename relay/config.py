@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from relay import secrets
+from relay import mapping, secrets
 from relay.schema import ByteSize, Duration, HostPort, HttpUrl, SchemaError, load_file, load_text
 
 DEFAULT_CONFIG_PATH = "/etc/telemetry-relay/relay.yaml"
@@ -311,9 +311,7 @@ def _finish(cfg: Config, lines: dict[str, int], path: str) -> LoadedConfig:
 
 def _scrape_targets(cfg: Config, lines: dict[str, int], path: str, base: Path) -> dict[str, str | None]:
     """Read scrape targets' password files and check their mapping files exist."""
-    from relay.sources.mapping import default_dir
-
-    mdir = Path(cfg.sources.mappings_dir) if cfg.sources.mappings_dir else default_dir()
+    mdir = Path(cfg.sources.mappings_dir) if cfg.sources.mappings_dir else mapping.default_dir()
     passwords: dict[str, str | None] = {}
     for kind, settings in (("jolokia", cfg.sources.jolokia), ("prometheus", cfg.sources.prometheus)):
         for i, t in enumerate(settings.targets):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from relay.sources import mapping
+from relay import mapping
 from relay.stats import OTLP_NAMES, Stats
 
 KIND = {"counter": "Sum (monotonic, cumulative)", "updowncounter": "Sum (non-monotonic, cumulative)",

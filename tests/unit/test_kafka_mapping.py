@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
+from relay import mapping
 from relay.otlp import attributes_dict, count_items
 from relay.schema import SchemaError
-from relay.sources import mapping
 from relay.sources.jolokia import JolokiaError, bulk_request, map_response
 from relay.sources.prometheus import ExpositionError, map_exposition
 

@@ -12,11 +12,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from relay import mapping
 from relay.otlp import SIGNAL_INFO, MetricsBuilder, attributes_dict, set_attributes
 from relay.policy import Policy, load_policy
 from relay.policy.schema import PolicyFile
 from relay.schema import SchemaError, load_text
-from relay.sources import mapping
 from relay.sources.jolokia import bulk_request, map_response
 
 ROOT = Path(__file__).parents[2]

@@ -2,7 +2,8 @@
 
 Owns: the rule file schema (configs/mappings/*.yaml, validated strictly like the config),
 attribute expressions, and compiling rules into lookups the Jolokia and Prometheus sources
-apply. Rule files follow the shape of the OpenTelemetry JMX scraper's rules so they read
+apply. It sits below both of its users: config validates the rule files at load time with it,
+and the sources apply what it compiles. Rule files follow the shape of the OpenTelemetry JMX scraper's rules so they read
 familiar: `bean`/`beans`, `metricAttribute`, `mapping: {Attribute[.path]: {metric, type,
 unit, desc}}`.
 
@@ -276,7 +277,7 @@ def default_dir() -> Path:
     installed = Path("/usr/share/telemetry-relay/mappings")
     if installed.is_dir():
         return installed
-    return Path(__file__).resolve().parents[2] / "configs" / "mappings"
+    return Path(__file__).resolve().parents[1] / "configs" / "mappings"
 
 
 def load_mapping_file(path: Path) -> MappingFile:
