@@ -218,7 +218,8 @@ def bench_mapping(topics: int = 1600) -> dict[str, Any]:
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    from relay.sources import jolokia, mapping, prometheus
+    from relay import mapping
+    from relay.sources import jolokia, prometheus
 
     maps = mapping.load(["kafka", "jvm"])
     # Prometheus: the JMX exporter's names, three series per topic plus broker-wide gauges.
@@ -278,7 +279,7 @@ def bench_policy(reqs: list[bytes]) -> dict[str, Any]:
     # The anchors for the libraries themselves, on the same batch and this machine.
     from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 
-    from relay.export.compression import compress
+    from relay.compression import compress
 
     t_upb = _best_of(lambda: ExportMetricsServiceRequest.FromString(batch).SerializeToString())
     t_zstd = _best_of(lambda: compress(batch, "zstd"))

@@ -19,7 +19,7 @@ from typing import Any
 
 import psutil
 
-from relay import __version__, systemd
+from relay import __version__, mapping, systemd
 from relay.config import Config, LoadedConfig, key_dir, policy_file
 from relay.config import load as load_config
 from relay.export.outbox import Outbox
@@ -29,7 +29,6 @@ from relay.identity import base_resource, instance_id
 from relay.policy import PolicyHolder, load_secret
 from relay.schema import SchemaError
 from relay.server import StatusServer
-from relay.sources import mapping
 from relay.sources.base import Source, SourceRunner
 from relay.sources.discovery import Discovered, Discovery
 from relay.sources.host import HostSource

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from relay import secrets
+from relay import mapping, secrets
 from relay.schema import ByteSize, Duration, HostPort, HttpUrl, SchemaError, load_file, load_text
 
 DEFAULT_CONFIG_PATH = "/etc/telemetry-relay/relay.yaml"
@@ -316,19 +316,20 @@ def _resolve_state_paths(cfg: Config, base: Path) -> Config:
 
 
 def _scrape_targets(cfg: Config, lines: dict[str, int], path: str, base: Path) -> dict[str, str | None]:
-    """Read scrape targets' password files and check their mapping files exist."""
-    from relay.sources.mapping import default_dir
-
-    mdir = Path(cfg.sources.mappings_dir) if cfg.sources.mappings_dir else default_dir()
+    """Read scrape targets' password files, and load their mapping files as the sources will,
+    so that a broken rule file fails here (check-config, a reload) with its own file and line."""
+    mdir = Path(cfg.sources.mappings_dir) if cfg.sources.mappings_dir else mapping.default_dir()
     passwords: dict[str, str | None] = {}
     for kind, settings in (("jolokia", cfg.sources.jolokia), ("prometheus", cfg.sources.prometheus)):
         for i, t in enumerate(settings.targets):
             key_path = f"sources.{kind}.targets[{i}]"
             for name in t.mappings:
-                if not (mdir / f"{name}.yaml").is_file():
-                    available = ", ".join(sorted(p.stem for p in mdir.glob("*.yaml"))) or "none"
+                try:
+                    mapping.rule_file(name, mdir)
+                except ValueError as e:
                     raise SchemaError(path, lines.get(f"{key_path}.mappings"), f"{key_path}.mappings",
-                                      f"no mapping file {name!r} in {mdir} (available: {available})")
+                                      str(e)) from None
+            mapping.load(t.mappings, mdir)
             try:
                 passwords[t.url] = secrets.read_secret(
                     str(base / t.password_file) if t.password_file else None, None, "scrape password file")

@@ -11,8 +11,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from relay import mapping
 from relay.otlp import MetricSpec
-from relay.sources import host, mapping, process
+from relay.sources import host, process
 from relay.stats import SELF_METRICS
 
 KIND = {"counter": "Sum (monotonic, cumulative)", "updowncounter": "Sum (non-monotonic, cumulative)",

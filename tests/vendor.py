@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from relay.export.compression import decompress
+from relay.compression import decompress
 from relay.otlp import count_items, parse_request
 from tests.procs import free_port
 

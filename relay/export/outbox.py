@@ -16,7 +16,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from relay.export.compression import decompress
+from relay.compression import decompress
 from relay.otlp import Signal, count_items, parse_request, to_json_dict
 
 

@@ -25,8 +25,8 @@ import aiohttp
 from google.protobuf.message import DecodeError
 
 from relay import __version__
+from relay.compression import compress
 from relay.config import DestinationSettings
-from relay.export.compression import compress
 from relay.export.outbox import Outbox
 from relay.export.signing import Signer, content_digest
 from relay.otlp import SIGNAL_INFO, Signal

@@ -6,7 +6,8 @@ collide once an attribute is gone (sums add, gauges keep the latest, histograms 
 buckets, summaries keep the latest); and counting every decision per rule. Decisions are
 memoized per distinct key, value and attribute set, so the cost follows the number of
 distinct values, not of data points; and a metric whose whole shape recurs unchanged does
-not reach this engine at all (relay.policy.shapes copies it as bytes).
+not reach this engine at all (relay.policy.shapes copies it as bytes, calling back into
+apply_metric and apply_resource for what it has not seen).
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import hmac
-from collections import defaultdict
-from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry.proto.common.v1 import common_pb2
@@ -23,29 +22,17 @@ from opentelemetry.proto.common.v1 import common_pb2
 from relay.otlp import SIGNAL_INFO, Signal
 from relay.policy import shapes
 from relay.policy.detectors import DETECTORS, Detector, regex_detector
+from relay.policy.outcome import Outcome
 from relay.policy.schema import KeyRule, PolicyFile, ValueRule
+
+__all__ = ["MASK", "Outcome", "Policy"]
 
 MASK = "***"
 _SERIALIZE_KV = common_pb2.KeyValue.SerializeToString
 _CACHE_LIMIT = 200_000
-# The shapes of about 100,000 series; a flood of new shapes restarts the memo, never grows it.
-_SHAPE_MEMO_BYTES = 4 << 20
-
-
-@dataclass
-class Outcome:
-    """What one application of the policy did: counts per (rule, action), items in and out."""
-
-    counts: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
-    items_in: int = 0
-    items_out: int = 0
-
-    def add(self, rule: str, action: str, n: int = 1) -> None:
-        self.counts[(rule, action)] += n
-
 
 # (new text, or None to drop the attribute; drop the whole item?; (rule, action) events)
-ValueVerdict = tuple[str | None, bool, tuple[tuple[str, str], ...]]
+ValueDecision = tuple[str | None, bool, tuple[tuple[str, str], ...]]
 
 
 def _scope_ok(rule: KeyRule | ValueRule, signal: Signal, metric: str | None) -> bool:
@@ -67,14 +54,10 @@ class Policy:
         self._metric_cache: dict[str, tuple[bool, str]] = {}
         self._key_cache: dict[tuple[str, Signal, str | None, str], tuple[str, str]] = {}
         self._rules_cache: dict[tuple[Signal, str | None, str], list[tuple[ValueRule, Detector]]] = {}
-        self._value_cache: dict[tuple[Signal, str | None, str, str], ValueVerdict] = {}
+        self._value_cache: dict[tuple[Signal, str | None, str, str], ValueDecision] = {}
         self._set_cache: dict[tuple[str, Signal, str | None], dict[tuple[bytes, ...], Any]] = {}
-        # The metrics fast path (relay.policy.shapes): metric shapes this policy leaves as they
-        # are, with the rule events they cause; and resources before -> after.
-        self.shape_memo: dict[bytes, tuple[tuple[tuple[str, str], int], ...]] = {}
-        self._shape_memo_bytes = 0
-        self.checked: set[bytes] = set()  # what the fast path copied as it came, once decoded
-        self.resource_memo: dict[bytes, tuple[bytes, tuple[tuple[tuple[str, str], int], ...]]] = {}
+        # What the metrics fast path remembers under this policy, and only this one.
+        self.shape_memo = shapes.ShapeMemo(release=self._forget_attribute_sets)
 
     # -- decisions (memoized) ----------------------------------------------------------------------
 
@@ -122,7 +105,7 @@ class Policy:
             self._bounded(self._rules_cache)[ck] = rules
         return rules
 
-    def value(self, signal: Signal, metric: str | None, key: str, text: str) -> ValueVerdict:
+    def value(self, signal: Signal, metric: str | None, key: str, text: str) -> ValueDecision:
         """(new text or None to drop the attribute, drop the whole item?, (rule, action) events)."""
         ck = (signal, metric, key, text)
         hit = self._value_cache.get(ck)
@@ -154,15 +137,8 @@ class Policy:
         self._bounded(self._value_cache)[ck] = hit
         return hit
 
-    def remember_shape(self, metric: str, shape: bytes, events: tuple[tuple[tuple[str, str], int], ...]) -> None:
-        """Record a metric shape this policy leaves as it is (relay.policy.shapes). Its
-        per-attribute-set verdicts are then let go: the shape answers for the whole metric,
-        and keeping both would cost about 1 MiB more per 5,000 series."""
-        if self._shape_memo_bytes + len(shape) > _SHAPE_MEMO_BYTES:
-            self.shape_memo.clear()
-            self._shape_memo_bytes = 0
-        self.shape_memo[shape] = events
-        self._shape_memo_bytes += len(shape)
+    def _forget_attribute_sets(self, metric: str) -> None:
+        """The fast path now answers for this metric's whole shape (ShapeMemo.remember_shape)."""
         self._set_cache.pop(("attributes", "metrics", metric), None)
 
     @staticmethod
@@ -177,7 +153,7 @@ class Policy:
         if signal == "metrics":
             try:
                 outcome = Outcome()
-                return shapes.apply_metrics(self, body, outcome), outcome
+                return shapes.apply_metrics(self, self.shape_memo, body, outcome), outcome
             except shapes.Fallback:
                 pass
         return self.apply_per_point(signal, body)
@@ -200,7 +176,8 @@ class Policy:
         """Apply key and value rules to a KeyValue list in place; returns (identity changed, drop
         the item). Memoized per distinct attribute set: the same series recurs in every scrape,
         so after the first one a point costs a lookup, not a walk through its attributes."""
-        return self._apply_verdict(kvs, self._verdict(kind, signal, metric, tuple(map(_SERIALIZE_KV, kvs))), o)
+        parts = tuple(map(_SERIALIZE_KV, kvs))
+        return self._apply_decision(kvs, self._attribute_set_decision(kind, signal, metric, parts), o)
 
     def _set_cache_for(self, kind: str, signal: Signal, metric: str | None) -> dict[tuple[bytes, ...], Any]:
         ck = (kind, signal, metric)
@@ -209,11 +186,12 @@ class Policy:
             sets = self._bounded(self._set_cache)[ck] = {}
         return sets
 
-    def _verdict(self, kind: str, signal: Signal, metric: str | None, parts: tuple[bytes, ...]) -> Any:
+    def _attribute_set_decision(self, kind: str, signal: Signal, metric: str | None,
+                                parts: tuple[bytes, ...]) -> Any:
         """(identity changed, drop item, replacement attributes or None, events) for one attribute set."""
         sets = self._set_cache_for(kind, signal, metric)
-        verdict = sets.get(parts)
-        if verdict is None:
+        decision = sets.get(parts)
+        if decision is None:
             scratch_list = common_pb2.KeyValueList()
             for b in parts:
                 scratch_list.values.add().MergeFromString(b)
@@ -221,13 +199,13 @@ class Policy:
             changed, drop = self._attrs_uncached(scratch_list.values, kind, signal, metric, scratch)
             new_parts = tuple(map(_SERIALIZE_KV, scratch_list.values))
             replacement = None if new_parts == parts else new_parts
-            verdict = (changed, drop, replacement, tuple(scratch.counts.items()))
-            self._bounded(sets)[parts] = verdict
-        return verdict
+            decision = (changed, drop, replacement, tuple(scratch.counts.items()))
+            self._bounded(sets)[parts] = decision
+        return decision
 
     @staticmethod
-    def _apply_verdict(kvs: Any, verdict: Any, o: Outcome) -> tuple[bool, bool]:
-        changed, drop, replacement, events = verdict
+    def _apply_decision(kvs: Any, decision: Any, o: Outcome) -> tuple[bool, bool]:
+        changed, drop, replacement, events = decision
         for (rule, action), n in events:
             o.counts[(rule, action)] += n
         if replacement is not None and not drop:
@@ -254,13 +232,13 @@ class Policy:
                 o.add(rule, "masked")
                 changed = True
             else:
-                verdict = self._any_value(kv.value, signal, metric, kv.key, o)
-                if verdict == "drop_item":
+                result = self._any_value(kv.value, signal, metric, kv.key, o)
+                if result == "drop_item":
                     return True, True
-                if verdict == "drop_attribute":
+                if result == "drop_attribute":
                     del kvs[i]
                     changed = True
-                elif verdict == "masked":
+                elif result == "masked":
                     changed = True
         return changed, False
 
@@ -327,13 +305,13 @@ class Policy:
             # One lookup per point for an attribute set seen before.
             kvs = dp.attributes
             parts = tuple(map(_SERIALIZE_KV, kvs))
-            verdict = sets.get(parts) or self._verdict("attributes", "metrics", m.name, parts)
-            if verdict[3] or verdict[2] is not None:
-                self._apply_verdict(kvs, verdict, o)
-                changed = changed or verdict[2] is not None
-            if verdict[1]:
+            decision = sets.get(parts) or self._attribute_set_decision("attributes", "metrics", m.name, parts)
+            if decision[3] or decision[2] is not None:
+                self._apply_decision(kvs, decision, o)
+                changed = changed or decision[2] is not None
+            if decision[1]:
                 doomed.append(pi)
-            collided = collided or verdict[0]
+            collided = collided or decision[0]
             # Exemplars carry attributes of their own (those filtered from the point's): the same
             # rules apply, and an exemplar whose attributes would drop the item is dropped. A point
             # with exemplars is always re-encoded (its shape holds their values, so it never recurs).

@@ -12,22 +12,25 @@ engine, which records the shape when it changed nothing. An encoding this walk d
 expect (a resource or scope split over two fields, which protobuf would merge; groups; a
 truncated field) sends the whole request to the full engine.
 
-The memo lives on one Policy object: a reloaded policy starts with an empty one, so it never
-trusts a decision taken under the previous policy. It holds each shape's bytes (no digest, so
-no collision can pass a changed shape as a known one), bounded in bytes by the engine.
+Owns: the walk above, and its memo (ShapeMemo, with every bound it keeps). One memo belongs
+to one Policy object: a reloaded policy starts with an empty one, so it never trusts a decision
+taken under the previous policy. It holds each shape's bytes (no digest, so no collision can
+pass a changed shape as a known one). The full engine is reached only through PerPointEngine,
+and the bytes are taken apart with relay.wire.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from opentelemetry.proto.metrics.v1 import metrics_pb2
 from opentelemetry.proto.resource.v1 import resource_pb2
 
-if TYPE_CHECKING:
-    from relay.policy.engine import Outcome, Policy
+from relay import wire
+from relay.otlp import Signal
+from relay.policy.outcome import Events, Outcome
 
 _F = descriptor_pb2.FieldDescriptorProto
 _PACKAGE = "relay.shadow"
@@ -41,6 +44,61 @@ _POINT_TYPES: dict[str, Any] = {
 
 class Fallback(Exception):
     """This request needs the full engine (an encoding the fast path does not take apart)."""
+
+
+class PerPointEngine(Protocol):
+    """The full engine's per-item steps, which the fast path hands what it has not seen."""
+
+    def apply_metric(self, m: Any, o: Outcome, exemplars: bool = True) -> tuple[bool, bool]: ...
+
+    def apply_resource(self, res: Any, signal: Signal, o: Outcome) -> None: ...
+
+
+# The shapes of about 100,000 series; a flood of new shapes restarts the memo, never grows it.
+_SHAPE_MEMO_BYTES = 4 << 20
+# Resources and scope contexts are a handful per scrape target; more than this is a flood.
+_RESOURCES_LIMIT = 1_000
+_VALIDATED_LIMIT = 1_000
+
+
+class ShapeMemo:
+    """What the fast path remembers under one policy, each part bounded.
+
+    `shapes`: metric shapes the policy leaves as they are -> the rule events they cause.
+    `resources`: a resource's bytes -> (its bytes after the policy, the rule events).
+    `validated_context`: the bytes copied around the metrics (scopes, schema URLs, unknown
+    fields) that a full parse has already accepted.
+    """
+
+    __slots__ = ("_release", "_shape_bytes", "resources", "shapes", "validated_context")
+
+    def __init__(self, release: Callable[[str], None]) -> None:
+        # Called with a metric's name once its shape is remembered: the shape then answers for
+        # the whole metric, so the engine can let go of what it memoized per attribute set
+        # (keeping both would cost about 1 MiB more per 5,000 series).
+        self._release = release
+        self.shapes: dict[bytes, Events] = {}
+        self._shape_bytes = 0
+        self.resources: dict[bytes, tuple[bytes, Events]] = {}
+        self.validated_context: set[bytes] = set()
+
+    def remember_shape(self, metric: str, shape: bytes, events: Events) -> None:
+        if self._shape_bytes + len(shape) > _SHAPE_MEMO_BYTES:
+            self.shapes.clear()
+            self._shape_bytes = 0
+        self.shapes[shape] = events
+        self._shape_bytes += len(shape)
+        self._release(metric)
+
+    def remember_resource(self, raw: bytes, after: bytes, events: Events) -> None:
+        if len(self.resources) >= _RESOURCES_LIMIT:
+            self.resources.clear()
+        self.resources[raw] = (after, events)
+
+    def remember_validated(self, raw: bytes) -> None:
+        if len(self.validated_context) >= _VALIDATED_LIMIT:
+            self.validated_context.clear()
+        self.validated_context.add(raw)
 
 
 def _add_field(msg: Any, name: str, number: int, ftype: int, label: int = _F.LABEL_OPTIONAL,
@@ -94,54 +152,62 @@ _SM_METRICS = _field_number(metrics_pb2.ScopeMetrics, "metrics")
 _EXEMPLAR_TAGS = {kind: bytes([_field_number(point, "exemplars") << 3 | 2]) for kind, point in _POINT_TYPES.items()
                   if "exemplars" in point.DESCRIPTOR.fields_by_name}
 assert all(len(t) == 1 and t[0] < 0x80 for t in _EXEMPLAR_TAGS.values()), "one-byte tags"
-assert (_RM_RESOURCE, _RM_SCOPES, _SM_SCOPE, _SM_METRICS) == (1, 2, 1, 2), "the walk in _fields assumes these"
+assert (_RM_RESOURCE, _RM_SCOPES, _SM_SCOPE, _SM_METRICS) == (1, 2, 1, 2), "the walk below assumes these"
+# At every level taken apart here, fields 1 and 2 are messages (resource_metrics; resource and
+# scope_metrics; scope and metrics): with another wire type they are left to the full parser.
+_MESSAGES = (1, 2)
 
 
-def apply_metrics(policy: Policy, body: bytes, o: Outcome) -> bytes:
+def apply_metrics(engine: PerPointEngine, memo: ShapeMemo, body: bytes, o: Outcome) -> bytes:
     """The redacted request, or raises Fallback when the full engine must take it.
 
     The request, its resources and scopes are taken apart and put back together as bytes
     (a handful of fields per request); only a metric the policy changes is re-encoded."""
     view = memoryview(body)
     out: list[bytes | memoryview] = []
-    for field, whole, value in _fields(view):
-        if field != 1:  # not resource_metrics: an unknown field, kept as it came
-            out.append(whole)
-            continue
-        rm = _resource_metrics(policy, value, o)
-        if rm:
-            _emit(out, 1, rm)
+    try:
+        for field, whole, value in wire.fields(view, _MESSAGES):
+            if field != 1:  # not resource_metrics: an unknown field, kept as it came
+                out.append(whole)
+                continue
+            rm = _resource_metrics(engine, memo, value, o)
+            if rm:
+                wire.emit(out, 1, rm)
+    except wire.Malformed:
+        raise Fallback() from None
     return b"".join(out)
 
 
-def _resource_metrics(policy: Policy, view: memoryview, o: Outcome) -> list[bytes | memoryview]:
+def _resource_metrics(engine: PerPointEngine, memo: ShapeMemo, view: memoryview,
+                      o: Outcome) -> list[bytes | memoryview]:
     """One ResourceMetrics' content after the policy; empty when nothing of it is left."""
     head: list[bytes | memoryview] = []
     scopes: list[bytes | memoryview] = []
     seen_resource = False
-    for field, whole, value in _fields(view):
+    for field, whole, value in wire.fields(view, _MESSAGES):
         if field == _RM_RESOURCE:
             if seen_resource:  # protobuf would merge two: leave that to the full parser
                 raise Fallback()
             seen_resource = True
-            _emit(head, field, [_resource(policy, bytes(value), o)])
+            wire.emit(head, field, [_resource(engine, memo, bytes(value), o)])
         elif field == _RM_SCOPES:
-            sm = _scope_metrics(policy, value, o)
+            sm = _scope_metrics(engine, memo, value, o)
             if sm:
-                _emit(scopes, field, sm)
+                wire.emit(scopes, field, sm)
         else:
             head.append(whole)
-    _check(policy, metrics_pb2.ResourceMetrics, head)
+    _validate_context(memo, metrics_pb2.ResourceMetrics, head)
     return head + scopes if scopes else []
 
 
-def _scope_metrics(policy: Policy, view: memoryview, o: Outcome) -> list[bytes | memoryview]:
+def _scope_metrics(engine: PerPointEngine, memo: ShapeMemo, view: memoryview,
+                   o: Outcome) -> list[bytes | memoryview]:
     """One ScopeMetrics' content after the policy; empty when none of its metrics is left."""
     head: list[bytes | memoryview] = []
     metrics: list[bytes | memoryview] = []
     seen_scope = False
-    shapes = policy.shape_memo
-    for field, whole, value in _fields(view):
+    shapes = memo.shapes
+    for field, whole, value in wire.fields(view, _MESSAGES):
         if field != _SM_METRICS:
             if field == _SM_SCOPE:
                 if seen_scope:
@@ -163,105 +229,41 @@ def _scope_metrics(policy: Policy, view: memoryview, o: Outcome) -> list[bytes |
             metrics.append(whole)
             continue
         raw = bytes(value)
-        new, events = _slow_metric(policy, raw, o)
+        new, events = _slow_metric(engine, raw, o)
         if new is raw:
-            policy.remember_shape(shape.name, key, events)
+            memo.remember_shape(shape.name, key, events)
         if new is not None:
-            _emit(metrics, field, [new])
-    _check(policy, metrics_pb2.ScopeMetrics, head)
+            wire.emit(metrics, field, [new])
+    _validate_context(memo, metrics_pb2.ScopeMetrics, head)
     return head + metrics if metrics else []
 
 
-def _check(policy: Policy, message: Any, fields: list[bytes | memoryview]) -> None:
+def _validate_context(memo: ShapeMemo, message: Any, fields: list[bytes | memoryview]) -> None:
     """Decode what is copied around the metrics (scope, schema URLs, fields of a newer OTLP)
     once per distinct content, so that what the full parser would refuse (a string that is
     not UTF-8, say) is refused here too, with the same DecodeError."""
     raw = b"".join(fields)
-    if raw in policy.checked:
+    if raw in memo.validated_context:
         return
     message.FromString(raw)
-    if len(policy.checked) >= 1_000:
-        policy.checked.clear()
-    policy.checked.add(raw)
+    memo.remember_validated(raw)
 
 
-def _fields(view: memoryview) -> Iterator[tuple[int, memoryview, memoryview]]:
-    """(field number, the whole field with its tag, its value) for each field of a message.
-    Only fields 1 and 2 matter at the levels taken apart here, and both are length-delimited:
-    either with another wire type is left to the full parser."""
-    pos, end = 0, len(view)
-    while pos < end:
-        start = pos
-        tag, pos = _varint(view, pos)
-        field, wire = tag >> 3, tag & 7
-        if field == 0:  # not a field number: garbage, which the full parser refuses
-            raise Fallback()
-        if wire == 2:
-            length, pos = _varint(view, pos)
-            value_start, pos = pos, pos + length
-        elif field in (1, 2):
-            raise Fallback()
-        elif wire == 0:
-            value_start = pos
-            _, pos = _varint(view, pos)
-        elif wire == 1:
-            value_start, pos = pos, pos + 8
-        elif wire == 5:
-            value_start, pos = pos, pos + 4
-        else:  # groups, or garbage
-            raise Fallback()
-        if pos > end:
-            raise Fallback()
-        yield field, view[start:pos], view[value_start:pos]
-
-
-def _varint(view: memoryview, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(view) or shift > 63:
-            raise Fallback()
-        b = view[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result, pos
-        shift += 7
-
-
-def _encode_varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _emit(out: list[bytes | memoryview], field: int, content: list[bytes | memoryview]) -> None:
-    """Append field `field` (length-delimited) holding the concatenation of `content`."""
-    out.append(_encode_varint(field << 3 | 2))
-    out.append(_encode_varint(sum(len(c) for c in content)))
-    out.extend(content)
-
-
-def _resource(policy: Policy, raw: bytes, o: Outcome) -> bytes:
+def _resource(engine: PerPointEngine, memo: ShapeMemo, raw: bytes, o: Outcome) -> bytes:
     """The resource after the policy, memoized on its bytes (it recurs in every request)."""
-    memo = policy.resource_memo
-    hit = memo.get(raw)
+    hit = memo.resources.get(raw)
     if hit is None:
         res = resource_pb2.Resource.FromString(raw)
         scratch = type(o)()
-        policy.apply_resource(res, "metrics", scratch)
+        engine.apply_resource(res, "metrics", scratch)
         hit = (bytes(res.SerializeToString()), tuple(scratch.counts.items()))
-        if len(memo) >= 1_000:
-            memo.clear()
-        memo[raw] = hit
+        memo.remember_resource(raw, *hit)
     for event, n in hit[1]:
         o.counts[event] += n
     return hit[0]
 
 
-def _slow_metric(policy: Policy, raw: bytes, o: Outcome) -> tuple[bytes | None, tuple[Any, ...]]:
+def _slow_metric(engine: PerPointEngine, raw: bytes, o: Outcome) -> tuple[bytes | None, Events]:
     """One metric through the per-point engine: (None if it is dropped, `raw` itself if the
     policy left it as it was, else its new bytes; the rule events it caused)."""
     m = metrics_pb2.Metric.FromString(raw)
@@ -269,7 +271,7 @@ def _slow_metric(policy: Policy, raw: bytes, o: Outcome) -> tuple[bytes | None, 
     # An exemplar starts with its field's tag byte: without that byte anywhere, there is none.
     kind = m.WhichOneof("data")
     tag = _EXEMPLAR_TAGS.get(kind or "")
-    keep, changed = policy.apply_metric(m, scratch, exemplars=tag is not None and tag in raw)
+    keep, changed = engine.apply_metric(m, scratch, exemplars=tag is not None and tag in raw)
     o.items_in += scratch.items_in
     o.items_out += scratch.items_out
     for event, n in scratch.counts.items():

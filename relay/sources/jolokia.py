@@ -19,9 +19,9 @@ import aiohttp
 from google.protobuf.message import Message
 
 from relay import __version__
+from relay.mapping import Mappings, parse_props
 from relay.otlp import MetricsBuilder
 from relay.sources.base import Source
-from relay.sources.mapping import Mappings, parse_props
 from relay.sources.scrape_http import ScrapeSession
 
 log = logging.getLogger("relay.sources.jolokia")

@@ -20,8 +20,8 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, status_pb2
 
+from relay.compression import BadEncoding, BodyTooLarge, decompress
 from relay.config import OtlpReceiverSettings
-from relay.export.compression import BadEncoding, BodyTooLarge, decompress
 from relay.otlp import SIGNAL_INFO, SIGNALS, BadJson, Signal, count_items, from_json
 from relay.schema import split_host_port
 from relay.secrets import redact

@@ -24,9 +24,9 @@ from prometheus_client import parser as text_parser
 from prometheus_client.openmetrics import parser as om_parser
 
 from relay import __version__
+from relay.mapping import Mappings
 from relay.otlp import MetricsBuilder, cumulative_buckets
 from relay.sources.base import Source
-from relay.sources.mapping import Mappings
 from relay.sources.scrape_http import ScrapeSession
 
 SCOPE = "telemetry-relay/prometheus"

@@ -333,7 +333,7 @@ def test_hostile_input_to_the_parsers(body: bytes) -> None:
         pass
 
 
-_MAPS = __import__("relay.sources.mapping", fromlist=["load"]).load(["kafka", "jvm"])
+_MAPS = __import__("relay.mapping", fromlist=["load"]).load(["kafka", "jvm"])
 
 
 def test_hostile_input_to_a_running_receiver(tmp_path: Path) -> None:

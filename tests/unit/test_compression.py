@@ -6,7 +6,7 @@ import os
 import pytest
 import zstandard
 
-from relay.export.compression import BadEncoding, BodyTooLarge, compress, decompress
+from relay.compression import BadEncoding, BodyTooLarge, compress, decompress
 
 
 @pytest.mark.parametrize("encoding", ["zstd", "gzip", "none"])

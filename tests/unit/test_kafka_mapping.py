@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
+from relay import mapping
 from relay.otlp import attributes_dict, count_items
 from relay.schema import SchemaError
-from relay.sources import mapping
 from relay.sources.jolokia import JolokiaError, bulk_request, map_response
 from relay.sources.prometheus import ExpositionError, map_exposition
 
@@ -267,6 +267,68 @@ def test_rule_files_are_validated_strictly(tmp_path: Path) -> None:
         mapping.load(["bad2"], tmp_path)
     with pytest.raises(SchemaError, match="no mapping file 'nope'"):
         mapping.load(["nope"], tmp_path)
+
+
+@pytest.mark.parametrize("broken", ["yaml", "unknown_key"])
+def test_check_config_refuses_a_broken_rule_file_with_its_path_and_line(tmp_path: Path, broken: str) -> None:
+    """The rule files are validated when the config is, so check-config (and a reload) catch them."""
+    import subprocess
+
+    from tests.procs import CLI
+
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "mine.yaml").write_text({
+        "yaml": "service_name: x\njolokia:\n  - bean: kafka.server:type=X\n    mapping:\n"
+                "      Value: {metric: x\n  - bean: kafka.server:type=Y\n",
+        "unknown_key": "service_name: x\njolokia:\n  - bean: kafka.server:type=X\n    mapping:\n"
+                       "      Value: {metric: x, typ: gauge}\n",
+    }[broken])
+    config = tmp_path / "relay.yaml"
+    config.write_text(f"state_dir: {tmp_path / 'state'}\nsources:\n  mappings_dir: {rules}\n  jolokia:\n"
+                      "    targets: [{url: 'http://127.0.0.1:8778/jolokia', mappings: [jvm]}]\n"
+                      "  prometheus:\n    targets: [{url: 'http://127.0.0.1:9404/metrics', mappings: [mine]}]\n"
+                      "destinations:\n  - {name: v, endpoint: 'http://127.0.0.1:1'}\n")
+    (rules / "jvm.yaml").write_text((mapping.default_dir() / "jvm.yaml").read_text())
+    p = subprocess.run([*CLI, "check-config", "--config", str(config)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert "Traceback" not in p.stderr
+    expected = {"yaml": f"{rules / 'mine.yaml'}:6: invalid YAML: expected ',' or '}}'",
+                "unknown_key": f"{rules / 'mine.yaml'}:5: jolokia[0].mapping.Value.typ: unknown key"}[broken]
+    assert expected in p.stderr
+    # Valid again, the same config passes: what failed was the rule file.
+    (rules / "mine.yaml").write_text("service_name: x\nprometheus:\n  - {series: [up], metric: up}\n")
+    p = subprocess.run([*CLI, "check-config", "--config", str(config)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_a_missing_rule_file_is_named_once_at_the_config_line(tmp_path: Path) -> None:
+    from relay import config
+
+    text = (f"sources:\n  mappings_dir: {mapping.default_dir()}\n  jolokia:\n    targets:\n"
+            "      - {url: 'http://127.0.0.1:8778/jolokia', mappings: [kafka, nope]}\n"
+            "destinations:\n  - {name: v, endpoint: 'http://127.0.0.1:1'}\n")
+    with pytest.raises(SchemaError) as e:
+        config.loads(text, "relay.yaml")
+    assert str(e.value) == (f"relay.yaml:5: sources.jolokia.targets[0].mappings: no mapping file 'nope' in "
+                            f"{mapping.default_dir()} (available: jvm, kafka, kraft, zookeeper)")
+    with pytest.raises(SchemaError) as e:
+        mapping.load(["nope"])
+    assert e.value.message == (f"no mapping file 'nope' in {mapping.default_dir()} "
+                               "(available: jvm, kafka, kraft, zookeeper)")
+
+
+def test_an_edited_rule_file_is_read_afresh(tmp_path: Path) -> None:
+    """Rule files are parsed once per content (config and sources both load them): an edit of
+    the same size, right after, must still be seen."""
+    rules = tmp_path / "r.yaml"
+    rules.write_text("service_name: x\nprometheus:\n  - {series: [up], metric: aaa}\n")
+    assert mapping.load(["r"], tmp_path).prometheus["up"][0].metric == "aaa"
+    rules.write_text("service_name: x\nprometheus:\n  - {series: [up], metric: bbb}\n")
+    assert mapping.load(["r"], tmp_path).prometheus["up"][0].metric == "bbb"
+    rules.write_text("service_name: x\nprometheus:\n  - {series: [up], metric: ccc, typo: 1}\n")
+    with pytest.raises(SchemaError, match=r"r.yaml:3: prometheus\[0\].typo: unknown key"):
+        mapping.load(["r"], tmp_path)
 
 
 def test_every_shipped_rule_file_loads_and_names_are_unique_per_type() -> None:

@@ -12,11 +12,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from relay import mapping
 from relay.otlp import SIGNAL_INFO, MetricsBuilder, attributes_dict, set_attributes
 from relay.policy import Policy, load_policy
 from relay.policy.schema import PolicyFile
 from relay.schema import SchemaError, load_text
-from relay.sources import mapping
 from relay.sources.jolokia import bulk_request, map_response
 
 ROOT = Path(__file__).parents[2]
@@ -322,7 +322,7 @@ def test_a_known_shape_with_a_new_value_is_not_let_through() -> None:
     p = policy(METRIC_POLICY)
     clean = _request([("kafka.bytes", "sum", [(1, {"topic": "orders"}), (2, {"topic": "audit"})])])
     out, _ = p.apply("metrics", clean)
-    assert p.shape_memo, "a metric the policy leaves alone is remembered"
+    assert p.shape_memo.shapes, "a metric the policy leaves alone is remembered"
     assert b"orders" in out
     # Same metric, same keys, one value now an email: a different shape, so the engine sees it.
     leaky = _request([("kafka.bytes", "sum", [(1, {"topic": "orders"}), (2, {"topic": "ann@corp.example.com"})])])
@@ -335,7 +335,7 @@ def test_the_memo_does_not_outlive_its_policy() -> None:
     body = _request([("kafka.bytes", "sum", [(1, {"topic": "x@y.example.com"})])])
     keep_all = policy("version: 1\nresource_attributes: {default: keep}\nattributes: {default: keep}\n")
     assert b"x@y.example.com" in keep_all.apply("metrics", body)[0]
-    assert keep_all.shape_memo
+    assert keep_all.shape_memo.shapes
     tightened = policy(METRIC_POLICY)  # what a reload builds: a new Policy, an empty memo
     assert b"x@y.example.com" not in tightened.apply("metrics", body)[0]
 
@@ -389,10 +389,10 @@ def test_encodings_the_walk_does_not_take_apart_go_to_the_full_engine() -> None:
     from google.protobuf.message import DecodeError
     from opentelemetry.proto.resource.v1 import resource_pb2
 
-    from relay.policy import shapes
+    from relay import wire
 
     def field(n: int, payload: bytes) -> bytes:
-        return shapes._encode_varint(n << 3 | 2) + shapes._encode_varint(len(payload)) + payload
+        return wire.encode_varint(n << 3 | 2) + wire.encode_varint(len(payload)) + payload
 
     p = policy(METRIC_POLICY)
     body = _request([("kafka.bytes", "sum", [(1, {"topic": "orders", "user": "ann"})])])
@@ -453,3 +453,46 @@ def test_what_the_fast_path_copies_is_still_checked_like_the_full_parser_would()
         SIGNAL_INFO["metrics"].request().ParseFromString(bad)
     with pytest.raises(DecodeError):
         p.apply("metrics", bad)
+
+
+def test_the_wire_walk_splits_fields_and_refuses_what_it_does_not_take_apart() -> None:
+    from opentelemetry.proto.resource.v1 import resource_pb2
+
+    from relay import wire
+
+    res = resource_pb2.Resource(dropped_attributes_count=300)
+    set_attributes(res.attributes, {"a": "x" * 200, "b": "y"})
+    raw = res.SerializeToString()
+    parts = list(wire.fields(memoryview(raw), (1,)))
+    assert [f for f, _, _ in parts] == [1, 1, 2]
+    assert b"".join(bytes(whole) for _, whole, _ in parts) == raw  # nothing lost, nothing added
+    out: list[bytes | memoryview] = []
+    for f, _, value in parts[:2]:
+        wire.emit(out, f, [value])
+    assert resource_pb2.Resource.FromString(b"".join(out)).attributes == res.attributes
+    assert wire.varint(memoryview(wire.encode_varint(300)), 0) == (300, 2)
+    # A truncated varint, a value longer than what is left, field number 0, a group, and field 1
+    # as a varint where it must be length-delimited.
+    for bad in (raw[:-1], b"\x0a\x05abc", b"\x00\x01", b"\x1b\x0c", wire.encode_varint(1 << 3 | 0) + b"\x01"):
+        with pytest.raises(wire.Malformed):
+            list(wire.fields(memoryview(bad), (1,)))
+
+
+def test_the_fast_path_memo_stays_bounded_under_a_flood(monkeypatch: pytest.MonkeyPatch) -> None:
+    from relay.policy import shapes
+
+    # Small bounds, so that a short flood crosses each of them several times.
+    monkeypatch.setattr(shapes, "_RESOURCES_LIMIT", 30)
+    monkeypatch.setattr(shapes, "_VALIDATED_LIMIT", 30)
+    monkeypatch.setattr(shapes, "_SHAPE_MEMO_BYTES", 2_000)
+    p = policy(METRIC_POLICY)
+    for i in range(200):  # a new resource, scope and metric shape every time
+        b = MetricsBuilder({"service.name": "app", "host.name": f"h{i}"}, f"scope-{i}")
+        b.point(b.gauge(f"m{i}", "1"), 1, 1_000, 1, {"topic": f"t{i}"})
+        body = b.finish().SerializeToString()
+        out, _ = p.apply("metrics", body)
+        assert _parsed(out) == _full_engine(policy(METRIC_POLICY), body)[0]
+    memo = p.shape_memo
+    assert 0 < len(memo.resources) <= 30
+    assert 0 < len(memo.validated_context) <= 30
+    assert memo.shapes and sum(map(len, memo.shapes)) <= 2_000

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from http_message_signatures import HTTPMessageSigner, algorithms
 
-from relay.export.compression import compress
+from relay.compression import compress
 from relay.export.signing import Message, Signer, SigningKey, content_digest, key_id
 from relay.otlp import MetricsBuilder
 from tests.unit.test_signing import RFC_PRIVATE

@@ -1,7 +1,8 @@
 """Body compression for outgoing requests, and bounded decompression for incoming ones.
 
 Owns: the zstd/gzip codecs and the guard against decompression bombs (output is
-capped while streaming, never inflated in full first).
+capped while streaming, never inflated in full first). Shared by the OTLP receiver and the
+vendor ingest (decoding), the shipper (encoding) and the outbox (decoding what was sent, to show it).
 """
 
 from __future__ import annotations
