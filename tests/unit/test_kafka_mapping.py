@@ -276,6 +276,8 @@ def test_check_config_refuses_a_broken_rule_file_with_its_path_and_line(tmp_path
 
     from tests.procs import CLI
 
+    DEFAULT_POLICY = Path(__file__).parents[2] / "configs" / "policy.yaml"
+
     rules = tmp_path / "rules"
     rules.mkdir()
     (rules / "mine.yaml").write_text({
@@ -285,7 +287,9 @@ def test_check_config_refuses_a_broken_rule_file_with_its_path_and_line(tmp_path
                        "      Value: {metric: x, typ: gauge}\n",
     }[broken])
     config = tmp_path / "relay.yaml"
-    config.write_text(f"state_dir: {tmp_path / 'state'}\nsources:\n  mappings_dir: {rules}\n  jolokia:\n"
+    # The shipped default policy, so the only thing check-config can refuse is the rule file.
+    config.write_text(f"state_dir: {tmp_path / 'state'}\npolicy: {{file: {DEFAULT_POLICY}}}\n"
+                      f"sources:\n  mappings_dir: {rules}\n  jolokia:\n"
                       "    targets: [{url: 'http://127.0.0.1:8778/jolokia', mappings: [jvm]}]\n"
                       "  prometheus:\n    targets: [{url: 'http://127.0.0.1:9404/metrics', mappings: [mine]}]\n"
                       "destinations:\n  - {name: v, endpoint: 'http://127.0.0.1:1'}\n")
