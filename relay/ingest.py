@@ -22,10 +22,12 @@ from aiohttp import web
 from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, status_pb2
 
+from relay.config import ListenerTLSSettings
 from relay.export.compression import BadEncoding, BodyTooLarge, decompress
 from relay.export.signing import Rejected, Verifier
 from relay.otlp import SIGNAL_INFO, SIGNALS, Signal, count_items, to_json_dict
 from relay.schema import split_host_port
+from relay.tls import server_context
 
 log = logging.getLogger("relay.ingest")
 
@@ -156,13 +158,7 @@ def _append(path: Path, line: str) -> None:
 
 def server_tls(cert: str, key: str, client_ca: str | None) -> ssl.SSLContext:
     """TLS for the ingest listener; with client_ca, a client certificate is required (mTLS)."""
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cert, key)
-    if client_ca:
-        ctx.load_verify_locations(client_ca)
-        ctx.verify_mode = ssl.CERT_REQUIRED
-    return ctx
+    return server_context(ListenerTLSSettings(cert, key, client_ca))
 
 
 async def serve(listen: str, ingest: Ingest, stop: asyncio.Event, tls: ssl.SSLContext | None = None) -> None:
