@@ -1,18 +1,24 @@
 """The TLS contexts of relay/tls.py, proved by real handshakes on loopback: CA pinning,
-verification on by default and off only when asked, the minimum version, and mutual TLS."""
+verification on by default and off only when asked, the minimum version, mutual TLS, and
+the scrapes' use of the client context."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
 import threading
 from pathlib import Path
 
+import aiohttp
 import pytest
+from aiohttp import web
 
 from relay.config import ListenerTLSSettings, TLSSettings
+from relay.sources.scrape_http import ScrapeSession
 from relay.tls import client_context, server_context
 from tests.certs import PKI, Pair
+from tests.procs import free_port
 
 
 def handshake(server: ssl.SSLContext, client: ssl.SSLContext) -> str | None:
@@ -117,3 +123,32 @@ def test_without_a_client_ca_the_server_asks_for_no_certificate(pki: PKI, server
 def test_a_listener_needs_its_certificate_and_key() -> None:
     with pytest.raises(ValueError, match="cert_file and key_file"):
         server_context(ListenerTLSSettings())
+
+
+def test_scrapes_over_https_trust_their_pinned_ca_or_skip_verification_only_when_asked(
+        pki: PKI, server_pair: Pair) -> None:
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(text="up 1\n")
+
+    async def main() -> list[str]:
+        app = web.Application()
+        app.router.add_get("/metrics", metrics)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port, ssl_context=listener(server_pair)).start()
+        url = f"https://127.0.0.1:{port}/metrics"
+        results = []
+        for session in (ScrapeSession(url, 5, ca_file=str(pki.ca.cert)), ScrapeSession(url, 5),
+                        ScrapeSession(url, 5, insecure_skip_verify=True)):
+            try:
+                async with session.get().get(url) as resp:
+                    results.append(await resp.text())
+            except aiohttp.ClientConnectorCertificateError:
+                results.append("refused")
+            finally:
+                await session.close()
+        await runner.cleanup()
+        return results
+
+    assert asyncio.run(main()) == ["up 1\n", "refused", "up 1\n"]
