@@ -233,7 +233,6 @@ class Shipper:
                     await self._undecodable(lease)
                     return
                 if prepared.nothing_left:
-                    assert prepared.outcome is not None
                     self._count_redactions(prepared.outcome)
                     return  # counted per rule, and nothing to send
             await self._rate_limit(len(prepared.wire))
@@ -350,14 +349,13 @@ class Shipper:
     def _record_sent(self, signal: Signal, prepared: PreparedRequest) -> None:
         """The batch left the host, whatever the destination then made of it: count what the
         policy did to it, and keep it in the outbox for review."""
-        if prepared.outcome is not None:
-            self._count_redactions(prepared.outcome)
+        self._count_redactions(prepared.outcome)
         if self.outbox is not None:
             self.outbox.add(self.name, signal, len(prepared.body), prepared.wire, prepared.encoding,
                             prepared.policy_sha)
 
-    def _count_redactions(self, outcome: Outcome) -> None:
-        for (rule, action), n in outcome.counts.items():
+    def _count_redactions(self, outcome: Outcome | None) -> None:
+        for (rule, action), n in (outcome.counts.items() if outcome else ()):
             self.stats.redactions.labels(self.name, rule, action).inc(n)
 
     def _record_failure(self, reason: str, detail: str, retry: bool = True) -> None:
