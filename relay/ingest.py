@@ -155,17 +155,6 @@ def _append(path: Path, line: str) -> None:
         f.flush()
 
 
-def server_tls(cert: str, key: str, client_ca: str | None) -> ssl.SSLContext:
-    """TLS for the ingest listener; with client_ca, a client certificate is required (mTLS)."""
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cert, key)
-    if client_ca:
-        ctx.load_verify_locations(client_ca)
-        ctx.verify_mode = ssl.CERT_REQUIRED
-    return ctx
-
-
 async def serve(listen: str, ingest: Ingest, stop: asyncio.Event, tls: ssl.SSLContext | None = None) -> None:
     runner = web.AppRunner(ingest.app(), access_log=None)
     await runner.setup()

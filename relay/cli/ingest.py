@@ -45,9 +45,11 @@ def run(args: argparse.Namespace) -> int:
     if args.tls_cert or args.tls_key:
         if not (args.tls_cert and args.tls_key):
             raise SchemaError("command line", None, "--tls-cert", "--tls-cert and --tls-key go together")
-        from relay.ingest import server_tls
+        from relay.config import ListenerTLSSettings
+        from relay.tls import server_context
 
-        tls = server_tls(args.tls_cert, args.tls_key, args.client_ca)
+        # With --client-ca, a client certificate is required (mTLS).
+        tls = server_context(ListenerTLSSettings(args.tls_cert, args.tls_key, args.client_ca))
     ingest = Ingest(None if args.no_store else args.store, api_key, max_body, verifier)
 
     async def serve_until_signalled() -> None:

@@ -1,19 +1,19 @@
 """Shipper: moves spooled requests to one destination over OTLP/HTTP.
 
-Owns: per destination and signal, leasing the oldest spooled entries, merging them by
-byte concatenation up to max_request_bytes, compressing once, POSTing, and then
-acknowledging in order. Retries 429/502/503/504, 401/403 and connection errors forever
-with capped, fully jittered exponential backoff (honouring Retry-After): no retry
-deadline ever drops data. A 413 splits the batch; other 4xx/5xx dead-letter it.
+Owns: per destination and signal, a worker that leases the oldest spooled entries (up to
+max_request_bytes), has them prepared (export/prepare.py; again only if the policy changes),
+POSTs them, acts on the verdict (export/response.py) and acknowledges strictly in order;
+pacing (linger, max_bytes_per_second), backoff, supervision and the destination's status.
+429/502/503/504, 401/403/407 and connection errors are retried forever with capped, fully
+jittered exponential backoff (honouring Retry-After): no retry deadline ever drops data.
+A 413 splits the batch; other 4xx/5xx dead-letter it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
 import random
-import ssl
 import time
 import urllib.parse
 import urllib.request
@@ -24,28 +24,23 @@ from typing import Any
 import aiohttp
 from google.protobuf.message import DecodeError
 
-from relay import __version__
-from relay.compression import compress
 from relay.config import DestinationSettings
 from relay.export.outbox import Outbox
-from relay.export.signing import Signer, content_digest
+from relay.export.prepare import PreparedRequest, prepare
+from relay.export.response import Accepted, Reject, Retry, Split, Verdict, classify, classify_error
+from relay.export.signing import Signer
 from relay.otlp import SIGNAL_INFO, Signal
-from relay.policy import Outcome, Policy, PolicyHolder
+from relay.policy import Outcome, PolicyHolder
 from relay.secrets import redact
 from relay.spool import Lease, Spool
 from relay.stats import Stats
+from relay.tls import client_context
 
 log = logging.getLogger("relay.export")
 
-RETRYABLE = {429, 502, 503, 504}
-# Credentials the vendor refuses are an operator problem to fix, not a reason to throw
-# the backlog away: keep it and retry, and say so in /readyz.
-RETRY_AUTH = {401, 403, 407}
-THREAD_COMPRESS_BYTES = 64 * 1024
-
 
 class _Stopping(Exception):
-    """Raised inside a delivery when shutdown abandons its backoff."""
+    """Raised inside a delivery when shutdown abandons it (the batch stays spooled)."""
 
 
 @dataclass
@@ -60,20 +55,6 @@ class DestinationState:
     consecutive_failures: int = 0
     backoff_until: float | None = None
     in_flight: int = 0
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - now)
 
 
 class Shipper:
@@ -103,21 +84,20 @@ class Shipper:
     def name(self) -> str:
         return self.settings.name
 
-    def _ssl_context(self) -> ssl.SSLContext:
-        tls = self.settings.tls
-        # With ca_file only that bundle is trusted (a pinned private CA); else the system store.
-        ctx = ssl.create_default_context(cafile=tls.ca_file)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if tls.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
-        if tls.client_cert_file and tls.client_key_file:
-            ctx.load_cert_chain(tls.client_cert_file, tls.client_key_file)
-        if tls.insecure_skip_verify:
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-            log.warning(
-                "%s: TLS CERTIFICATE VERIFICATION IS OFF (tls.insecure_skip_verify): anyone on the path can "
-                "read and alter what this relay sends", self.name,
-            )
-        return ctx
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.settings.tls.insecure_skip_verify:
+            log.warning("%s: TLS CERTIFICATE VERIFICATION IS OFF (tls.insecure_skip_verify): anyone on the path "
+                        "can read and alter what this relay sends", self.name)
+        timeout = aiohttp.ClientTimeout(total=self.settings.timeout)
+        connector = aiohttp.TCPConnector(limit=self.settings.in_flight * 3 + 2, ssl=client_context(self.settings.tls))
+        # trust_env: HTTPS_PROXY / NO_PROXY apply when no explicit proxy_url is configured.
+        self._session = aiohttp.ClientSession(timeout=timeout, connector=connector, trust_env=True)
+        self._proxy_url, self._proxy_auth = self._proxy()
+        self.spool.add_listener(self._on_data)
+        for signal in self.spool.signals():
+            self._start_worker(signal)
 
     def _proxy(self) -> tuple[str | None, aiohttp.BasicAuth | None]:
         """The explicit proxy for this destination, unless NO_PROXY exempts its host."""
@@ -130,15 +110,30 @@ class Shipper:
             auth = aiohttp.BasicAuth(self.settings.proxy_username, self.proxy_password or "")
         return url, auth
 
-    async def start(self) -> None:
-        timeout = aiohttp.ClientTimeout(total=self.settings.timeout)
-        connector = aiohttp.TCPConnector(limit=self.settings.in_flight * 3 + 2, ssl=self._ssl_context())
-        # trust_env: HTTPS_PROXY / NO_PROXY apply when no explicit proxy_url is configured.
-        self._session = aiohttp.ClientSession(timeout=timeout, connector=connector, trust_env=True)
-        self._proxy_url, self._proxy_auth = self._proxy()
-        self.spool.add_listener(self._on_data)
-        for signal in self.spool.signals():
-            self._start_worker(signal)
+    async def stop(self) -> None:
+        """Stop leasing; let requests on the wire finish within shutdown_timeout, then abandon.
+        Nothing is lost: unacknowledged entries stay in the spool."""
+        self._stopping.set()
+        for ev in self._data.values():
+            ev.set()
+        tasks = list(self._workers.values())
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self.shutdown_timeout)
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._session:
+            await self._session.close()
+
+    async def _sleep_unless_stopping(self, seconds: float) -> bool:
+        """Sleep for seconds; False, at once, when shutdown begins instead."""
+        try:
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+        except TimeoutError:
+            return True
+        return False
+
+    # -- the per-signal worker ---------------------------------------------------------------------
 
     def _on_data(self, signal: Signal) -> None:
         if self._stopping.is_set():
@@ -156,54 +151,35 @@ class Shipper:
         """Keep a worker alive: a bug or a disk error must not stop shipping for good."""
         while not self._stopping.is_set():
             try:
-                await self._run(signal)
+                await self._ship_signal(signal)
                 return
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                self._failed("internal", f"internal error: {e.__class__.__name__}: {e}", 0)
+                self._record_failure("internal", f"internal error: {e.__class__.__name__}: {e}")
                 log.exception("%s: %s worker failed; restarting it (nothing is lost: data stays spooled)",
                               self.name, signal)
-                try:
-                    await asyncio.wait_for(self._stopping.wait(), timeout=1.0)
-                except TimeoutError:
-                    pass
+                await self._sleep_unless_stopping(1.0)
 
-    async def stop(self) -> None:
-        """Stop leasing; let requests on the wire finish within shutdown_timeout, then abandon.
-        Nothing is lost: unacknowledged entries stay in the spool."""
-        self._stopping.set()
-        for ev in self._data.values():
-            ev.set()
-        tasks = list(self._workers.values())
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=self.shutdown_timeout)
-            for t in pending:
-                t.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-        if self._session:
-            await self._session.close()
-
-    # -- the per-signal worker ---------------------------------------------------------------------
-
-    async def _run(self, signal: Signal) -> None:
+    async def _ship_signal(self, signal: Signal) -> None:
+        """Lease, deliver up to in_flight batches at once, and acknowledge them in order."""
         inflight: deque[tuple[Lease, asyncio.Task[None]]] = deque()
         after = self.spool.cursor(self.name, signal)
         data = self._data[signal]
         try:
             while True:
                 # Fail closed: without a valid redaction policy nothing is prepared for sending.
-                while self.policy is not None and self.policy.current is None and not self._stopping.is_set():
-                    try:
-                        await asyncio.wait_for(self._stopping.wait(), timeout=1.0)
-                    except TimeoutError:
-                        pass
+                while self._no_policy() and await self._sleep_unless_stopping(1.0):
+                    pass
                 while not self._stopping.is_set() and len(inflight) < self.settings.in_flight:
                     lease = await self.spool.lease(self.name, signal, after, self.settings.max_request_bytes)
                     if lease is None:
                         break
                     after = lease.last
-                    inflight.append((lease, asyncio.create_task(self._deliver(lease))))
+                    task = asyncio.create_task(self._deliver(lease))
+                    self.state.in_flight += 1  # until the delivery ends, however it ends
+                    task.add_done_callback(self._delivery_ended)
+                    inflight.append((lease, task))
                 if not inflight:
                     if self._stopping.is_set():
                         return
@@ -215,10 +191,7 @@ class Shipper:
                     # New data after an empty queue: let more arrive, so that a steady trickle
                     # of pushes leaves in a few requests a second (a backlog never waits here).
                     if self.settings.linger > 0:
-                        try:
-                            await asyncio.wait_for(self._stopping.wait(), timeout=self.settings.linger)
-                        except TimeoutError:
-                            pass
+                        await self._sleep_unless_stopping(self.settings.linger)
                     continue
                 # Acknowledge strictly in order, so the cursor never passes an unsent entry.
                 lease, task = inflight[0]
@@ -231,81 +204,84 @@ class Shipper:
         finally:
             for _, task in inflight:
                 task.cancel()
-            self.state.in_flight = 0
+
+    def _delivery_ended(self, _: asyncio.Task[None]) -> None:
+        self.state.in_flight -= 1
+
+    def _no_policy(self) -> bool:
+        """Configured with a redaction policy, but none is valid now: nothing may ship."""
+        return self.policy is not None and self.policy.current is None
+
+    # -- one delivery ------------------------------------------------------------------------------
 
     async def _deliver(self, lease: Lease) -> None:
-        """Deliver one lease: returns once it was accepted or dead-lettered."""
-        self.state.in_flight += 1
-        try:
-            await self._deliver_entries(lease)
-        finally:
-            self.state.in_flight -= 1
-
-    def _prepare(self, lease: Lease, policy: Policy | None) -> tuple[bytes, bytes, Outcome | None]:
-        """Merge, redact and compress one batch: (redacted body, wire bytes, policy outcome)."""
-        body = b"".join(e.payload for e in lease.entries)
-        outcome = None
-        if policy is not None:
-            body, outcome = policy.apply(lease.signal, body)
-        return body, compress(body, self.settings.compression), outcome
-
-    async def _deliver_entries(self, lease: Lease) -> None:
+        """Deliver one lease: returns once it was accepted, dead-lettered or redacted to nothing;
+        raises _Stopping when shutdown abandons it."""
         attempt = 0
-        prepared: tuple[bytes, bytes, Outcome | None, str | None] | None = None
-        prepared_for: Policy | None = None
+        prepared: PreparedRequest | None = None
         while True:
-            policy = self.policy.current if self.policy else None
-            if self.policy is not None and policy is None:
+            if self._no_policy():
                 raise _Stopping()  # the policy went away under us: leave the batch in the spool
-            if prepared is None or policy is not prepared_for:
+            policy = self.policy.current if self.policy else None
+            if prepared is None or policy is not prepared.policy:
                 # First attempt, or the policy changed while this batch waited to be retried:
                 # prepare it afresh, so a tightened policy covers batches already in retry too.
                 try:
-                    if sum(len(e.payload) for e in lease.entries) >= THREAD_COMPRESS_BYTES:
-                        body, wire, outcome = await asyncio.to_thread(self._prepare, lease, policy)
-                    else:
-                        body, wire, outcome = self._prepare(lease, policy)
+                    prepared = await prepare(lease.signal, [e.payload for e in lease.entries], policy,
+                                             self.settings.compression, sign=self.signer is not None)
                 except DecodeError:
                     await self._undecodable(lease)
                     return
-                prepared = (body, wire, outcome, content_digest(wire) if self.signer else None)
-                prepared_for = policy
-                if outcome is not None and outcome.items_out == 0:
-                    self._count_redactions(outcome)
-                    return  # the policy let nothing of this batch out: done, counted per rule
-            body, wire, outcome, digest = prepared
-            await self._rate_limit(len(wire))
-            policy_sha = policy.sha256 if policy else None
-            result, delay = await self._attempt(lease, wire, digest, attempt, policy_sha)
-            if result == "done":
-                if outcome is not None:
-                    self._count_redactions(outcome)
-                if self.outbox is not None:
-                    self.outbox.add(self.name, lease.signal, len(body), wire, self.settings.compression, policy_sha)
-                return
-            if result == "split":
-                for part in lease.halves():
-                    await self._deliver_entries(part)
-                return
-            attempt += 1
-            self.state.backoff_until = time.time() + delay
-            try:
-                await asyncio.wait_for(self._stopping.wait(), timeout=delay)
-            except TimeoutError:
+                if prepared.nothing_left:
+                    self._count_redactions(prepared.outcome)
+                    return  # counted per rule, and nothing to send
+            await self._rate_limit(len(prepared.wire))
+            verdict = await self._post(lease, prepared)
+            if isinstance(verdict, Retry):
+                self._record_failure(verdict.reason, verdict.detail)
+                await self._back_off(attempt, verdict.after)
+                attempt += 1
                 continue
-            finally:
-                self.state.backoff_until = None
-            raise _Stopping()
+            if isinstance(verdict, Split):
+                log.warning("%s: HTTP 413 for %d entries; splitting the batch", self.name, len(lease.entries))
+                await self._deliver_halves(lease)
+                return
+            if isinstance(verdict, Accepted):
+                self._accepted(lease, prepared, verdict)
+            else:
+                await self._dead_letter(lease, verdict)
+            self._record_sent(lease.signal, prepared)
+            return
+
+    async def _back_off(self, attempt: int, retry_after: float | None) -> None:
+        """Wait before the next attempt: as long as the destination asked (capped), else the
+        jittered backoff; raises _Stopping when shutdown begins."""
+        r = self.settings.retry
+        if retry_after is not None:
+            delay = min(retry_after, r.max_retry_after)
+        else:
+            cap = min(r.max_backoff, r.initial_backoff * (r.multiplier ** min(attempt, 60)))
+            delay = random.uniform(r.initial_backoff / 2, cap)  # full jitter, with a small floor
+        self.state.backoff_until = time.time() + delay
+        try:
+            if not await self._sleep_unless_stopping(delay):
+                raise _Stopping()
+        finally:
+            self.state.backoff_until = None
+
+    async def _deliver_halves(self, lease: Lease) -> None:
+        """Deliver a batch as two halves, one after the other (each may be halved again)."""
+        for part in lease.halves():
+            await self._deliver(part)
 
     async def _undecodable(self, lease: Lease) -> None:
         """A spooled entry that is not valid OTLP (a damaged disk, say) must not block the queue:
         halve the batch until the bad entries stand alone, and move those to dead-letter."""
         if len(lease.entries) > 1:
-            for part in lease.halves():
-                await self._deliver_entries(part)
+            await self._deliver_halves(lease)
             return
         reason = "spooled entry is not a valid OTLP protobuf request (damaged on disk?)"
-        self._failed("undecodable", reason, 0, retry=False)
+        self._record_failure("undecodable", reason, retry=False)
         log.error("%s: %s entry %d: %s; moved to dead-letter", self.name, lease.signal, lease.first, reason)
         await self.spool.dead_letter(self.name, lease, 0, reason)
 
@@ -317,122 +293,72 @@ class Shipper:
         now = time.monotonic()
         start = max(now, self._rate_next)
         self._rate_next = start + nbytes / rate
-        if start > now:
-            try:
-                await asyncio.wait_for(self._stopping.wait(), timeout=start - now)
-            except TimeoutError:
-                return
+        if start > now and not await self._sleep_unless_stopping(start - now):
             raise _Stopping()
 
-    def _count_redactions(self, outcome: Outcome) -> None:
-        for (rule, action), n in outcome.counts.items():
-            self.stats.redactions.labels(self.name, rule, action).inc(n)
+    async def _post(self, lease: Lease, prepared: PreparedRequest) -> Verdict:
+        """One attempt: sign, POST, and the verdict on what came back."""
+        assert self._session is not None
+        url = self.settings.endpoint + SIGNAL_INFO[lease.signal].path
+        self.state.last_attempt = start = time.time()
+        try:
+            async with self._session.post(
+                url, data=prepared.wire, headers=self._headers(url, prepared),
+                proxy=self._proxy_url, proxy_auth=self._proxy_auth,
+            ) as resp:
+                status, headers, body = resp.status, resp.headers, await resp.read()
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            https_without_cert = url.startswith("https:") and not self.settings.tls.client_cert_file
+            return classify_error(e, client_cert_may_be_missing=https_without_cert)
+        self.stats.export_latency.labels(self.name).observe(time.time() - start)
+        return classify(status, headers, body, lease.signal, can_split=len(lease.entries) > 1)
 
-    def _headers(self, url: str, digest: str | None, policy_sha: str | None = None) -> dict[str, str]:
-        h = {
-            "Content-Type": "application/x-protobuf",
-            "User-Agent": f"telemetry-relay/{__version__}",
-        }
-        if self.settings.compression != "none":
-            h["Content-Encoding"] = self.settings.compression
+    def _headers(self, url: str, prepared: PreparedRequest) -> dict[str, str]:
+        h = prepared.headers()
         if self.api_key:
             h["Authorization"] = f"Bearer {self.api_key}"
-        if policy_sha:
-            # Provenance: which policy this body passed through; covered by the signature.
-            h["X-Relay-Policy-SHA256"] = policy_sha
-        if self.signer and digest:
-            h["Content-Digest"] = digest
+        if self.signer and prepared.digest:
+            # Signed per attempt: the replay window needs a fresh `created` and nonce.
             self.signer.sign("POST", url, h)
         return h
 
-    def _backoff(self, attempt: int) -> float:
-        r = self.settings.retry
-        cap = min(r.max_backoff, r.initial_backoff * (r.multiplier ** min(attempt, 60)))
-        return random.uniform(r.initial_backoff / 2, cap)  # full jitter, with a small floor
+    # -- bookkeeping -------------------------------------------------------------------------------
 
-    async def _attempt(self, lease: Lease, wire: bytes, digest: str | None, attempt: int,
-                       policy_sha: str | None = None) -> tuple[str, float]:
-        """One POST. Returns ('done'|'split'|'retry', delay before the retry)."""
-        assert self._session is not None
-        url = self.settings.endpoint + SIGNAL_INFO[lease.signal].path
-        st = self.state
-        st.last_attempt = start = time.time()
-        try:
-            async with self._session.post(
-                url, data=wire, headers=self._headers(url, digest, policy_sha), proxy=self._proxy_url,
-                proxy_auth=self._proxy_auth,
-            ) as resp:
-                status = resp.status
-                text = await resp.read()
-                retry_after = resp.headers.get("Retry-After")
-        except (aiohttp.ClientError, TimeoutError, OSError) as e:
-            reason, detail = _classify(e)
-            dropped = isinstance(e, aiohttp.ServerDisconnectedError) or (
-                isinstance(e, aiohttp.ClientOSError) and not isinstance(e, aiohttp.ClientConnectorError)
-            ) or "CERTIFICATE_REQUIRED" in str(e).upper()
-            if dropped and url.startswith("https:") and not self.settings.tls.client_cert_file:
-                # TLS 1.3 reports a missing client certificate only as a dropped or reset connection.
-                detail += " (if the server requires a client certificate, set tls.client_cert_file)"
-            return "retry", self._failed(reason, detail, attempt)
-        self.stats.export_latency.labels(self.name).observe(time.time() - start)
-
-        if 200 <= status < 300:
-            self._succeeded(lease, wire, text)
-            return "done", 0.0
-        detail = f"HTTP {status}: {_excerpt(text)}"
-        if status in RETRYABLE or status in RETRY_AUTH:
-            delay = self._failed(f"http_{status}", detail, attempt)
-            ra = parse_retry_after(retry_after, time.time())
-            if ra is not None and status in (429, 503):
-                delay = min(ra, self.settings.retry.max_retry_after)
-                st.last_error = f"{detail} (Retry-After {ra:g}s)"
-            return "retry", delay
-        if status == 413 and len(lease.entries) > 1:
-            log.warning("%s: HTTP 413 for %d entries; splitting the batch", self.name, len(lease.entries))
-            return "split", 0.0
-        # A permanent rejection: keep the batch aside with the reason, and move on.
-        self._failed(f"http_{status}", detail, attempt, retry=False)
-        log.error(
-            "%s: %s permanently rejected %d %s items; moved to dead-letter",
-            self.name, detail, lease.items, lease.signal,
-        )
-        await self.spool.dead_letter(self.name, lease, status, detail)
-        return "done", 0.0
-
-    def _succeeded(self, lease: Lease, wire: bytes, body: bytes) -> None:
+    def _accepted(self, lease: Lease, prepared: PreparedRequest, verdict: Accepted) -> None:
         st = self.state
         if st.consecutive_failures:
             log.info("%s: export recovered after %d failed attempts", self.name, st.consecutive_failures)
         st.last_success = time.time()
         st.consecutive_failures = 0
-        rejected = self._partial_rejections(lease.signal, body)
-        self.stats.points_shipped.labels(self.name).inc(lease.items - rejected)
+        if verdict.rejected_items or verdict.error_message:
+            self.stats.points_rejected.labels(self.name).inc(verdict.rejected_items)
+            log.warning("%s: destination rejected %d %s items in a partial success: %s",
+                        self.name, verdict.rejected_items, lease.signal, redact(verdict.error_message[:500]))
+        self.stats.points_shipped.labels(self.name).inc(lease.items - verdict.rejected_items)
         self.stats.requests_shipped.labels(self.name).inc()
-        self.stats.bytes_shipped.labels(self.name).inc(len(wire))
+        self.stats.bytes_shipped.labels(self.name).inc(len(prepared.wire))
 
-    def _partial_rejections(self, signal: Signal, body: bytes) -> int:
-        """Count items an OTLP partial_success rejected. They are not retried (per OTLP)."""
-        if not body:
-            return 0
-        resp = SIGNAL_INFO[signal].response()
-        try:
-            resp.ParseFromString(body)
-        except Exception:  # a non-OTLP 2xx body is not our problem to parse
-            return 0
-        if not resp.HasField("partial_success"):
-            return 0
-        ps: Any = resp.partial_success
-        field_name = {"metrics": "rejected_data_points", "logs": "rejected_log_records", "traces": "rejected_spans"}
-        rejected = int(getattr(ps, field_name[signal]))
-        if rejected or ps.error_message:
-            self.stats.points_rejected.labels(self.name).inc(rejected)
-            log.warning(
-                "%s: destination rejected %d %s items in a partial success: %s",
-                self.name, rejected, signal, redact(ps.error_message[:500]),
-            )
-        return rejected
+    async def _dead_letter(self, lease: Lease, verdict: Reject) -> None:
+        """A permanent rejection: keep the batch aside with the reason, and move on."""
+        self._record_failure(f"http_{verdict.status}", verdict.detail, retry=False)
+        log.error("%s: %s permanently rejected %d %s items; moved to dead-letter",
+                  self.name, verdict.detail, lease.items, lease.signal)
+        await self.spool.dead_letter(self.name, lease, verdict.status, verdict.detail)
 
-    def _failed(self, reason: str, detail: str, attempt: int, retry: bool = True) -> float:
+    def _record_sent(self, signal: Signal, prepared: PreparedRequest) -> None:
+        """The batch left the host, whatever the destination then made of it: count what the
+        policy did to it, and keep it in the outbox for review."""
+        self._count_redactions(prepared.outcome)
+        if self.outbox is not None:
+            self.outbox.add(self.name, signal, len(prepared.body), prepared.wire, prepared.encoding,
+                            prepared.policy_sha)
+
+    def _count_redactions(self, outcome: Outcome | None) -> None:
+        for (rule, action), n in (outcome.counts.items() if outcome else ()):
+            self.stats.redactions.labels(self.name, rule, action).inc(n)
+
+    def _record_failure(self, reason: str, detail: str, retry: bool = True) -> None:
+        """Log, count and show one failure; with retry, the caller backs off and tries again."""
         st = self.state
         detail = redact(detail)
         first = st.consecutive_failures == 0
@@ -442,11 +368,8 @@ class Shipper:
             self.stats.export_retries.labels(self.name, reason).inc()
             # Log the first failure of a streak and then every 50th, not every retry.
             if first or st.consecutive_failures % 50 == 0:
-                log.warning(
-                    "%s: export failed (%s), will retry (failure %d in a row)",
-                    self.name, detail, st.consecutive_failures,
-                )
-        return self._backoff(attempt)
+                log.warning("%s: export failed (%s), will retry (failure %d in a row)",
+                            self.name, detail, st.consecutive_failures)
 
     def _redactions(self) -> dict[str, dict[str, float]]:
         """Per rule: items and attributes dropped, hashed, masked, merged."""
@@ -521,23 +444,3 @@ def _redact_url(url: str) -> str:
         netloc = "***@" + (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
         url = urllib.parse.urlunsplit(parts._replace(netloc=netloc))
     return redact(url)
-
-
-def _classify(e: BaseException) -> tuple[str, str]:
-    """(retry reason, readable detail) of a failed request."""
-    if isinstance(e, aiohttp.ClientConnectorCertificateError):
-        return "tls", f"TLS certificate verification failed: {e.certificate_error}"
-    if isinstance(e, aiohttp.ClientSSLError):
-        return "tls", f"TLS handshake failed: {e}"
-    if isinstance(e, aiohttp.ClientHttpProxyError):
-        return "proxy", f"proxy refused the tunnel: HTTP {e.status} {e.message}"
-    if isinstance(e, aiohttp.ClientProxyConnectionError):
-        return "proxy", f"cannot reach the proxy: {e}"
-    if isinstance(e, TimeoutError):
-        return "timeout", "request timed out"
-    return "connection", f"{e.__class__.__name__}: {e}"
-
-
-def _excerpt(body: bytes, limit: int = 300) -> str:
-    text = body[:limit].decode("utf-8", "replace").replace("\n", " ").strip()
-    return text + ("..." if len(body) > limit else "") if text else "(empty body)"

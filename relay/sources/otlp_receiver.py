@@ -27,6 +27,7 @@ from relay.schema import split_host_port
 from relay.secrets import redact
 from relay.spool import Spool, SpoolError
 from relay.stats import Stats
+from relay.tls import server_context
 
 log = logging.getLogger("relay.receiver")
 
@@ -66,15 +67,7 @@ class OtlpReceiver:
 
     def _tls(self) -> ssl.SSLContext | None:
         tls = self.settings.tls
-        if not tls.cert_file or not tls.key_file:
-            return None
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.load_cert_chain(tls.cert_file, tls.key_file)
-        if tls.client_ca_file:
-            ctx.load_verify_locations(tls.client_ca_file)
-            ctx.verify_mode = ssl.CERT_REQUIRED
-        return ctx
+        return server_context(tls) if tls.cert_file and tls.key_file else None
 
     async def stop(self) -> None:
         if self._runner:

@@ -7,6 +7,9 @@ import ssl
 
 import aiohttp
 
+from relay.config import TLSSettings
+from relay.tls import client_context
+
 
 class ScrapeSession:
     def __init__(self, url: str, timeout: float, username: str | None = None, password: str | None = None,
@@ -21,11 +24,7 @@ class ScrapeSession:
     def _ssl(self) -> ssl.SSLContext | bool:
         if not self.url.startswith("https:"):
             return True
-        ctx = ssl.create_default_context(cafile=self.ca_file)  # a given CA bundle replaces the system store
-        if self.insecure:
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        return ctx
+        return client_context(TLSSettings(ca_file=self.ca_file, insecure_skip_verify=self.insecure))
 
     def get(self) -> aiohttp.ClientSession:
         """The session, created on first use (inside the event loop)."""
