@@ -24,7 +24,7 @@ from google.rpc import status_pb2
 from http_message_signatures import HTTPMessageSigner, algorithms
 
 from relay import config
-from relay.export.compression import compress
+from relay.compression import compress
 from relay.export.signing import KeyStore, Message, _Keys
 from relay.otlp import MetricsBuilder
 from tests.procs import Ingest, Relay, free_port, relay_config, wait_until

@@ -8,8 +8,8 @@ import threading
 
 import pytest
 from google.protobuf.message import DecodeError
-from relay.export.compression import decompress
 
+from relay.compression import decompress
 from relay.export.prepare import THREAD_PREPARE_BYTES, prepare, prepare_blocking
 from relay.export.signing import content_digest
 from relay.otlp import SIGNAL_INFO, MetricsBuilder, Signal, attributes_dict
