@@ -130,19 +130,12 @@ class Relay:
         return runner
 
     def _signer(self, loaded: LoadedConfig) -> Signer | None:
-        """The signer for the keys in force; creates the first key if there is none."""
+        """The signer for the keys in force (the first key is created if there is none)."""
         s = loaded.config.signing
         if not s.enabled:
             log.warning("request signing is disabled (signing.enabled: false)")
             return None
-        store = KeyStore(key_dir(loaded.config), s.rotation_overlap)
-        if not store.exists():
-            key = store.init()
-            log.warning(
-                "created signing key %s in %s; register its public key with the vendor "
-                "(telemetry-relay keys show)", key.key_id, store.dir,
-            )
-        return Signer(store.active())
+        return Signer(KeyStore(key_dir(loaded.config), s.rotation_overlap).ensure())
 
     def _load_policies(self) -> None:
         """(Re)load every policy file in use; a bad file keeps its last good policy in force."""
