@@ -1,8 +1,8 @@
 """Builds the pipeline from settings and runs it: start, reload (SIGHUP), drain and stop.
 
-Owns: wiring sources -> spool -> shippers, the status server, the maintenance tick
-(age limit, gauges, systemd watchdog and STATUS), and the lifecycle. A reload that
-fails validation leaves the running pipeline untouched.
+Owns: wiring sources -> spool -> shippers (relay.sources.build makes the sources), the
+status server, the maintenance tick (age limit, gauges, systemd watchdog and STATUS),
+and the lifecycle. A reload that fails validation leaves the running pipeline untouched.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import os
 import signal
 import time
 from collections import deque
-from pathlib import Path
 from typing import Any
 
 import psutil
@@ -29,15 +28,10 @@ from relay.identity import base_resource, instance_id
 from relay.policy import PolicyHolder, load_secret
 from relay.schema import SchemaError
 from relay.server import StatusServer
-from relay.sources import mapping
-from relay.sources.base import Source, SourceRunner
-from relay.sources.discovery import Discovered, Discovery
-from relay.sources.host import HostSource
-from relay.sources.internal import InternalSource
-from relay.sources.jolokia import JolokiaSource, JolokiaTarget
+from relay.sources.base import SourceRunner, SourceRunners
+from relay.sources.build import build_sources, sources_for
+from relay.sources.discovery import Discovery
 from relay.sources.otlp_receiver import OtlpReceiver
-from relay.sources.process import ProcessSource
-from relay.sources.prometheus import PrometheusSource, PrometheusTarget
 from relay.spool import Spool
 from relay.stats import Stats
 
@@ -80,55 +74,6 @@ class Relay:
 
     # -- building ----------------------------------------------------------------------------------
 
-    def _sources(self) -> list[Source]:
-        s = self.config.sources
-        out: list[Source] = []
-        if s.host.enabled:
-            out.append(HostSource(s.host.interval, self.resource))
-        if s.internal.enabled:
-            out.append(InternalSource(s.internal.interval, self.resource, self.stats))
-        mdir = Path(s.mappings_dir) if s.mappings_dir else None
-        for t in s.jolokia.targets:
-            target = JolokiaTarget(t.url, t.mappings, t.username, self.loaded.target_passwords.get(t.url),
-                                   t.ca_file, t.insecure_skip_verify)
-            maps = mapping.load(t.mappings, mdir)
-            if t.service_name:
-                maps.service_name = t.service_name
-            out.append(JolokiaSource(target, maps, s.jolokia.interval, s.jolokia.timeout, self.resource))
-        for t in s.prometheus.targets:
-            ptarget = PrometheusTarget(t.url, t.mappings, t.service_name, t.username,
-                                       self.loaded.target_passwords.get(t.url), t.ca_file, t.insecure_skip_verify,
-                                       s.prometheus.passthrough_unmapped)
-            pmaps = mapping.load(t.mappings, mdir) if t.mappings else None
-            out.append(PrometheusSource(ptarget, pmaps, s.prometheus.interval, s.prometheus.timeout, self.resource))
-        return out
-
-    def _discovered_sources(self, d: Discovered) -> list[Source]:
-        """The sources for one JVM that discovery found."""
-        s = self.config.sources
-        mdir = Path(s.mappings_dir) if s.mappings_dir else None
-        maps = mapping.load(d.mappings, mdir)
-        out: list[Source] = []
-        if d.protocol == "jolokia":
-            out.append(JolokiaSource(JolokiaTarget(d.url, d.mappings), maps, s.jolokia.interval, s.jolokia.timeout,
-                                     self.resource, name=f"jolokia pid {d.pid}"))
-        else:
-            target = PrometheusTarget(d.url, d.mappings, passthrough=s.prometheus.passthrough_unmapped)
-            out.append(PrometheusSource(target, maps, s.prometheus.interval, s.prometheus.timeout, self.resource,
-                                        name=f"prometheus pid {d.pid}"))
-        if s.discovery.process_metrics:
-            try:
-                out.append(ProcessSource(d.pid, maps.service_name, s.jolokia.interval, s.discovery.send_command_line))
-            except psutil.Error as e:  # the JVM exited between the scan and now
-                log.info("discovery: no process metrics for pid %d: %s", d.pid, e)
-        return out
-
-    def _start_runner(self, source: Source) -> SourceRunner:
-        assert self.spool is not None
-        runner = SourceRunner(source, self.spool, self.stats)
-        runner.start()
-        return runner
-
     def _signer(self, loaded: LoadedConfig) -> Signer | None:
         """The signer for the keys in force (the first key is created if there is none)."""
         s = loaded.config.signing
@@ -159,14 +104,14 @@ class Relay:
             )
             await shipper.start()
             self.shippers.append(shipper)
-        for source in self._sources():
-            runner = SourceRunner(source, self.spool, self.stats)
-            runner.start()
-            self.runners.append(runner)
+        pool = SourceRunners(self.spool, self.stats)
+        cfg, resource = self.config, self.resource
+        for source in build_sources(cfg, resource, self.stats, self.loaded.target_passwords):
+            self.runners.append(pool.start(source))
         await self._start_receiver()
-        if self.config.sources.discovery.kafka:
-            self.discovery = Discovery(self.config.sources.discovery.interval, self._discovered_sources,
-                                       self._start_runner, lambda r: r.stop())
+        if cfg.sources.discovery.kafka:
+            self.discovery = Discovery(cfg.sources.discovery.interval,
+                                       lambda found: sources_for(found, cfg, resource), pool)
             self.discovery.start()
 
     async def _start_receiver(self) -> None:
@@ -174,7 +119,7 @@ class Relay:
         if o.enabled:
             assert self.spool is not None
             self.receiver = OtlpReceiver(o, self.loaded.receiver_token, self.spool, self.stats,
-                                         drop_oldest=self.config.spool.when_full == "drop_oldest")
+                                         when_full=self.config.spool.when_full)
             await self.receiver.start()
 
     async def _stop_pipeline(self) -> None:
@@ -205,7 +150,6 @@ class Relay:
         await self.server.start()
         await self._start_pipeline()
         self._maintenance = asyncio.create_task(self._maintain(), name="maintenance")
-        # READY once each source has finished its first run (or failed it: readiness then says why).
         # READY=1 once data flows: the first collection is durably spooled (or, with no
         # sources, the receiver listens). A source that cannot collect at all must not keep
         # the unit from starting: after a while, report ready and let /readyz say why.
