@@ -1,22 +1,19 @@
 """Builds the pipeline from settings and runs it: start, reload (SIGHUP), drain and stop.
 
 Owns: wiring sources -> spool -> shippers (relay.sources.build makes the sources), the
-status server, the maintenance tick (age limit, gauges, systemd watchdog and STATUS),
-and the lifecycle. A reload that fails validation leaves the running pipeline untouched.
+status server (what it says is relay.status's), the maintenance tick (age limit, history,
+systemd watchdog and STATUS), and the lifecycle. A reload that fails validation leaves
+the running pipeline untouched.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import os
 import signal
 import time
-from collections import deque
 from typing import Any
-
-import psutil
 
 from relay import __version__, systemd
 from relay.config import Config, LoadedConfig, key_dir, policy_file
@@ -34,30 +31,28 @@ from relay.sources.discovery import Discovery
 from relay.sources.otlp_receiver import OtlpReceiver
 from relay.spool import Spool
 from relay.stats import Stats
+from relay.status import HISTORY_INTERVAL, Snapshots, StatusModel
 
 log = logging.getLogger("relay.app")
 
 MAINTENANCE_INTERVAL = 1.0
-# The status page's sparklines: one sample every 10 s, 15 minutes of them, in memory.
-HISTORY_INTERVAL = 10.0
-HISTORY_SAMPLES = 90
 
 
 class Relay:
     def __init__(self, loaded: LoadedConfig) -> None:
         self.loaded = loaded
         self.stats = Stats()
-        self.started = time.time()
+        self.status = StatusModel(self.snapshots)
+        self.pipeline_started = 0.0
         self.spool: Spool | None = None
         self.runners: list[SourceRunner] = []
         self.shippers: list[Shipper] = []
         self.server: StatusServer | None = None
-        self.last_reload: float = self.started
+        self.last_reload: float = self.status.started
         self.last_reload_error: str | None = None
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self._maintenance: asyncio.Task[None] | None = None
-        self._process = psutil.Process()
         self.resource: dict[str, Any] = {}
         self.signer: Signer | None = None
         self.receiver: OtlpReceiver | None = None
@@ -65,8 +60,6 @@ class Relay:
         self.policies: dict[str, PolicyHolder] = {}
         self.policy_secret = b""
         self.outbox = Outbox(loaded.config.policy.outbox_bytes)
-        # (time, {destination: (points shipped, bytes shipped)}, points dropped) samples.
-        self.history: deque[tuple[float, dict[str, tuple[float, float]], float]] = deque(maxlen=HISTORY_SAMPLES)
 
     @property
     def config(self) -> Config:
@@ -96,6 +89,7 @@ class Relay:
 
     async def _start_pipeline(self) -> None:
         assert self.spool is not None
+        self.pipeline_started = time.time()
         for d in self.config.destinations:
             shipper = Shipper(
                 d, self.loaded.api_keys.get(d.name), self.spool, self.stats, self.config.shutdown_timeout,
@@ -144,9 +138,8 @@ class Relay:
         self._load_policies()
         self.spool = Spool(state, cfg.spool, [d.name for d in cfg.destinations], self.stats)
         await self.spool.open()
-        self._sample_history()
-        self.server = StatusServer(cfg.server.listen, self.status, self.ready_problems, self.stats.registry,
-                                   self.outbox)
+        self.status.sample_history()
+        self.server = StatusServer(cfg.server.listen, self.status, self.stats.registry, self.outbox)
         await self.server.start()
         await self._start_pipeline()
         self._maintenance = asyncio.create_task(self._maintain(), name="maintenance")
@@ -160,7 +153,7 @@ class Relay:
                 t.cancel()
             if not done:
                 log.warning("no source has collected yet; reporting ready anyway, see /status")
-        systemd.notify("READY=1", f"STATUS={self.summary_line()}")
+        systemd.notify("READY=1", f"STATUS={self.status.summary_line()}")
         log.info(
             "telemetry-relay %s running: %d sources, destinations %s",
             __version__, len(self.runners), ", ".join(d.name for d in cfg.destinations),
@@ -230,7 +223,7 @@ class Relay:
         await self._start_pipeline()
         self.last_reload, self.last_reload_error = time.time(), None
         log.info("configuration reloaded from %s", new.path)
-        systemd.notify("READY=1", f"STATUS={self.summary_line()}")
+        systemd.notify("READY=1", f"STATUS={self.status.summary_line()}")
 
     # -- periodic upkeep ---------------------------------------------------------------------------
 
@@ -244,7 +237,7 @@ class Relay:
             now = time.monotonic()
             if now - last_sample >= HISTORY_INTERVAL:
                 last_sample = now
-                self._sample_history()
+                self.status.sample_history()
             if now - last_policy_check >= self.config.policy.watch_interval:
                 last_policy_check = now
                 for holder in list(self.policies.values()):
@@ -258,100 +251,25 @@ class Relay:
                 await self.spool.enforce_age()
             if now - last_status >= 10.0:
                 last_status = now
-                systemd.notify(f"STATUS={self.summary_line()}")
+                systemd.notify(f"STATUS={self.status.summary_line()}")
             await asyncio.sleep(min(MAINTENANCE_INTERVAL, watchdog or MAINTENANCE_INTERVAL))
 
-    # -- status ------------------------------------------------------------------------------------
+    # -- what the status model reads ---------------------------------------------------------------
 
-    def ready_problems(self) -> list[str]:
-        problems: list[str] = []
-        if self.spool is None:
-            return ["starting"]
-        if not self.spool.writable:
-            problems.append(f"spool is not writable: {self.spool.last_error}")
+    def snapshots(self) -> Snapshots:
+        """Each running component's own snapshot, for the status model."""
         now = time.time()
-        for s in self.shippers:
-            p = s.ready_problem(now)
-            if p:
-                problems.append(p)
-        return problems
-
-    def _sample_history(self) -> None:
-        per_dest = {
-            s.name: (Stats.total(self.stats.points_shipped, destination=s.name),
-                     Stats.total(self.stats.bytes_shipped, destination=s.name))
-            for s in self.shippers
-        }
-        self.history.append((time.time(), per_dest, Stats.total(self.stats.points_dropped)))
-
-    def _history(self) -> dict[str, Any]:
-        """Per destination, [time, points/s, bytes/s] between consecutive samples."""
-        series: dict[str, list[list[float]]] = {}
-        samples = list(self.history)
-        for (t0, d0, _), (t1, d1, _) in itertools.pairwise(samples):
-            dt = max(t1 - t0, 1e-6)
-            for name, (p1, b1) in d1.items():
-                p0, b0 = d0.get(name, (p1, b1))
-                series.setdefault(name, []).append([round(t1, 3), round((p1 - p0) / dt, 3), round((b1 - b0) / dt, 3)])
-        return {"interval_seconds": HISTORY_INTERVAL, "destinations": series}
-
-    def verdict(self, problems: list[str]) -> dict[str, Any]:
-        """healthy, degraded or failing, and why: what the status page's header says."""
-        failing: list[str] = []
-        degraded = list(problems)
-        if self.spool is not None and not self.spool.writable:
-            failing.append(f"the spool cannot be written: {self.spool.last_error}")
-        for s in self.shippers:
-            if s.policy is not None and s.policy.current is None:
-                failing.append(f"destination {s.name}: no valid redaction policy, nothing ships")
-        for r in self.runners + (self.discovery.runners() if self.discovery else []):
-            if r.last_error:
-                degraded.append(f"source {r.source.name}: {r.last_error}")
-        for h in self.policies.values():
-            if h.current is not None and h.error:
-                degraded.append(f"policy edit refused, previous policy in force: {h.error}")
-        if self.history:
-            dropped = Stats.total(self.stats.points_dropped) - self.history[0][2]
-            if dropped > 0:
-                degraded.append(f"{dropped:.0f} points left the spool undelivered in the last 15 minutes")
-        degraded = [d for d in degraded if d not in failing and not any(d in f for f in failing)]
-        state = "failing" if failing else "degraded" if degraded else "healthy"
-        return {"state": state, "reasons": failing + degraded}
-
-    def summary_line(self) -> str:
-        if self.spool is None:
-            return "starting"
-        snap = self.spool.snapshot()
-        shipped = Stats.total(self.stats.points_shipped)
-        ages = [time.time() - s.state.last_success for s in self.shippers if s.state.last_success]
-        last = f"{min(ages):.0f}s ago" if ages else "never"
-        return (
-            f"shipped {shipped:.0f} points, backlog {snap['bytes']} B in {snap['entries']} entries, "
-            f"last export {last}"
+        return Snapshots(
+            taken=now,
+            config={"path": self.loaded.path, "last_reload": self.last_reload,
+                    "last_reload_error": self.last_reload_error},
+            resource=self.resource,
+            spool=self.spool.snapshot() if self.spool else None,
+            destinations=[s.snapshot(now) for s in self.shippers],
+            sources=[r.snapshot() for r in self.runners + (self.discovery.runners() if self.discovery else [])],
+            discovery=self.discovery.snapshot() if self.discovery else None,
+            receivers=[self.receiver.snapshot()] if self.receiver else [],
+            policies=[h.snapshot() for h in self.policies.values()],
+            pipeline_started=self.pipeline_started,
+            ready_thresholds={d.name: d.ready_threshold for d in self.config.destinations},
         )
-
-    def status(self) -> dict[str, Any]:
-        now = time.time()
-        problems = self.ready_problems()
-        mem = self._process.memory_info()
-        return {
-            "version": __version__,
-            "uptime_seconds": round(now - self.started, 3),
-            "ready": not problems,
-            "problems": problems,
-            "verdict": self.verdict(problems),
-            "history": self._history(),
-            "config": {
-                "path": self.loaded.path,
-                "last_reload": self.last_reload,
-                "last_reload_error": self.last_reload_error,
-            },
-            "resource": self.resource,
-            "process": {"pid": os.getpid(), "rss_bytes": mem.rss},
-            "sources": [r.snapshot() for r in self.runners + (self.discovery.runners() if self.discovery else [])],
-            "discovery": self.discovery.snapshot() if self.discovery else None,
-            "receivers": [self.receiver.snapshot()] if self.receiver else [],
-            "spool": self.spool.snapshot() if self.spool else None,
-            "destinations": [s.snapshot(now) for s in self.shippers],
-            "policies": [h.snapshot() for h in self.policies.values()],
-        }
