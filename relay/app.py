@@ -1,9 +1,11 @@
-"""Builds the pipeline from settings and runs it: start, reload (SIGHUP), drain and stop.
+"""The relay's lifecycle: start, reload (SIGHUP), drain and stop.
 
-Owns: wiring sources -> spool -> shippers (relay.sources.build makes the sources), the
-status server (what it says is relay.status's), the maintenance tick (age limit, history,
-systemd watchdog and STATUS), and the lifecycle. A reload that fails validation leaves
-the running pipeline untouched.
+Owns: the order things start and stop in (spool, status server, pipeline), the signer
+and the policies in force, the reload that builds the new pipeline (relay.pipeline)
+before it stops the running one and swaps only once the build succeeded, and the
+maintenance tick (age limit, policy files, history, systemd watchdog and STATUS). A
+reload that fails (config, keys, mapping rule files) leaves the running pipeline
+untouched, and /status says why.
 """
 
 from __future__ import annotations
@@ -19,16 +21,13 @@ from relay import __version__, systemd
 from relay.config import Config, LoadedConfig, key_dir, policy_file
 from relay.config import load as load_config
 from relay.export.outbox import Outbox
-from relay.export.shipper import Shipper
 from relay.export.signing import KeyStore, Signer, SigningKeyError
 from relay.identity import base_resource, instance_id
+from relay.pipeline import Pipeline, Shared, build
 from relay.policy import PolicyHolder, load_secret
 from relay.schema import SchemaError
 from relay.server import StatusServer
-from relay.sources.base import SourceRunner, SourceRunners
-from relay.sources.build import build_sources, sources_for
-from relay.sources.discovery import Discovery
-from relay.sources.otlp_receiver import OtlpReceiver
+from relay.sources.base import SourceRunner
 from relay.spool import Spool
 from relay.stats import Stats
 from relay.status import HISTORY_INTERVAL, Snapshots, StatusModel
@@ -36,6 +35,10 @@ from relay.status import HISTORY_INTERVAL, Snapshots, StatusModel
 log = logging.getLogger("relay.app")
 
 MAINTENANCE_INTERVAL = 1.0
+# A source that cannot collect at all must not keep the unit from starting for longer.
+FIRST_COLLECTION_TIMEOUT = 20.0
+# Settings a running relay cannot change: they name what it holds open.
+RESTART_ONLY = ("state_dir", "server.listen", "sources.otlp.listen", "spool", "destination names")
 
 
 class Relay:
@@ -43,23 +46,21 @@ class Relay:
         self.loaded = loaded
         self.stats = Stats()
         self.status = StatusModel(self.snapshots)
-        self.pipeline_started = 0.0
         self.spool: Spool | None = None
-        self.runners: list[SourceRunner] = []
-        self.shippers: list[Shipper] = []
+        self.shared: Shared | None = None  # what every pipeline generation writes to
+        self.pipeline: Pipeline | None = None
         self.server: StatusServer | None = None
-        self.last_reload: float = self.status.started
-        self.last_reload_error: str | None = None
-        self._stop = asyncio.Event()
-        self._reload = asyncio.Event()
-        self._maintenance: asyncio.Task[None] | None = None
         self.resource: dict[str, Any] = {}
         self.signer: Signer | None = None
-        self.receiver: OtlpReceiver | None = None
-        self.discovery: Discovery | None = None
         self.policies: dict[str, PolicyHolder] = {}
         self.policy_secret = b""
         self.outbox = Outbox(loaded.config.policy.outbox_bytes)
+        self.last_reload: float = self.status.started
+        self.last_reload_error: str | None = None
+        self.last_reload_error_time: float | None = None
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+        self._maintenance: asyncio.Task[None] | None = None
 
     @property
     def config(self) -> Config:
@@ -75,58 +76,18 @@ class Relay:
             return None
         return Signer(KeyStore(key_dir(loaded.config), s.rotation_overlap).ensure())
 
-    def _load_policies(self) -> None:
-        """(Re)load every policy file in use; a bad file keeps its last good policy in force."""
-        paths = {policy_file(self.config, d) for d in self.config.destinations}
+    def _policies_for(self, config: Config) -> dict[str, PolicyHolder]:
+        """The policies a config uses, each (re)loaded; a bad file keeps its last good policy in force."""
+        paths = {policy_file(config, d) for d in config.destinations}
+        holders = {path: holder for path, holder in self.policies.items() if path in paths}
         for path in paths:
-            holder = self.policies.get(path)
+            holder = holders.get(path)
             if holder is None:
-                holder = self.policies[path] = PolicyHolder(path, self.policy_secret)
+                holder = holders[path] = PolicyHolder(path, self.policy_secret)
             holder.load()
-        for path in list(self.policies):
-            if path not in paths:
-                del self.policies[path]
+        return holders
 
-    async def _start_pipeline(self) -> None:
-        assert self.spool is not None
-        self.pipeline_started = time.time()
-        for d in self.config.destinations:
-            shipper = Shipper(
-                d, self.loaded.api_keys.get(d.name), self.spool, self.stats, self.config.shutdown_timeout,
-                signer=self.signer, proxy_password=self.loaded.proxy_passwords.get(d.name),
-                policy=self.policies[policy_file(self.config, d)], outbox=self.outbox,
-            )
-            await shipper.start()
-            self.shippers.append(shipper)
-        pool = SourceRunners(self.spool, self.stats)
-        cfg, resource = self.config, self.resource
-        for source in build_sources(cfg, resource, self.stats, self.loaded.target_passwords):
-            self.runners.append(pool.start(source))
-        await self._start_receiver()
-        if cfg.sources.discovery.kafka:
-            self.discovery = Discovery(cfg.sources.discovery.interval,
-                                       lambda found: sources_for(found, cfg, resource), pool)
-            self.discovery.start()
-
-    async def _start_receiver(self) -> None:
-        o = self.config.sources.otlp
-        if o.enabled:
-            assert self.spool is not None
-            self.receiver = OtlpReceiver(o, self.loaded.receiver_token, self.spool, self.stats,
-                                         when_full=self.config.spool.when_full)
-            await self.receiver.start()
-
-    async def _stop_pipeline(self) -> None:
-        if self.receiver:  # stop taking pushes first: nothing is acknowledged that is not spooled
-            await self.receiver.stop()
-            self.receiver = None
-        if self.discovery:
-            await self.discovery.stop()
-            self.discovery = None
-        await asyncio.gather(*(r.stop() for r in self.runners))
-        self.runners = []
-        await asyncio.gather(*(s.stop() for s in self.shippers))
-        self.shippers = []
+    # -- lifecycle ---------------------------------------------------------------------------------
 
     async def start(self) -> None:
         cfg = self.config
@@ -135,29 +96,37 @@ class Relay:
         self.resource = base_resource(instance_id(state, cfg.instance_id))
         self.signer = self._signer(self.loaded)
         self.policy_secret = load_secret(state)
-        self._load_policies()
+        self.policies = self._policies_for(cfg)
         self.spool = Spool(state, cfg.spool, [d.name for d in cfg.destinations], self.stats)
         await self.spool.open()
+        self.shared = Shared(self.spool, self.stats, self.resource, self.outbox)
         self.status.sample_history()
         self.server = StatusServer(cfg.server.listen, self.status, self.stats.registry, self.outbox)
         await self.server.start()
-        await self._start_pipeline()
+        self.pipeline = build(self.loaded, self.shared, self.signer, self.policies)
+        await self.pipeline.start()
         self._maintenance = asyncio.create_task(self._maintain(), name="maintenance")
-        # READY=1 once data flows: the first collection is durably spooled (or, with no
-        # sources, the receiver listens). A source that cannot collect at all must not keep
-        # the unit from starting: after a while, report ready and let /readyz say why.
-        if self.runners:
-            waits = [asyncio.create_task(r.succeeded.wait()) for r in self.runners]
-            done, pending = await asyncio.wait(waits, timeout=20.0, return_when=asyncio.FIRST_COMPLETED)
-            for t in pending:
-                t.cancel()
-            if not done:
-                log.warning("no source has collected yet; reporting ready anyway, see /status")
+        await self._first_collection(self.pipeline.runners)
         systemd.notify("READY=1", f"STATUS={self.status.summary_line()}")
         log.info(
             "telemetry-relay %s running: %d sources, destinations %s",
-            __version__, len(self.runners), ", ".join(d.name for d in cfg.destinations),
+            __version__, len(self.pipeline.runners), ", ".join(d.name for d in cfg.destinations),
         )
+
+    @staticmethod
+    async def _first_collection(runners: list[SourceRunner]) -> None:
+        """READY=1 once data flows: the first collection is durably spooled (or, with no
+        sources, at once). After FIRST_COLLECTION_TIMEOUT report ready anyway, and let
+        /readyz say why nothing collects."""
+        if not runners:
+            return
+        waits = [asyncio.create_task(r.succeeded.wait()) for r in runners]
+        done, pending = await asyncio.wait(waits, timeout=FIRST_COLLECTION_TIMEOUT,
+                                           return_when=asyncio.FIRST_COMPLETED)
+        for t in pending:
+            t.cancel()
+        if not done:
+            log.warning("no source has collected yet; reporting ready anyway, see /status")
 
     async def run_forever(self) -> None:
         loop = asyncio.get_running_loop()
@@ -168,17 +137,20 @@ class Relay:
             # For the watchdog test only: SIGUSR2 wedges the event loop for a while.
             seconds = float(os.environ.get("TELEMETRY_RELAY_DEBUG_BLOCK_SECONDS", "2"))
             loop.add_signal_handler(signal.SIGUSR2, lambda: time.sleep(seconds))
-        await self.start()
-        while not self._stop.is_set():
-            reload_wait = asyncio.create_task(self._reload.wait())
-            stop_wait = asyncio.create_task(self._stop.wait())
-            await asyncio.wait([reload_wait, stop_wait], return_when=asyncio.FIRST_COMPLETED)
-            reload_wait.cancel()
-            stop_wait.cancel()
-            if self._reload.is_set() and not self._stop.is_set():
-                self._reload.clear()
-                await self.reload()
-        await self.stop()
+        try:
+            await self.start()
+            while not self._stop.is_set():
+                reload_wait = asyncio.create_task(self._reload.wait())
+                stop_wait = asyncio.create_task(self._stop.wait())
+                await asyncio.wait([reload_wait, stop_wait], return_when=asyncio.FIRST_COMPLETED)
+                reload_wait.cancel()
+                stop_wait.cancel()
+                if self._reload.is_set() and not self._stop.is_set():
+                    self._reload.clear()
+                    await self.reload()
+        finally:
+            # Whatever failed (a start, a swap), the spool is closed and in-flight work counted.
+            await self.stop()
 
     async def stop(self) -> None:
         systemd.notify("STOPPING=1")
@@ -187,7 +159,9 @@ class Relay:
         if self._maintenance:
             self._maintenance.cancel()
             await asyncio.gather(self._maintenance, return_exceptions=True)
-        await self._stop_pipeline()
+        if self.pipeline:
+            await self.pipeline.stop()
+            self.pipeline = None
         if self.spool:
             await self.spool.close()
         if self.server:
@@ -195,44 +169,59 @@ class Relay:
         log.info("stopped; unsent data stays in the spool for the next start")
 
     async def reload(self) -> None:
+        """Build the new pipeline beside the running one; swap only once it is built."""
         systemd.notify("RELOADING=1", f"MONOTONIC_USEC={systemd.monotonic_usec()}")
         try:
             new = load_config(self.loaded.path)
+            changed = _restart_only_change(self.config, new.config)
+            if changed:
+                raise _Refused(f"{changed} changed: it takes effect only after a restart")
             signer = self._signer(new)
-        except (SchemaError, SigningKeyError) as e:
-            self.last_reload_error = str(e)
-            log.error("reload refused, the running config stays in force: %s", e)
-            systemd.notify("READY=1")
+            policies = self._policies_for(new.config)
+            assert self.shared is not None
+            pipeline = build(new, self.shared, signer, policies)
+        except (SchemaError, SigningKeyError, _Refused) as e:
+            self._reload_failed(str(e))
             return
-        for what, old_v, new_v in (
-            ("state_dir", self.config.state_dir, new.config.state_dir),
-            ("server.listen", self.config.server.listen, new.config.server.listen),
-            ("sources.otlp.listen", self.config.sources.otlp.listen, new.config.sources.otlp.listen),
-            ("spool", self.config.spool, new.config.spool),
-            ("destination names", [d.name for d in self.config.destinations],
-             [d.name for d in new.config.destinations]),
-        ):
-            if old_v != new_v:
-                self.last_reload_error = f"{what} changed: it takes effect only after a restart"
-                log.error("reload refused: %s; the running config stays in force", self.last_reload_error)
-                systemd.notify("READY=1")
-                return
-        await self._stop_pipeline()
-        self.loaded, self.signer = new, signer
-        self._load_policies()
-        await self._start_pipeline()
-        self.last_reload, self.last_reload_error = time.time(), None
-        log.info("configuration reloaded from %s", new.path)
+        except Exception as e:  # a bad edit never takes the relay down, whatever it trips over
+            self._reload_failed(f"{e.__class__.__name__}: {e}")
+            return
+        if await self._swap(new, signer, policies, pipeline):
+            self.last_reload, self.last_reload_error, self.last_reload_error_time = time.time(), None, None
+            log.info("configuration reloaded from %s", new.path)
         systemd.notify("READY=1", f"STATUS={self.status.summary_line()}")
+
+    async def _swap(self, new: LoadedConfig, signer: Signer | None, policies: dict[str, PolicyHolder],
+                    pipeline: Pipeline) -> bool:
+        """Stop the running pipeline, start the built one. They share the spool and the
+        receiver's port, so the old one stops first. Should the new one not start (a TLS
+        file, the port), the old pipeline runs again, with its sources as they were."""
+        old = self.pipeline
+        if old:
+            await old.stop()
+        try:
+            await pipeline.start()
+        except Exception as e:
+            self._reload_failed(f"the new configuration did not start ({e.__class__.__name__}: {e}); "
+                                "the previous one runs again")
+            assert self.shared is not None
+            self.pipeline = build(self.loaded, self.shared, self.signer, self.policies, old.sources if old else None)
+            await self.pipeline.start()  # should this fail too, run_forever stops the relay
+            return False
+        self.pipeline = pipeline
+        self.loaded, self.signer, self.policies = new, signer, policies
+        return True
+
+    def _reload_failed(self, error: str) -> None:
+        self.last_reload_error, self.last_reload_error_time = error, time.time()
+        log.error("reload refused, the running config stays in force: %s", error)
+        systemd.notify("READY=1")
 
     # -- periodic upkeep ---------------------------------------------------------------------------
 
     async def _maintain(self) -> None:
         watchdog = systemd.watchdog_interval()
-        last_age_check = 0.0
-        last_status = 0.0
-        last_policy_check = 0.0
-        last_sample = 0.0
+        last_age_check = last_status = last_policy_check = last_sample = 0.0
         while True:
             now = time.monotonic()
             if now - last_sample >= HISTORY_INTERVAL:
@@ -259,17 +248,34 @@ class Relay:
     def snapshots(self) -> Snapshots:
         """Each running component's own snapshot, for the status model."""
         now = time.time()
+        p = self.pipeline
         return Snapshots(
             taken=now,
             config={"path": self.loaded.path, "last_reload": self.last_reload,
-                    "last_reload_error": self.last_reload_error},
+                    "last_reload_error": self.last_reload_error,
+                    "last_reload_error_time": self.last_reload_error_time},
             resource=self.resource,
             spool=self.spool.snapshot() if self.spool else None,
-            destinations=[s.snapshot(now) for s in self.shippers],
-            sources=[r.snapshot() for r in self.runners + (self.discovery.runners() if self.discovery else [])],
-            discovery=self.discovery.snapshot() if self.discovery else None,
-            receivers=[self.receiver.snapshot()] if self.receiver else [],
+            destinations=[s.snapshot(now) for s in p.shippers] if p else [],
+            sources=[r.snapshot() for r in p.all_runners] if p else [],
+            discovery=p.discovery.snapshot() if p and p.discovery else None,
+            receivers=[p.receiver.snapshot()] if p and p.receiver else [],
             policies=[h.snapshot() for h in self.policies.values()],
-            pipeline_started=self.pipeline_started,
+            pipeline_started=p.started if p else 0.0,
             ready_thresholds={d.name: d.ready_threshold for d in self.config.destinations},
         )
+
+
+class _Refused(Exception):
+    """A reload asks for what only a restart can do."""
+
+
+def _restart_only_change(old: Config, new: Config) -> str | None:
+    """The first of RESTART_ONLY that differs between two configs, or None."""
+    def values(c: Config) -> tuple[Any, ...]:
+        return (c.state_dir, c.server.listen, c.sources.otlp.listen, c.spool, [d.name for d in c.destinations])
+
+    for what, a, b in zip(RESTART_ONLY, values(old), values(new), strict=True):
+        if a != b:
+            return what
+    return None
