@@ -1,77 +1,66 @@
-"""Builds the pipeline from settings and runs it: start, reload (SIGHUP), drain and stop.
+"""The relay's lifecycle: start, reload (SIGHUP), drain and stop.
 
-Owns: wiring sources -> spool -> shippers, the status server, the maintenance tick
-(age limit, gauges, systemd watchdog and STATUS), and the lifecycle. A reload that
-fails validation leaves the running pipeline untouched.
+Owns: the order things start and stop in (spool, status server, pipeline), the signer
+and the policies in force, the reload that builds the new pipeline (relay.pipeline)
+before it stops the running one and swaps only once the build succeeded, and the
+maintenance tick (age limit, policy files, history, systemd watchdog and STATUS). A
+reload that fails (config, keys, mapping rule files) leaves the running pipeline
+untouched, and /status says why.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import os
 import signal
 import time
-from collections import deque
-from pathlib import Path
 from typing import Any
 
-import psutil
-
-from relay import __version__, mapping, systemd
+from relay import __version__, systemd
 from relay.config import Config, LoadedConfig, key_dir, policy_file
 from relay.config import load as load_config
 from relay.export.outbox import Outbox
-from relay.export.shipper import Shipper
 from relay.export.signing import KeyStore, Signer, SigningKeyError
 from relay.identity import base_resource, instance_id
+from relay.pipeline import Pipeline, Shared, build
 from relay.policy import PolicyHolder, load_secret
 from relay.schema import SchemaError
 from relay.server import StatusServer
-from relay.sources.base import Source, SourceRunner
-from relay.sources.discovery import Discovered, Discovery
-from relay.sources.host import HostSource
-from relay.sources.internal import InternalSource
-from relay.sources.jolokia import JolokiaSource, JolokiaTarget
-from relay.sources.otlp_receiver import OtlpReceiver
-from relay.sources.process import ProcessSource
-from relay.sources.prometheus import PrometheusSource, PrometheusTarget
+from relay.sources.base import SourceRunner
 from relay.spool import Spool
 from relay.stats import Stats
+from relay.status import HISTORY_INTERVAL, Snapshots, StatusModel
 
 log = logging.getLogger("relay.app")
 
 MAINTENANCE_INTERVAL = 1.0
-# The status page's sparklines: one sample every 10 s, 15 minutes of them, in memory.
-HISTORY_INTERVAL = 10.0
-HISTORY_SAMPLES = 90
+# A source that cannot collect at all must not keep the unit from starting for longer.
+FIRST_COLLECTION_TIMEOUT = 20.0
+# Settings a running relay cannot change: they name what it holds open.
+RESTART_ONLY = ("state_dir", "server.listen", "sources.otlp.listen", "spool", "destination names")
 
 
 class Relay:
     def __init__(self, loaded: LoadedConfig) -> None:
         self.loaded = loaded
         self.stats = Stats()
-        self.started = time.time()
+        self.status = StatusModel(self.snapshots)
         self.spool: Spool | None = None
-        self.runners: list[SourceRunner] = []
-        self.shippers: list[Shipper] = []
+        self.shared: Shared | None = None  # what every pipeline generation writes to
+        self.pipeline: Pipeline | None = None
         self.server: StatusServer | None = None
-        self.last_reload: float = self.started
-        self.last_reload_error: str | None = None
-        self._stop = asyncio.Event()
-        self._reload = asyncio.Event()
-        self._maintenance: asyncio.Task[None] | None = None
-        self._process = psutil.Process()
         self.resource: dict[str, Any] = {}
         self.signer: Signer | None = None
-        self.receiver: OtlpReceiver | None = None
-        self.discovery: Discovery | None = None
         self.policies: dict[str, PolicyHolder] = {}
         self.policy_secret = b""
         self.outbox = Outbox(loaded.config.policy.outbox_bytes)
-        # (time, {destination: (points shipped, bytes shipped)}, points dropped) samples.
-        self.history: deque[tuple[float, dict[str, tuple[float, float]], float]] = deque(maxlen=HISTORY_SAMPLES)
+        self.last_reload: float = self.status.started
+        self.last_reload_error: str | None = None
+        self.last_reload_error_time: float | None = None
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+        self._maintenance: asyncio.Task[None] | None = None
 
     @property
     def config(self) -> Config:
@@ -79,121 +68,26 @@ class Relay:
 
     # -- building ----------------------------------------------------------------------------------
 
-    def _sources(self) -> list[Source]:
-        s = self.config.sources
-        out: list[Source] = []
-        if s.host.enabled:
-            out.append(HostSource(s.host.interval, self.resource))
-        if s.internal.enabled:
-            out.append(InternalSource(s.internal.interval, self.resource, self.stats))
-        mdir = Path(s.mappings_dir) if s.mappings_dir else None
-        for t in s.jolokia.targets:
-            target = JolokiaTarget(t.url, t.mappings, t.username, self.loaded.target_passwords.get(t.url),
-                                   t.ca_file, t.insecure_skip_verify)
-            maps = mapping.load(t.mappings, mdir)
-            if t.service_name:
-                maps.service_name = t.service_name
-            out.append(JolokiaSource(target, maps, s.jolokia.interval, s.jolokia.timeout, self.resource))
-        for t in s.prometheus.targets:
-            ptarget = PrometheusTarget(t.url, t.mappings, t.service_name, t.username,
-                                       self.loaded.target_passwords.get(t.url), t.ca_file, t.insecure_skip_verify,
-                                       s.prometheus.passthrough_unmapped)
-            pmaps = mapping.load(t.mappings, mdir) if t.mappings else None
-            out.append(PrometheusSource(ptarget, pmaps, s.prometheus.interval, s.prometheus.timeout, self.resource))
-        return out
-
-    def _discovered_sources(self, d: Discovered) -> list[Source]:
-        """The sources for one JVM that discovery found."""
-        s = self.config.sources
-        mdir = Path(s.mappings_dir) if s.mappings_dir else None
-        maps = mapping.load(d.mappings, mdir)
-        out: list[Source] = []
-        if d.protocol == "jolokia":
-            out.append(JolokiaSource(JolokiaTarget(d.url, d.mappings), maps, s.jolokia.interval, s.jolokia.timeout,
-                                     self.resource, name=f"jolokia pid {d.pid}"))
-        else:
-            target = PrometheusTarget(d.url, d.mappings, passthrough=s.prometheus.passthrough_unmapped)
-            out.append(PrometheusSource(target, maps, s.prometheus.interval, s.prometheus.timeout, self.resource,
-                                        name=f"prometheus pid {d.pid}"))
-        if s.discovery.process_metrics:
-            try:
-                out.append(ProcessSource(d.pid, maps.service_name, s.jolokia.interval, s.discovery.send_command_line))
-            except psutil.Error as e:  # the JVM exited between the scan and now
-                log.info("discovery: no process metrics for pid %d: %s", d.pid, e)
-        return out
-
-    def _start_runner(self, source: Source) -> SourceRunner:
-        assert self.spool is not None
-        runner = SourceRunner(source, self.spool, self.stats)
-        runner.start()
-        return runner
-
     def _signer(self, loaded: LoadedConfig) -> Signer | None:
-        """The signer for the keys in force; creates the first key if there is none."""
+        """The signer for the keys in force (the first key is created if there is none)."""
         s = loaded.config.signing
         if not s.enabled:
             log.warning("request signing is disabled (signing.enabled: false)")
             return None
-        store = KeyStore(key_dir(loaded.config), s.rotation_overlap)
-        if not store.exists():
-            key = store.init()
-            log.warning(
-                "created signing key %s in %s; register its public key with the vendor "
-                "(telemetry-relay keys show)", key.key_id, store.dir,
-            )
-        return Signer(store.active())
+        return Signer(KeyStore(key_dir(loaded.config), s.rotation_overlap).ensure())
 
-    def _load_policies(self) -> None:
-        """(Re)load every policy file in use; a bad file keeps its last good policy in force."""
-        paths = {policy_file(self.config, d) for d in self.config.destinations}
+    def _policies_for(self, config: Config) -> dict[str, PolicyHolder]:
+        """The policies a config uses, each (re)loaded; a bad file keeps its last good policy in force."""
+        paths = {policy_file(config, d) for d in config.destinations}
+        holders = {path: holder for path, holder in self.policies.items() if path in paths}
         for path in paths:
-            holder = self.policies.get(path)
+            holder = holders.get(path)
             if holder is None:
-                holder = self.policies[path] = PolicyHolder(path, self.policy_secret)
+                holder = holders[path] = PolicyHolder(path, self.policy_secret)
             holder.load()
-        for path in list(self.policies):
-            if path not in paths:
-                del self.policies[path]
+        return holders
 
-    async def _start_pipeline(self) -> None:
-        assert self.spool is not None
-        for d in self.config.destinations:
-            shipper = Shipper(
-                d, self.loaded.api_keys.get(d.name), self.spool, self.stats, self.config.shutdown_timeout,
-                signer=self.signer, proxy_password=self.loaded.proxy_passwords.get(d.name),
-                policy=self.policies[policy_file(self.config, d)], outbox=self.outbox,
-            )
-            await shipper.start()
-            self.shippers.append(shipper)
-        for source in self._sources():
-            runner = SourceRunner(source, self.spool, self.stats)
-            runner.start()
-            self.runners.append(runner)
-        await self._start_receiver()
-        if self.config.sources.discovery.kafka:
-            self.discovery = Discovery(self.config.sources.discovery.interval, self._discovered_sources,
-                                       self._start_runner, lambda r: r.stop())
-            self.discovery.start()
-
-    async def _start_receiver(self) -> None:
-        o = self.config.sources.otlp
-        if o.enabled:
-            assert self.spool is not None
-            self.receiver = OtlpReceiver(o, self.loaded.receiver_token, self.spool, self.stats,
-                                         drop_oldest=self.config.spool.when_full == "drop_oldest")
-            await self.receiver.start()
-
-    async def _stop_pipeline(self) -> None:
-        if self.receiver:  # stop taking pushes first: nothing is acknowledged that is not spooled
-            await self.receiver.stop()
-            self.receiver = None
-        if self.discovery:
-            await self.discovery.stop()
-            self.discovery = None
-        await asyncio.gather(*(r.stop() for r in self.runners))
-        self.runners = []
-        await asyncio.gather(*(s.stop() for s in self.shippers))
-        self.shippers = []
+    # -- lifecycle ---------------------------------------------------------------------------------
 
     async def start(self) -> None:
         cfg = self.config
@@ -202,31 +96,37 @@ class Relay:
         self.resource = base_resource(instance_id(state, cfg.instance_id))
         self.signer = self._signer(self.loaded)
         self.policy_secret = load_secret(state)
-        self._load_policies()
+        self.policies = self._policies_for(cfg)
         self.spool = Spool(state, cfg.spool, [d.name for d in cfg.destinations], self.stats)
         await self.spool.open()
-        self._sample_history()
-        self.server = StatusServer(cfg.server.listen, self.status, self.ready_problems, self.stats.registry,
-                                   self.outbox)
+        self.shared = Shared(self.spool, self.stats, self.resource, self.outbox)
+        self.status.sample_history()
+        self.server = StatusServer(cfg.server.listen, self.status, self.stats.registry, self.outbox)
         await self.server.start()
-        await self._start_pipeline()
+        self.pipeline = build(self.loaded, self.shared, self.signer, self.policies)
+        await self.pipeline.start()
         self._maintenance = asyncio.create_task(self._maintain(), name="maintenance")
-        # READY once each source has finished its first run (or failed it: readiness then says why).
-        # READY=1 once data flows: the first collection is durably spooled (or, with no
-        # sources, the receiver listens). A source that cannot collect at all must not keep
-        # the unit from starting: after a while, report ready and let /readyz say why.
-        if self.runners:
-            waits = [asyncio.create_task(r.succeeded.wait()) for r in self.runners]
-            done, pending = await asyncio.wait(waits, timeout=20.0, return_when=asyncio.FIRST_COMPLETED)
-            for t in pending:
-                t.cancel()
-            if not done:
-                log.warning("no source has collected yet; reporting ready anyway, see /status")
-        systemd.notify("READY=1", f"STATUS={self.summary_line()}")
+        await self._first_collection(self.pipeline.runners)
+        systemd.notify("READY=1", f"STATUS={self.status.summary_line()}")
         log.info(
             "telemetry-relay %s running: %d sources, destinations %s",
-            __version__, len(self.runners), ", ".join(d.name for d in cfg.destinations),
+            __version__, len(self.pipeline.runners), ", ".join(d.name for d in cfg.destinations),
         )
+
+    @staticmethod
+    async def _first_collection(runners: list[SourceRunner]) -> None:
+        """READY=1 once data flows: the first collection is durably spooled (or, with no
+        sources, at once). After FIRST_COLLECTION_TIMEOUT report ready anyway, and let
+        /readyz say why nothing collects."""
+        if not runners:
+            return
+        waits = [asyncio.create_task(r.succeeded.wait()) for r in runners]
+        done, pending = await asyncio.wait(waits, timeout=FIRST_COLLECTION_TIMEOUT,
+                                           return_when=asyncio.FIRST_COMPLETED)
+        for t in pending:
+            t.cancel()
+        if not done:
+            log.warning("no source has collected yet; reporting ready anyway, see /status")
 
     async def run_forever(self) -> None:
         loop = asyncio.get_running_loop()
@@ -237,17 +137,20 @@ class Relay:
             # For the watchdog test only: SIGUSR2 wedges the event loop for a while.
             seconds = float(os.environ.get("TELEMETRY_RELAY_DEBUG_BLOCK_SECONDS", "2"))
             loop.add_signal_handler(signal.SIGUSR2, lambda: time.sleep(seconds))
-        await self.start()
-        while not self._stop.is_set():
-            reload_wait = asyncio.create_task(self._reload.wait())
-            stop_wait = asyncio.create_task(self._stop.wait())
-            await asyncio.wait([reload_wait, stop_wait], return_when=asyncio.FIRST_COMPLETED)
-            reload_wait.cancel()
-            stop_wait.cancel()
-            if self._reload.is_set() and not self._stop.is_set():
-                self._reload.clear()
-                await self.reload()
-        await self.stop()
+        try:
+            await self.start()
+            while not self._stop.is_set():
+                reload_wait = asyncio.create_task(self._reload.wait())
+                stop_wait = asyncio.create_task(self._stop.wait())
+                await asyncio.wait([reload_wait, stop_wait], return_when=asyncio.FIRST_COMPLETED)
+                reload_wait.cancel()
+                stop_wait.cancel()
+                if self._reload.is_set() and not self._stop.is_set():
+                    self._reload.clear()
+                    await self.reload()
+        finally:
+            # Whatever failed (a start, a swap), the spool is closed and in-flight work counted.
+            await self.stop()
 
     async def stop(self) -> None:
         systemd.notify("STOPPING=1")
@@ -256,7 +159,9 @@ class Relay:
         if self._maintenance:
             self._maintenance.cancel()
             await asyncio.gather(self._maintenance, return_exceptions=True)
-        await self._stop_pipeline()
+        if self.pipeline:
+            await self.pipeline.stop()
+            self.pipeline = None
         if self.spool:
             await self.spool.close()
         if self.server:
@@ -264,49 +169,64 @@ class Relay:
         log.info("stopped; unsent data stays in the spool for the next start")
 
     async def reload(self) -> None:
+        """Build the new pipeline beside the running one; swap only once it is built."""
         systemd.notify("RELOADING=1", f"MONOTONIC_USEC={systemd.monotonic_usec()}")
         try:
             new = load_config(self.loaded.path)
+            changed = _restart_only_change(self.config, new.config)
+            if changed:
+                raise _Refused(f"{changed} changed: it takes effect only after a restart")
             signer = self._signer(new)
-        except (SchemaError, SigningKeyError) as e:
-            self.last_reload_error = str(e)
-            log.error("reload refused, the running config stays in force: %s", e)
-            systemd.notify("READY=1")
+            policies = self._policies_for(new.config)
+            assert self.shared is not None
+            pipeline = build(new, self.shared, signer, policies)
+        except (SchemaError, SigningKeyError, _Refused) as e:
+            self._reload_failed(str(e))
             return
-        for what, old_v, new_v in (
-            ("state_dir", self.config.state_dir, new.config.state_dir),
-            ("server.listen", self.config.server.listen, new.config.server.listen),
-            ("sources.otlp.listen", self.config.sources.otlp.listen, new.config.sources.otlp.listen),
-            ("spool", self.config.spool, new.config.spool),
-            ("destination names", [d.name for d in self.config.destinations],
-             [d.name for d in new.config.destinations]),
-        ):
-            if old_v != new_v:
-                self.last_reload_error = f"{what} changed: it takes effect only after a restart"
-                log.error("reload refused: %s; the running config stays in force", self.last_reload_error)
-                systemd.notify("READY=1")
-                return
-        await self._stop_pipeline()
-        self.loaded, self.signer = new, signer
-        self._load_policies()
-        await self._start_pipeline()
-        self.last_reload, self.last_reload_error = time.time(), None
-        log.info("configuration reloaded from %s", new.path)
-        systemd.notify("READY=1", f"STATUS={self.summary_line()}")
+        except Exception as e:  # a bad edit never takes the relay down, whatever it trips over
+            self._reload_failed(f"{e.__class__.__name__}: {e}")
+            return
+        if await self._swap(new, signer, policies, pipeline):
+            self.last_reload, self.last_reload_error, self.last_reload_error_time = time.time(), None, None
+            log.info("configuration reloaded from %s", new.path)
+        systemd.notify("READY=1", f"STATUS={self.status.summary_line()}")
+
+    async def _swap(self, new: LoadedConfig, signer: Signer | None, policies: dict[str, PolicyHolder],
+                    pipeline: Pipeline) -> bool:
+        """Stop the running pipeline, start the built one. They share the spool and the
+        receiver's port, so the old one stops first. Should the new one not start (a TLS
+        file, the port), the old pipeline runs again, with its sources as they were."""
+        old = self.pipeline
+        if old:
+            await old.stop()
+        try:
+            await pipeline.start()
+        except Exception as e:
+            self._reload_failed(f"the new configuration did not start ({e.__class__.__name__}: {e}); "
+                                "the previous one runs again")
+            assert self.shared is not None
+            self.pipeline = build(self.loaded, self.shared, self.signer, self.policies, old.sources if old else None)
+            await self.pipeline.start()  # should this fail too, run_forever stops the relay
+            return False
+        self.pipeline = pipeline
+        self.loaded, self.signer, self.policies = new, signer, policies
+        return True
+
+    def _reload_failed(self, error: str) -> None:
+        self.last_reload_error, self.last_reload_error_time = error, time.time()
+        log.error("reload refused, the running config stays in force: %s", error)
+        systemd.notify("READY=1")
 
     # -- periodic upkeep ---------------------------------------------------------------------------
 
     async def _maintain(self) -> None:
         watchdog = systemd.watchdog_interval()
-        last_age_check = 0.0
-        last_status = 0.0
-        last_policy_check = 0.0
-        last_sample = 0.0
+        last_age_check = last_status = last_policy_check = last_sample = 0.0
         while True:
             now = time.monotonic()
             if now - last_sample >= HISTORY_INTERVAL:
                 last_sample = now
-                self._sample_history()
+                self.status.sample_history()
             if now - last_policy_check >= self.config.policy.watch_interval:
                 last_policy_check = now
                 for holder in list(self.policies.values()):
@@ -320,100 +240,42 @@ class Relay:
                 await self.spool.enforce_age()
             if now - last_status >= 10.0:
                 last_status = now
-                systemd.notify(f"STATUS={self.summary_line()}")
+                systemd.notify(f"STATUS={self.status.summary_line()}")
             await asyncio.sleep(min(MAINTENANCE_INTERVAL, watchdog or MAINTENANCE_INTERVAL))
 
-    # -- status ------------------------------------------------------------------------------------
+    # -- what the status model reads ---------------------------------------------------------------
 
-    def ready_problems(self) -> list[str]:
-        problems: list[str] = []
-        if self.spool is None:
-            return ["starting"]
-        if not self.spool.writable:
-            problems.append(f"spool is not writable: {self.spool.last_error}")
+    def snapshots(self) -> Snapshots:
+        """Each running component's own snapshot, for the status model."""
         now = time.time()
-        for s in self.shippers:
-            p = s.ready_problem(now)
-            if p:
-                problems.append(p)
-        return problems
-
-    def _sample_history(self) -> None:
-        per_dest = {
-            s.name: (Stats.total(self.stats.points_shipped, destination=s.name),
-                     Stats.total(self.stats.bytes_shipped, destination=s.name))
-            for s in self.shippers
-        }
-        self.history.append((time.time(), per_dest, Stats.total(self.stats.points_dropped)))
-
-    def _history(self) -> dict[str, Any]:
-        """Per destination, [time, points/s, bytes/s] between consecutive samples."""
-        series: dict[str, list[list[float]]] = {}
-        samples = list(self.history)
-        for (t0, d0, _), (t1, d1, _) in itertools.pairwise(samples):
-            dt = max(t1 - t0, 1e-6)
-            for name, (p1, b1) in d1.items():
-                p0, b0 = d0.get(name, (p1, b1))
-                series.setdefault(name, []).append([round(t1, 3), round((p1 - p0) / dt, 3), round((b1 - b0) / dt, 3)])
-        return {"interval_seconds": HISTORY_INTERVAL, "destinations": series}
-
-    def verdict(self, problems: list[str]) -> dict[str, Any]:
-        """healthy, degraded or failing, and why: what the status page's header says."""
-        failing: list[str] = []
-        degraded = list(problems)
-        if self.spool is not None and not self.spool.writable:
-            failing.append(f"the spool cannot be written: {self.spool.last_error}")
-        for s in self.shippers:
-            if s.policy is not None and s.policy.current is None:
-                failing.append(f"destination {s.name}: no valid redaction policy, nothing ships")
-        for r in self.runners + (self.discovery.runners() if self.discovery else []):
-            if r.last_error:
-                degraded.append(f"source {r.source.name}: {r.last_error}")
-        for h in self.policies.values():
-            if h.current is not None and h.error:
-                degraded.append(f"policy edit refused, previous policy in force: {h.error}")
-        if self.history:
-            dropped = Stats.total(self.stats.points_dropped) - self.history[0][2]
-            if dropped > 0:
-                degraded.append(f"{dropped:.0f} points left the spool undelivered in the last 15 minutes")
-        degraded = [d for d in degraded if d not in failing and not any(d in f for f in failing)]
-        state = "failing" if failing else "degraded" if degraded else "healthy"
-        return {"state": state, "reasons": failing + degraded}
-
-    def summary_line(self) -> str:
-        if self.spool is None:
-            return "starting"
-        snap = self.spool.snapshot()
-        shipped = Stats.total(self.stats.points_shipped)
-        ages = [time.time() - s.state.last_success for s in self.shippers if s.state.last_success]
-        last = f"{min(ages):.0f}s ago" if ages else "never"
-        return (
-            f"shipped {shipped:.0f} points, backlog {snap['bytes']} B in {snap['entries']} entries, "
-            f"last export {last}"
+        p = self.pipeline
+        return Snapshots(
+            taken=now,
+            config={"path": self.loaded.path, "last_reload": self.last_reload,
+                    "last_reload_error": self.last_reload_error,
+                    "last_reload_error_time": self.last_reload_error_time},
+            resource=self.resource,
+            spool=self.spool.snapshot() if self.spool else None,
+            destinations=[s.snapshot(now) for s in p.shippers] if p else [],
+            sources=[r.snapshot() for r in p.all_runners] if p else [],
+            discovery=p.discovery.snapshot() if p and p.discovery else None,
+            receivers=[p.receiver.snapshot()] if p and p.receiver else [],
+            policies=[h.snapshot() for h in self.policies.values()],
+            pipeline_started=p.started if p else 0.0,
+            ready_thresholds={d.name: d.ready_threshold for d in self.config.destinations},
         )
 
-    def status(self) -> dict[str, Any]:
-        now = time.time()
-        problems = self.ready_problems()
-        mem = self._process.memory_info()
-        return {
-            "version": __version__,
-            "uptime_seconds": round(now - self.started, 3),
-            "ready": not problems,
-            "problems": problems,
-            "verdict": self.verdict(problems),
-            "history": self._history(),
-            "config": {
-                "path": self.loaded.path,
-                "last_reload": self.last_reload,
-                "last_reload_error": self.last_reload_error,
-            },
-            "resource": self.resource,
-            "process": {"pid": os.getpid(), "rss_bytes": mem.rss},
-            "sources": [r.snapshot() for r in self.runners + (self.discovery.runners() if self.discovery else [])],
-            "discovery": self.discovery.snapshot() if self.discovery else None,
-            "receivers": [self.receiver.snapshot()] if self.receiver else [],
-            "spool": self.spool.snapshot() if self.spool else None,
-            "destinations": [s.snapshot(now) for s in self.shippers],
-            "policies": [h.snapshot() for h in self.policies.values()],
-        }
+
+class _Refused(Exception):
+    """A reload asks for what only a restart can do."""
+
+
+def _restart_only_change(old: Config, new: Config) -> str | None:
+    """The first of RESTART_ONLY that differs between two configs, or None."""
+    def values(c: Config) -> tuple[Any, ...]:
+        return (c.state_dir, c.server.listen, c.sources.otlp.listen, c.spool, [d.name for d in c.destinations])
+
+    for what, a, b in zip(RESTART_ONLY, values(old), values(new), strict=True):
+        if a != b:
+            return what
+    return None

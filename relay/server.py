@@ -3,7 +3,8 @@
 Owns: / (the status page, one self-contained HTML file), /healthz (the loop is alive),
 /readyz (200 only when config is loaded, the spool is writable and every destination is
 keeping up), /status (JSON for scripts and the `status` command), /outbox (what was
-shipped) and /metrics (Prometheus text of the self-metrics).
+shipped) and /metrics (Prometheus text of the self-metrics). What /status and /readyz say
+is the status model's (relay.status); this module only serves it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from relay.export.outbox import Outbox
 from relay.schema import split_host_port
 from relay.secrets import redact
+from relay.status import StatusModel
 
 log = logging.getLogger("relay.server")
 
@@ -34,14 +35,11 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 
 class StatusServer:
-    def __init__(
-        self, listen: str, status: Callable[[], dict[str, Any]], ready_problems: Callable[[], list[str]],
-        registry: CollectorRegistry, outbox: Outbox | None = None,
-    ) -> None:
+    def __init__(self, listen: str, model: StatusModel, registry: CollectorRegistry,
+                 outbox: Outbox | None = None) -> None:
         self._outbox = outbox
         self.listen = listen
-        self._status = status
-        self._ready_problems = ready_problems
+        self._model = model
         self._registry = registry
         self._runner: web.AppRunner | None = None
 
@@ -74,13 +72,13 @@ class StatusServer:
         return _json({"status": "alive"})
 
     async def _readyz(self, _: web.Request) -> web.Response:
-        problems = self._ready_problems()
+        problems = self._model.ready_problems()
         if problems:
             return _json({"ready": False, "reasons": problems}, status=503)
         return _json({"ready": True, "reasons": []})
 
     async def _status_handler(self, _: web.Request) -> web.Response:
-        return _json(self._status())
+        return _json(self._model.document())
 
     async def _outbox_handler(self, request: web.Request) -> web.Response:
         """The last shipped payloads exactly as sent (redacted), newest last. ?last=N&payload=0|1"""

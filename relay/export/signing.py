@@ -170,6 +170,19 @@ class KeyStore:
             _write_private(self.current_path, Ed25519PrivateKey.generate(), self._owner())
         return self.current()
 
+    def ensure(self) -> list[SigningKey]:
+        """The keys in force (current first, then retired ones within the overlap).
+
+        Creates the first key when there is none, so a fresh install signs from its first
+        request; the operator still has to register that key with the vendor."""
+        if not self.exists():
+            key = self.init()
+            log.warning(
+                "created signing key %s in %s; register its public key with the vendor "
+                "(telemetry-relay keys show)", key.key_id, self.dir,
+            )
+        return self.active()
+
     def current(self) -> SigningKey:
         if not self.exists():
             raise SigningKeyError(f"no signing key in {self.dir} (run: telemetry-relay keys init)")

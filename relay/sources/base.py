@@ -1,21 +1,27 @@
 """The Source interface and the runner that schedules one source and spools what it collects.
 
 Owns: the collect-on-schedule loop, the rule that a collection counts only once it is
-durably spooled, and each source's status (last run, last error, points).
+durably spooled, each source's status (last run, last error, points), the pool that
+starts runners into one spool, and the frame the pull sources share (one HTTP target
+from its settings: name, session, host name).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from abc import ABC, abstractmethod
 from typing import Any
+from urllib.parse import urlsplit
 
 from google.protobuf.message import Message
 
+from relay.config import ScrapeTargetSettings
 from relay.otlp import Signal, count_items
 from relay.secrets import redact
+from relay.sources.scrape_http import ScrapeSession
 from relay.spool import Spool, SpoolError
 from relay.stats import Stats
 
@@ -41,6 +47,24 @@ class Source(ABC):
         return {}
 
 
+class ScrapeSource(Source):
+    """A source that pulls from one HTTP target (Jolokia, Prometheus), built from its settings."""
+
+    def __init__(self, kind: str, target: ScrapeTargetSettings, password: str | None, interval: float,
+                 timeout: float, base_resource: dict[str, Any], name: str | None) -> None:
+        self.target = target
+        self.interval = interval
+        self.timeout = timeout
+        self.url_parts = urlsplit(target.url)
+        self.name = name or f"{kind} {self.url_parts.hostname}:{self.url_parts.port}"
+        self.host_name = base_resource.get("host.name", socket.gethostname())
+        self._http = ScrapeSession(target.url, timeout, target.username, password, target.ca_file,
+                                   target.insecure_skip_verify)
+
+    async def close(self) -> None:
+        await self._http.close()
+
+
 class SourceRunner:
     def __init__(self, source: Source, spool: Spool, stats: Stats) -> None:
         self.source = source
@@ -53,7 +77,6 @@ class SourceRunner:
         self.runs = 0
         self.successes = 0  # runs whose data is durably spooled
         self.errors = 0
-        self.ran = asyncio.Event()  # set once the first run finished, well or not
         self.succeeded = asyncio.Event()  # set once a run's data was durably spooled
         self._task: asyncio.Task[None] | None = None
 
@@ -79,12 +102,6 @@ class SourceRunner:
             await asyncio.sleep(next_run - now)
 
     async def run_once(self) -> None:
-        try:
-            await self._run_once()
-        finally:
-            self.ran.set()
-
-    async def _run_once(self) -> None:
         name = self.source.name
         self.last_run = time.time()
         self.runs += 1
@@ -135,3 +152,19 @@ class SourceRunner:
             "points_collected": Stats.total(self.stats.points_collected, source=self.source.name),
             **self.source.details(),
         }
+
+
+class SourceRunners:
+    """Starts runners that spool into one spool, and stops them (discovery's pool too)."""
+
+    def __init__(self, spool: Spool, stats: Stats) -> None:
+        self.spool = spool
+        self.stats = stats
+
+    def start(self, source: Source) -> SourceRunner:
+        runner = SourceRunner(source, self.spool, self.stats)
+        runner.start()
+        return runner
+
+    async def stop(self, runner: SourceRunner) -> None:
+        await runner.stop()

@@ -11,14 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import psutil
 
-from relay.sources.base import Source
+from relay.sources.base import Source, SourceRunner
 
 log = logging.getLogger("relay.discovery")
 
@@ -129,18 +129,26 @@ def scan() -> tuple[list[Discovered], list[str]]:
     return found, notes
 
 
+# The sources to run for one JVM (relay.sources.build.sources_for, bound to the config).
 SourceFactory = Callable[[Discovered], list[Source]]
 
 
-class Discovery:
-    """Keeps one set of sources per discovered JVM, started and stopped through callbacks."""
+class RunnerPool(Protocol):
+    """Where discovered sources run: started into the relay's spool, stopped when their JVM goes."""
 
-    def __init__(self, interval: float, make_sources: SourceFactory,
-                 start: Callable[[Source], Any], stop: Callable[[Any], Awaitable[None]]) -> None:
+    def start(self, source: Source) -> SourceRunner: ...
+
+    async def stop(self, runner: SourceRunner) -> None: ...
+
+
+class Discovery:
+    """Keeps one set of source runners per discovered JVM, in step with what the scan finds."""
+
+    def __init__(self, interval: float, make_sources: SourceFactory, pool: RunnerPool) -> None:
         self.interval = interval
         self.make_sources = make_sources
-        self._start, self._stop = start, stop
-        self.active: dict[tuple[int, str, str], tuple[Discovered, list[Any]]] = {}
+        self.pool = pool
+        self.active: dict[tuple[int, str, str], tuple[Discovered, list[SourceRunner]]] = {}
         self.notes: list[str] = []
         self.last_scan: float | None = None
         self.last_error: str | None = None
@@ -155,7 +163,7 @@ class Discovery:
             await asyncio.gather(self._task, return_exceptions=True)
         for _, runners in self.active.values():
             for r in runners:
-                await self._stop(r)
+                await self.pool.stop(r)
         self.active.clear()
 
     async def _loop(self) -> None:
@@ -177,12 +185,12 @@ class Discovery:
                 d, runners = self.active.pop(key)
                 log.info("discovery: %s is gone (%s); its sources stop", d.url, d.reason)
                 for r in runners:
-                    await self._stop(r)
+                    await self.pool.stop(r)
         for key, d in current.items():
             if key in self.active:
                 continue
             log.info("discovery: found %s -> %s %s", d.reason, d.protocol, d.url)
-            runners = [self._start(s) for s in self.make_sources(d)]
+            runners = [self.pool.start(s) for s in self.make_sources(d)]
             self.active[key] = (d, runners)
 
     def snapshot(self) -> dict[str, Any]:
@@ -194,5 +202,5 @@ class Discovery:
             "notes": self.notes,
         }
 
-    def runners(self) -> list[Any]:
+    def runners(self) -> list[SourceRunner]:
         return [r for _, rs in self.active.values() for r in rs]

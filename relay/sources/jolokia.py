@@ -19,10 +19,10 @@ import aiohttp
 from google.protobuf.message import Message
 
 from relay import __version__
+from relay.config import JolokiaSettings, ScrapeTargetSettings
 from relay.mapping import Mappings, parse_props
 from relay.otlp import MetricsBuilder
-from relay.sources.base import Source
-from relay.sources.scrape_http import ScrapeSession
+from relay.sources.base import ScrapeSource
 
 log = logging.getLogger("relay.sources.jolokia")
 
@@ -37,7 +37,7 @@ class JolokiaError(Exception):
 
 
 @dataclass
-class MapResult:
+class JolokiaReading:
     request: Message
     points: int
     entry_errors: dict[int, int] = field(default_factory=dict)  # HTTP-like status -> entries
@@ -93,7 +93,7 @@ def _values_by_bean(request_bean: str, value: Any) -> dict[str, dict[str, Any]]:
 def map_response(
     sent: list[dict[str, Any]], response: Any, mappings: Mappings, resource: dict[str, Any],
     now_ns: int | None = None,
-) -> MapResult:
+) -> JolokiaReading:
     """Map a Jolokia bulk response (the parsed JSON) to one OTLP request."""
     if not isinstance(response, list) or len(response) != len(sent):
         raise JolokiaError(
@@ -149,40 +149,21 @@ def map_response(
                 attrs = mappings.attrs_for(rule, ctx)
                 metric = b.metric(rule.metric, rule.type, rule.unit, rule.desc)
                 b.point(metric, value, now_ns, start_ns if rule.type != "gauge" else 0, attrs)
-    return MapResult(b.finish(), b.points, errors, identity)
+    return JolokiaReading(b.finish(), b.points, errors, identity)
 
 
-@dataclass(frozen=True)
-class JolokiaTarget:
-    url: str
-    mappings: tuple[str, ...]
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    ca_file: str | None = None
-    insecure_skip_verify: bool = False
-    instance: str | None = None  # service.instance.id; default: host:port of the URL
-
-
-class JolokiaSource(Source):
-    def __init__(self, target: JolokiaTarget, mappings: Mappings, interval: float, timeout: float,
-                 base_resource: dict[str, Any], name: str | None = None) -> None:
-        from urllib.parse import urlsplit
-
-        self.target = target
+class JolokiaSource(ScrapeSource):
+    def __init__(self, target: ScrapeTargetSettings, password: str | None, mappings: Mappings,
+                 settings: JolokiaSettings, base_resource: dict[str, Any], name: str | None = None) -> None:
+        super().__init__("jolokia", target, password, settings.interval, settings.timeout, base_resource, name)
         self.mappings = mappings
-        self.interval = interval
-        self.timeout = timeout
-        parts = urlsplit(target.url)
-        self.name = name or f"jolokia {parts.hostname}:{parts.port}"
-        instance = target.instance or f"{socket.gethostname()}:{parts.port}"
         self.resource = {
-            "service.name": mappings.service_name, "service.instance.id": instance,
-            "host.name": base_resource.get("host.name", socket.gethostname()),
+            "service.name": target.service_name or mappings.service_name,
+            "service.instance.id": f"{socket.gethostname()}:{self.url_parts.port}",
+            "host.name": self.host_name,
         }
         self.sent = bulk_request(mappings)
         self._body = json.dumps(self.sent).encode()
-        self._http = ScrapeSession(target.url, timeout, target.username, target.password, target.ca_file,
-                                   target.insecure_skip_verify)
         self.last_entry_errors: dict[int, int] = {}
         self.identity: dict[str, str] = {}
 
@@ -204,9 +185,6 @@ class JolokiaSource(Source):
         self.last_entry_errors = result.entry_errors
         self.identity = result.identity
         return [result.request]
-
-    async def close(self) -> None:
-        await self._http.close()
 
     def details(self) -> dict[str, Any]:
         return {"url": self.target.url, "mappings": list(self.mappings.names),

@@ -13,7 +13,7 @@ import hmac
 import json
 import logging
 import ssl
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 from google.protobuf import json_format
@@ -41,12 +41,12 @@ class OtlpReceiver:
     name = "otlp"
 
     def __init__(self, settings: OtlpReceiverSettings, token: str | None, spool: Spool, stats: Stats,
-                 drop_oldest: bool) -> None:
+                 when_full: Literal["block", "drop_oldest"]) -> None:
         self.settings = settings
         self.token = token
         self.spool = spool
         self.stats = stats
-        self.drop_oldest = drop_oldest
+        self.when_full = when_full
         self._busy = 0
         self._runner: web.AppRunner | None = None
 
@@ -128,7 +128,7 @@ class OtlpReceiver:
             # Stored as protobuf whatever came in: one format in the spool and on the wire.
             payload = msg.SerializeToString() if as_json else body
             try:
-                await self.spool.append(signal, payload, items, refuse_when_full=not self.drop_oldest)
+                await self.spool.append(signal, payload, items, refuse_when_full=self.when_full == "block")
             except SpoolError as e:
                 retry = RETRY_AFTER_FULL
                 return self._reject(signal, f"spool_{e.reason}", 503, f"not accepted, retry later: {e}",

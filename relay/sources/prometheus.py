@@ -11,12 +11,10 @@ Malformed exposition fails that scrape with a clear error; the relay keeps runni
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 from google.protobuf.message import Message
@@ -24,10 +22,10 @@ from prometheus_client import parser as text_parser
 from prometheus_client.openmetrics import parser as om_parser
 
 from relay import __version__
+from relay.config import PrometheusSettings, ScrapeTargetSettings
 from relay.mapping import Mappings
 from relay.otlp import MetricsBuilder, cumulative_buckets
-from relay.sources.base import Source
-from relay.sources.scrape_http import ScrapeSession
+from relay.sources.base import ScrapeSource
 
 SCOPE = "telemetry-relay/prometheus"
 # The text format first: prometheus_client's text parser takes what exporters really emit.
@@ -39,7 +37,7 @@ class ExpositionError(Exception):
 
 
 @dataclass
-class MapResult:
+class ScrapeReading:
     request: Message
     points: int
     families: int
@@ -71,7 +69,7 @@ def _labels_key(labels: dict[str, str], drop: str) -> tuple[tuple[str, str], ...
 def map_exposition(
     text: str, openmetrics: bool, mappings: Mappings | None, resource: dict[str, Any],
     now_ns: int | None = None, start_ns: int = 0, passthrough: bool = True,
-) -> MapResult:
+) -> ScrapeReading:
     families = parse(text, openmetrics)
     now_ns = now_ns or time.time_ns()
     b = MetricsBuilder(resource, SCOPE, __version__)
@@ -104,7 +102,7 @@ def map_exposition(
                 rest.append(s)
         if rest and passthrough:
             _passthrough(b, fam, rest, now_ns, start_ns)
-    return MapResult(b.finish(), b.points, len(families), mapped)
+    return ScrapeReading(b.finish(), b.points, len(families), mapped)
 
 
 def _passthrough(b: MetricsBuilder, fam: Any, samples: list[Any], now_ns: int, start_ns: int) -> None:
@@ -166,35 +164,19 @@ def _summaries(b: MetricsBuilder, fam: Any, samples: list[Any], now_ns: int, sta
                         sum=float(g["sum"] or 0.0), quantiles=quantiles, attrs=g["labels"])
 
 
-@dataclass(frozen=True)
-class PrometheusTarget:
-    url: str
-    mappings: tuple[str, ...] = ()
-    service_name: str | None = None
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    ca_file: str | None = None
-    insecure_skip_verify: bool = False
-    passthrough: bool = True
-
-
-class PrometheusSource(Source):
-    def __init__(self, target: PrometheusTarget, mappings: Mappings | None, interval: float, timeout: float,
-                 base_resource: dict[str, Any], name: str | None = None) -> None:
-        self.target = target
+class PrometheusSource(ScrapeSource):
+    def __init__(self, target: ScrapeTargetSettings, password: str | None, mappings: Mappings | None,
+                 settings: PrometheusSettings, base_resource: dict[str, Any], name: str | None = None) -> None:
+        super().__init__("prometheus", target, password, settings.interval, settings.timeout, base_resource, name)
         self.mappings = mappings
-        self.interval = interval
-        self.timeout = timeout
-        parts = urlsplit(target.url)
-        self.name = name or f"prometheus {parts.hostname}:{parts.port}"
-        service = target.service_name or (mappings.service_name if mappings else parts.hostname or "prometheus")
+        self.passthrough = settings.passthrough_unmapped
+        host = self.url_parts.hostname
+        service = target.service_name or (mappings.service_name if mappings else host or "prometheus")
         self.resource = {
-            "service.name": service, "service.instance.id": f"{parts.hostname}:{parts.port}",
-            "host.name": base_resource.get("host.name", socket.gethostname()),
+            "service.name": service, "service.instance.id": f"{host}:{self.url_parts.port}",
+            "host.name": self.host_name,
         }
         self.first_scrape_ns = 0
-        self._http = ScrapeSession(target.url, timeout, target.username, target.password, target.ca_file,
-                                   target.insecure_skip_verify)
         self.last_families = 0
 
     async def collect(self) -> list[Message]:
@@ -212,12 +194,9 @@ class PrometheusSource(Source):
         # Without _created, cumulative series start at the first scrape this relay made.
         self.first_scrape_ns = self.first_scrape_ns or now
         result = map_exposition(text, openmetrics, self.mappings, self.resource, now, self.first_scrape_ns,
-                                self.target.passthrough)
+                                self.passthrough)
         self.last_families = result.families
         return [result.request]
-
-    async def close(self) -> None:
-        await self._http.close()
 
     def details(self) -> dict[str, Any]:
         return {"url": self.target.url, "mappings": list(self.mappings.names) if self.mappings else [],

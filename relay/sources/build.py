@@ -1,0 +1,74 @@
+"""Sources from settings: the configured ones, and those for a JVM that discovery found.
+
+Owns: which sources a config asks for, loading and compiling the mapping rule files each
+scrape target names (so a broken rule file fails here, before a reload touches the running
+pipeline), and the one way a Jolokia or Prometheus source is made from its target.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from relay import mapping
+from relay.config import Config, ScrapeTargetSettings
+from relay.schema import HttpUrl
+from relay.sources.base import Source
+from relay.sources.discovery import Discovered
+from relay.sources.host import HostSource
+from relay.sources.internal import InternalSource
+from relay.sources.jolokia import JolokiaSource
+from relay.sources.process import ProcessSource
+from relay.sources.prometheus import PrometheusSource
+from relay.stats import Stats
+
+log = logging.getLogger("relay.sources")
+
+
+def build_sources(config: Config, resource: dict[str, Any], stats: Stats,
+                  passwords: Mapping[str, str | None]) -> list[Source]:
+    """The configured sources; `passwords` are the scrape targets' passwords by URL.
+    Raises SchemaError naming the file when a mapping rule file does not load."""
+    s = config.sources
+    rules = _rules_dir(config)
+    out: list[Source] = []
+    if s.host.enabled:
+        out.append(HostSource(s.host.interval, resource))
+    if s.internal.enabled:
+        out.append(InternalSource(s.internal.interval, resource, stats))
+    for t in s.jolokia.targets:
+        out.append(JolokiaSource(t, passwords.get(t.url), mapping.load(t.mappings, rules), s.jolokia, resource))
+    for t in s.prometheus.targets:
+        # A Prometheus target may name no rules: then every series passes through as it is.
+        maps = mapping.load(t.mappings, rules) if t.mappings else None
+        out.append(PrometheusSource(t, passwords.get(t.url), maps, s.prometheus, resource))
+    return out
+
+
+def sources_for(found: Discovered, config: Config, resource: dict[str, Any]) -> list[Source]:
+    """The sources for one JVM that discovery found: its scrape, and its process metrics."""
+    s = config.sources
+    maps = mapping.load(found.mappings, _rules_dir(config))
+    # Discovery reads no credentials: an agent on loopback is scraped as it answers.
+    target = ScrapeTargetSettings(url=HttpUrl(found.url), mappings=found.mappings)
+    name = f"{found.protocol} pid {found.pid}"
+    out: list[Source] = [
+        JolokiaSource(target, None, maps, s.jolokia, resource, name) if found.protocol == "jolokia"
+        else PrometheusSource(target, None, maps, s.prometheus, resource, name)
+    ]
+    if s.discovery.process_metrics:
+        try:
+            out.append(ProcessSource(found.pid, maps.service_name, s.jolokia.interval,
+                                     s.discovery.send_command_line))
+        except psutil.Error as e:  # the JVM exited between the scan and now
+            log.info("discovery: no process metrics for pid %d: %s", found.pid, e)
+    return out
+
+
+def _rules_dir(config: Config) -> Path | None:
+    """Where the mapping rule files live; None: the shipped ones."""
+    return Path(config.sources.mappings_dir) if config.sources.mappings_dir else None
