@@ -143,6 +143,10 @@ class _Mirrored:
                 out[key] = out.get(key, 0.0) + v
         return out
 
+    def by_label(self, label: str, **match: str) -> dict[str, float]:
+        """`by` for one label: {value of `label`: sum}, over the series whose labels include `match`."""
+        return {key[0]: v for key, v in self.by(label, **match).items()}
+
     def collect(self) -> Any:
         """prometheus_client's own view, for callers that still walk samples (use `by` instead)."""
         return self._prom.collect()
@@ -255,14 +259,6 @@ class Stats:
                 metric = Histogram(d.prom_name, d.help, d.labels, buckets=d.buckets, registry=r)
             setattr(self, d.attr, metric)
 
-    @staticmethod
-    def total(counter: SelfCounter, **match: str) -> float:
-        """Sum of a labelled counter's children whose labels include `match`."""
-        return counter.total(**match)
-
-    @staticmethod
-    def by_label(counter: SelfCounter, label: str, **match: str) -> dict[str, float]:
-        return {key[0]: v for key, v in counter.by(label, **match).items()}
 
 
 def _check_table_matches_attributes() -> None:

@@ -18,7 +18,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -47,7 +47,6 @@ class _Stopping(Exception):
 class DestinationState:
     name: str
     endpoint: str
-    started: float = field(default_factory=time.time)
     last_success: float | None = None
     last_attempt: float | None = None
     last_error: str | None = None
@@ -371,32 +370,7 @@ class Shipper:
                 log.warning("%s: export failed (%s), will retry (failure %d in a row)",
                             self.name, detail, st.consecutive_failures)
 
-    def _redactions(self) -> dict[str, dict[str, float]]:
-        """Per rule: items and attributes dropped, hashed, masked, merged."""
-        out: dict[str, dict[str, float]] = {}
-        for metric in self.stats.redactions.collect():
-            for smp in metric.samples:
-                if smp.name.endswith("_total") and smp.labels.get("destination") == self.name and smp.value:
-                    out.setdefault(smp.labels["rule"], {})[smp.labels["action"]] = smp.value
-        return out
-
     # -- status ------------------------------------------------------------------------------------
-
-    def ready_problem(self, now: float) -> str | None:
-        """Why this destination makes the relay not ready, or None."""
-        if self.policy is not None and self.policy.current is None:
-            return f"destination {self.name}: no valid redaction policy, nothing ships: {self.policy.error}"
-        backlog_bytes, backlog_items = self.spool.backlog(self.name)
-        if backlog_items == 0:
-            return None
-        since = max(self.state.last_success or 0.0, self.state.started)
-        if now - since <= self.settings.ready_threshold:
-            return None
-        err = f"; last error: {self.state.last_error}" if self.state.last_error else ""
-        return (
-            f"destination {self.name}: no successful export for {now - since:.0f}s "
-            f"with {backlog_items} items ({backlog_bytes} bytes) waiting{err}"
-        )
 
     def snapshot(self, now: float) -> dict[str, Any]:
         st = self.state
@@ -412,7 +386,7 @@ class Shipper:
             "proxy": _redact_url(self.settings.proxy_url) if self.settings.proxy_url else "environment",
             "signing_key_ids": self.signer.key_ids if self.signer else [],
             "policy": self.policy.snapshot() if self.policy else None,
-            "redactions": self._redactions(),
+            "redactions": self._redactions_by_rule(),
             "last_success": st.last_success,
             "last_success_age_seconds": round(now - st.last_success, 3) if st.last_success else None,
             "last_error": st.last_error,
@@ -422,19 +396,26 @@ class Shipper:
             "in_flight": st.in_flight,
             "backlog_bytes": backlog_bytes,
             "backlog_items": backlog_items,
-            "shipped_points": Stats.total(self.stats.points_shipped, destination=self.name),
-            "shipped_requests": Stats.total(self.stats.requests_shipped, destination=self.name),
-            "shipped_bytes": Stats.total(self.stats.bytes_shipped, destination=self.name),
-            "rejected_points": Stats.total(self.stats.points_rejected, destination=self.name),
-            "dropped_points": {
-                k: v for k, v in Stats.by_label(self.stats.points_dropped, "reason", destination=self.name).items()
-                if v
-            },
-            "retries": {
-                k: v for k, v in Stats.by_label(self.stats.export_retries, "reason", destination=self.name).items()
-                if v
-            },
+            "shipped_points": self.stats.points_shipped.total(destination=self.name),
+            "shipped_requests": self.stats.requests_shipped.total(destination=self.name),
+            "shipped_bytes": self.stats.bytes_shipped.total(destination=self.name),
+            "rejected_points": self.stats.points_rejected.total(destination=self.name),
+            "dropped_points": _nonzero(self.stats.points_dropped.by_label("reason", destination=self.name)),
+            "retries": _nonzero(self.stats.export_retries.by_label("reason", destination=self.name)),
         }
+
+    def _redactions_by_rule(self) -> dict[str, dict[str, float]]:
+        """Per rule: items and attributes dropped, hashed, masked, merged."""
+        out: dict[str, dict[str, float]] = {}
+        for (rule, action), v in self.stats.redactions.by("rule", "action", destination=self.name).items():
+            if v:
+                out.setdefault(rule, {})[action] = v
+        return out
+
+
+def _nonzero(counts: dict[str, float]) -> dict[str, float]:
+    """The entries that counted something."""
+    return {k: v for k, v in counts.items() if v}
 
 
 def _redact_url(url: str) -> str:

@@ -149,7 +149,7 @@ class SourceRunner:
             "runs": self.runs,
             "successes": self.successes,
             "errors": self.errors,
-            "points_collected": Stats.total(self.stats.points_collected, source=self.source.name),
+            "points_collected": self.stats.points_collected.total(source=self.source.name),
             **self.source.details(),
         }
 

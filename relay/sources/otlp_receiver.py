@@ -169,11 +169,11 @@ class OtlpReceiver:
         out: dict[str, Any] = {"name": self.name, "listen": self.settings.listen, "signals": {}}
         for signal in SIGNALS:
             out["signals"][signal] = {
-                "requests": Stats.total(self.stats.receiver_requests, signal=signal),
-                "items": Stats.total(self.stats.receiver_items, signal=signal),
-                "bytes": Stats.total(self.stats.receiver_bytes, signal=signal),
-                "rejected": {k: v for k, v in
-                             Stats.by_label(self.stats.receiver_rejected, "reason", signal=signal).items() if v},
+                "requests": self.stats.receiver_requests.total(signal=signal),
+                "items": self.stats.receiver_items.total(signal=signal),
+                "bytes": self.stats.receiver_bytes.total(signal=signal),
+                "rejected": {reason: v for reason, v in
+                             self.stats.receiver_rejected.by_label("reason", signal=signal).items() if v},
             }
         return out
 

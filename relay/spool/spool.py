@@ -354,7 +354,7 @@ class Spool:
             "last_error": self.last_error,
             "quarantined": self.quarantined,
             "dropped_points": {
-                reason: v for reason, v in Stats.by_label(self.stats.points_dropped, "reason").items() if v
+                reason: v for reason, v in self.stats.points_dropped.by_label("reason").items() if v
             },
         }
 

@@ -81,8 +81,8 @@ def test_byte_cap_evicts_oldest_and_counts_exactly(tmp_path: Path) -> None:
         assert snap["bytes"] > MiB - len(payload)  # within one entry of the cap
         kept = snap["entries"]
         evicted = 60 - kept
-        assert Stats.total(stats.entries_dropped, reason="max_bytes") == evicted
-        assert Stats.total(stats.points_dropped, reason="max_bytes") == evicted * 7
+        assert stats.entries_dropped.total(reason="max_bytes") == evicted
+        assert stats.points_dropped.total(reason="max_bytes") == evicted * 7
         lease = await s.lease("a", "metrics", 0, 10 * MiB)
         assert lease is not None and lease.first == evicted + 1  # the oldest kept entry
         await s.close()
@@ -100,7 +100,7 @@ def test_max_age_drops_old_entries(tmp_path: Path) -> None:
         assert s.snapshot()["entries"] == 1
         await s.enforce_age(now=time.time() + 7200)
         assert s.snapshot()["entries"] == 0
-        assert Stats.total(stats.points_dropped, reason="max_age") == 3
+        assert stats.points_dropped.total(reason="max_age") == 3
         await s.close()
 
     run(main)
@@ -120,7 +120,7 @@ def test_concurrent_appends_are_all_durable(tmp_path: Path) -> None:
         await s.close()
 
     run(main)
-    assert Stats.total(stats.points_spooled) == 300
+    assert stats.points_spooled.total() == 300
 
 
 def test_large_values_stay_inside_sqlite(tmp_path: Path) -> None:
@@ -151,7 +151,7 @@ def test_dead_letter_keeps_the_batch_with_its_reason(tmp_path: Path) -> None:
         await s.close()
 
     run(main)
-    assert Stats.total(stats.points_dropped, reason="dead_letter") == 4
+    assert stats.points_dropped.total(reason="dead_letter") == 4
 
 
 def test_signals_have_separate_queues(tmp_path: Path) -> None:
@@ -228,7 +228,7 @@ def test_refusing_when_full_never_evicts_what_was_accepted(tmp_path: Path) -> No
         done.set()
         await drain
         assert refused > 0 and accepted > 0
-        assert Stats.total(stats.points_dropped, reason="max_bytes") == 0, f"{accepted} accepted"
+        assert stats.points_dropped.total(reason="max_bytes") == 0, f"{accepted} accepted"
         await s.close()
 
     run(main)

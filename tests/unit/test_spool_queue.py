@@ -97,5 +97,5 @@ def test_lease_halves_carry_their_true_cursors_and_dead_letter_as_batches(tmp_pa
         await s.close()
 
     asyncio.run(main())
-    assert Stats.total(stats.points_dropped, reason="dead_letter") == 3
-    assert Stats.total(stats.entries_dropped, reason="dead_letter") == 2
+    assert stats.points_dropped.total(reason="dead_letter") == 3
+    assert stats.entries_dropped.total(reason="dead_letter") == 2

@@ -12,7 +12,7 @@ from relay.stats import SELF_METRICS, SelfCounter, SelfGauge, Stats
 
 
 def _registry_total(counter: SelfCounter, **match: str) -> float:
-    """What Stats.total used to compute, by walking prometheus_client's samples."""
+    """What the readers used to compute, by walking prometheus_client's samples."""
     return sum(s.value for m in counter.collect() for s in m.samples
                if s.name.endswith("_total") and all(s.labels.get(k) == v for k, v in match.items()))
 
@@ -47,14 +47,14 @@ def test_total_and_by_label_read_what_the_registry_holds() -> None:
     dropped = s.points_dropped
     for match in ({}, {"destination": "vendor"}, {"reason": "max_bytes"}, {"destination": "nowhere"},
                   {"no_such_label": "x"}):
-        assert Stats.total(dropped, **match) == _registry_total(dropped, **match), match
+        assert dropped.total(**match) == _registry_total(dropped, **match), match
     for label, match in (("reason", {}), ("reason", {"destination": "backup"}), ("destination", {}),
                          ("no_such_label", {})):
-        got = Stats.by_label(dropped, label, **match)
+        got = dropped.by_label(label, **match)
         assert got == _registry_by_label(dropped, label, **match), (label, match)
         assert list(got) == list(_registry_by_label(dropped, label, **match))  # same order too
-    assert Stats.by_label(dropped, "reason", destination="backup") == {"max_bytes": 7.0, "dead_letter": 0.0}
-    assert Stats.total(dropped) == 16.0 and Stats.total(dropped, destination="vendor", reason="max_age") == 4.0
+    assert dropped.by_label("reason", destination="backup") == {"max_bytes": 7.0, "dead_letter": 0.0}
+    assert dropped.total() == 16.0 and dropped.total(destination="vendor", reason="max_age") == 4.0
 
 
 def test_value_is_one_series_and_by_groups_on_several_labels() -> None:
@@ -121,8 +121,8 @@ def test_counts_from_many_threads_add_up_while_status_reads() -> None:
     def read() -> None:
         try:
             while not stop.is_set():
-                Stats.by_label(s.points_spooled, "signal")
-                Stats.total(s.points_spooled)
+                s.points_spooled.by_label("signal")
+                s.points_spooled.total()
         except BaseException as e:  # a dict changing size under the reader would land here
             errors.append(e)
 
@@ -136,7 +136,7 @@ def test_counts_from_many_threads_add_up_while_status_reads() -> None:
     stop.set()
     reader.join()
     assert not errors
-    assert Stats.total(s.points_spooled) == per_thread * threads == _registry_total(s.points_spooled)
+    assert s.points_spooled.total() == per_thread * threads == _registry_total(s.points_spooled)
 
 
 def test_the_registry_holds_exactly_the_table_in_its_order() -> None:
