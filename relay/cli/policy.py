@@ -54,14 +54,16 @@ def _inputs(args: argparse.Namespace, state_dir: str | None) -> list[tuple[Signa
 
 
 def _secret(state_dir: str) -> bytes | None:
-    """This installation's hashing secret, or None before the relay's first start."""
-    path = Path(state_dir) / SECRET_FILE
+    """This installation's hashing secret, or None before the relay's first start.
+
+    A secret file others can read, or one without a hex key, is refused (SecretError) as a
+    start refuses it.
+    """
     try:
         return existing_secret(state_dir)
     except OSError as e:
+        path = Path(state_dir) / SECRET_FILE
         raise CommandError(f"cannot read {path}: {e.strerror} (run as the service user or root)") from None
-    except ValueError:
-        raise CommandError(f"{path} does not hold a hex key (the relay cannot start with it either)") from None
 
 
 def _test(args: argparse.Namespace) -> int:

@@ -1,8 +1,8 @@
 """The command line as an operator runs it (real subprocesses, real files, a real status
 server on loopback): check-config validates the policy files a start would load, the
 read-only commands (policy test, policy unhash, spool) need no API key and never create the
-policy secret, and nothing from outside (a relay's /status or outbox, the spool) reaches
-the terminal with its control characters."""
+policy secret, a start refuses a policy secret others can read, and nothing from outside
+(a relay's /status or outbox, the spool) reaches the terminal with its control characters."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from relay.config import SpoolSettings
 from relay.otlp import MetricsBuilder
 from relay.spool import Spool
 from relay.stats import Stats
-from tests.procs import CLI, PASS_THROUGH_POLICY
+from tests.procs import CLI, PASS_THROUGH_POLICY, free_port
 
 # A variable no test environment sets: the config names it, so a full load must fail.
 UNSET_KEY_ENV = "TELEMETRY_RELAY_TEST_UNSET_API_KEY"
@@ -31,9 +31,11 @@ HASH_CUSTOMER = ("version: 1\nresource_attributes: {default: keep}\nattributes:\
                  "  rules: [{key: customer, action: hash}]\n")
 
 
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, env: dict[str, str] | None = None,
+        timeout: float = 60) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if k != UNSET_KEY_ENV}
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60, env={**environ, **(env or {})})
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**environ, **(env or {})})
 
 
 def write_config(tmp_path: Path, policy: Path, second_policy: Path | None = None) -> Path:
@@ -113,6 +115,7 @@ def test_read_only_commands_work_without_the_api_key(tmp_path: Path) -> None:
     assert p.returncode == 0, p.stderr
     assert "items in: 1, would leave: 1" in p.stdout and "attributes:customer" in p.stdout
     (tmp_path / "state" / "policy-secret").write_text("ab" * 32 + "\n")
+    (tmp_path / "state" / "policy-secret").chmod(0o600)
     p = cli("policy", "unhash", "h:0000000000000000", "--config", str(config))
     assert p.returncode == 1 and "no value in the spool hashes to it" in p.stdout, p.stdout + p.stderr
     p = cli("spool", "--config", str(config))
@@ -256,3 +259,30 @@ def test_spool_and_unhash_show_control_characters_from_the_spool_escaped(tmp_pat
     assert p.returncode == 0, p.stdout + p.stderr
     assert raw_controls(p.stdout) == set(), p.stdout
     assert f"{token} = 'globex-corp'  (seen in: key{HOSTILE_SHOWN})" in p.stdout
+
+
+def start_config(tmp_path: Path, policy: Path) -> Path:
+    """relay.yaml for a real start, on free loopback ports, with the API key in UNSET_KEY_ENV."""
+    config = write_config(tmp_path, policy)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["server"] = {"listen": f"127.0.0.1:{free_port()}"}
+    cfg["sources"] = {"otlp": {"listen": f"127.0.0.1:{free_port()}"}}
+    config.write_text(yaml.safe_dump(cfg))
+    return config
+
+
+def test_a_start_refuses_a_policy_secret_others_can_read(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(PASS_THROUGH_POLICY.read_text())
+    config = start_config(tmp_path, policy)
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    secret = state / "policy-secret"
+    secret.write_text("ab" * 32 + "\n")
+    secret.chmod(0o644)
+
+    p = cli("run", "--config", str(config), env={UNSET_KEY_ENV: "k" * 32}, timeout=30)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert (f"policy secret file {secret} has mode 0644; it must not be readable by group or others "
+            "(chmod 0600)") in p.stderr
+    assert "Traceback" not in p.stderr
