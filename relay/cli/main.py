@@ -41,7 +41,8 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the relay in the foreground")
     run.add_argument("--config", default=config.DEFAULT_CONFIG_PATH, help="path to relay.yaml")
 
-    chk = sub.add_parser("check-config", help="validate relay.yaml and the policy files without starting anything")
+    chk = sub.add_parser("check-config", help="validate relay.yaml, the policy files and the key and secret files "
+                                              "without starting anything")
     chk.add_argument("--config", default=config.DEFAULT_CONFIG_PATH, help="path to relay.yaml")
 
     st = sub.add_parser("status", help="show what a running relay is doing (exit 1 when not ready)")

@@ -1,8 +1,9 @@
 """The command line as an operator runs it (real subprocesses, real files, a real status
-server on loopback): check-config validates the policy files a start would load, the
-read-only commands (policy test, policy unhash, spool) need no API key and never create the
-policy secret, a start refuses a policy secret others can read, and nothing from outside
-(a relay's /status or outbox, the spool) reaches the terminal with its control characters."""
+server on loopback): check-config validates the policy, key and secret files a start would
+load, the read-only commands (policy test, policy unhash, spool) need no API key and never
+create the policy secret, a start refuses a policy secret others can read, and nothing from
+outside (a relay's /status or outbox, the spool) reaches the terminal with its control
+characters."""
 
 from __future__ import annotations
 
@@ -286,3 +287,57 @@ def test_a_start_refuses_a_policy_secret_others_can_read(tmp_path: Path) -> None
     assert (f"policy secret file {secret} has mode 0644; it must not be readable by group or others "
             "(chmod 0600)") in p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_check_config_validates_the_key_and_secret_files_a_start_would_load(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(PASS_THROUGH_POLICY.read_text())
+    config = write_config(tmp_path, policy)
+    key_env = {UNSET_KEY_ENV: "k" * 32}
+    current = tmp_path / "state" / "keys" / "current.pem"
+    secret = tmp_path / "state" / "policy-secret"
+
+    p = cli("check-config", "--config", str(config), env=key_env)
+    assert p.returncode == 0, p.stderr
+    assert f"{current}: none yet (a start creates the signing key)" in p.stdout
+    assert f"{secret}: none yet (a start creates it)" in p.stdout
+
+    # The signing key: its mode, then its format.
+    p = cli("keys", "init", "--config", str(config), env=key_env)
+    assert p.returncode == 0, p.stderr
+    key_id = p.stdout.split("key id ")[1].split()[0]
+    p = cli("check-config", "--config", str(config), env=key_env)
+    assert p.returncode == 0, p.stderr
+    assert f"{current}: OK (signing key id {key_id})" in p.stdout
+    pem = current.read_text()
+    current.chmod(0o640)
+    p = cli("check-config", "--config", str(config), env=key_env)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert f"private key file {current} has mode 0640" in p.stderr and "Traceback" not in p.stderr
+    current.write_text("-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
+    current.chmod(0o600)
+    p = cli("check-config", "--config", str(config), env=key_env)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert f"private key file {current} is not a readable PEM private key" in p.stderr
+    current.write_text(pem)
+
+    # The policy secret: its mode, then its format, never quoting it.
+    secret.write_text("ab" * 32 + "\n")
+    secret.chmod(0o644)
+    p = cli("check-config", "--config", str(config), env=key_env)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert (f"policy secret file {secret} has mode 0644; it must not be readable by group or others "
+            "(chmod 0600)") in p.stderr
+    assert "Traceback" not in p.stderr
+    secret.chmod(0o600)
+    p = cli("check-config", "--config", str(config), env=key_env)
+    assert p.returncode == 0, p.stderr
+    assert f"{secret}: OK (policy secret)" in p.stdout
+    secret.write_text("not a hex key\n")
+    p = cli("check-config", "--config", str(config), env=key_env)
+    assert p.returncode == 2 and f"policy secret file {secret} does not hold a hex key" in p.stderr, p.stderr
+    assert "not a hex key\n" not in p.stderr
+    secret.write_text("ab" * 8 + "\n")
+    p = cli("check-config", "--config", str(config), env=key_env)
+    assert p.returncode == 2 and f"policy secret file {secret} holds a key of 8 bytes" in p.stderr, p.stderr
+    assert "ab" * 8 not in p.stderr
