@@ -1,5 +1,8 @@
 """`telemetry-relay keys init|show|rotate|export`: the Ed25519 request-signing keys in the
 configured key directory, and their public halves to register with the vendor.
+
+relay.yaml is loaded without its secrets: on a fresh install the operator registers the
+public key before there is an API key.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from relay.schema import SchemaError
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = config.load(args.config).config
+    cfg = config.load_settings(args.config)
     store = KeyStore(config.key_dir(cfg), cfg.signing.rotation_overlap)
     if args.action == "init":
         existed = store.exists()

@@ -1,9 +1,9 @@
 """The command line as an operator runs it (real subprocesses, real files, a real status
 server on loopback): check-config validates the policy, key and secret files a start would
-load, the read-only commands (policy test, policy unhash, spool) need no API key and never
-create the policy secret, a start refuses a policy secret others can read, and nothing from
-outside (a relay's /status or outbox, the spool) reaches the terminal with its control
-characters."""
+load, `keys` and the read-only commands (policy test, policy unhash, spool) need no API
+key, the read-only ones never create the policy secret, a start refuses a policy secret
+others can read, and nothing from outside (a relay's /status or outbox, the spool) reaches
+the terminal with its control characters."""
 
 from __future__ import annotations
 
@@ -341,3 +341,18 @@ def test_check_config_validates_the_key_and_secret_files_a_start_would_load(tmp_
     p = cli("check-config", "--config", str(config), env=key_env)
     assert p.returncode == 2 and f"policy secret file {secret} holds a key of 8 bytes" in p.stderr, p.stderr
     assert "ab" * 8 not in p.stderr
+
+
+def test_keys_work_before_there_is_an_api_key(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(PASS_THROUGH_POLICY.read_text())
+    config = write_config(tmp_path, policy)  # its API key is not set: a fresh install has none yet
+
+    p = cli("keys", "init", "--config", str(config))
+    assert p.returncode == 0, p.stderr
+    assert "created signing key: key id " in p.stdout
+
+    # The operator registers the public key before getting an API key.
+    p = cli("keys", "show", "--config", str(config))
+    assert p.returncode == 0, p.stderr
+    assert "(current, algorithm ed25519)" in p.stdout and "BEGIN PUBLIC KEY" in p.stdout
