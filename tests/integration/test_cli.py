@@ -1,15 +1,17 @@
 """The command line as an operator runs it (real subprocesses, real files, a real status
 server on loopback): check-config validates the policy, key and secret files a start would
 load, `keys` and the read-only commands (policy test, policy unhash, spool) need no API
-key, the read-only ones never create the policy secret, a start refuses a policy secret
-others can read, and nothing from outside (a relay's /status or outbox, the spool) reaches
-the terminal with its control characters."""
+key, the read-only ones never create the policy secret, `keys init` makes the state
+directory private, a start refuses a policy secret others can read, and nothing from
+outside (a relay's /status or outbox, the spool) reaches the terminal with its control
+characters."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import stat
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -32,11 +34,11 @@ HASH_CUSTOMER = ("version: 1\nresource_attributes: {default: keep}\nattributes:\
                  "  rules: [{key: customer, action: hash}]\n")
 
 
-def cli(*args: str, env: dict[str, str] | None = None,
+def cli(*args: str, env: dict[str, str] | None = None, umask: int = -1,
         timeout: float = 60) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if k != UNSET_KEY_ENV}
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout,
-                          env={**environ, **(env or {})})
+                          env={**environ, **(env or {})}, umask=umask)
 
 
 def write_config(tmp_path: Path, policy: Path, second_policy: Path | None = None) -> Path:
@@ -356,3 +358,21 @@ def test_keys_work_before_there_is_an_api_key(tmp_path: Path) -> None:
     p = cli("keys", "show", "--config", str(config))
     assert p.returncode == 0, p.stderr
     assert "(current, algorithm ed25519)" in p.stdout and "BEGIN PUBLIC KEY" in p.stdout
+
+
+@pytest.mark.parametrize("before", ["missing", "made 0755"])
+def test_keys_init_before_the_first_start_leaves_the_state_dir_private(tmp_path: Path, before: str) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(PASS_THROUGH_POLICY.read_text())
+    config = write_config(tmp_path, policy)
+    state = tmp_path / "state"
+    if before == "made 0755":
+        state.mkdir()
+        state.chmod(0o755)
+
+    p = cli("keys", "init", "--config", str(config), umask=0o022)
+    assert p.returncode == 0, p.stderr
+    for d in (state, state / "keys"):
+        st = d.stat()
+        assert stat.S_IMODE(st.st_mode) == 0o700, f"{d} is {stat.S_IMODE(st.st_mode):04o}"
+        assert (st.st_uid, st.st_gid) == (os.geteuid(), os.getegid()), "owned by who ran it, as a start leaves it"
