@@ -1,11 +1,15 @@
 """What the commands share: exit codes, the errors `main` turns into one line on stderr,
-reading a running relay's status server, and the human formatters for durations, sizes
-and ages.
+reading a running relay's status server, escaping text that came from outside before it
+is printed, and the human formatters for durations, sizes and ages.
+
+JSON output needs no escaping: json.dumps (ensure_ascii, its default) writes every
+control character and everything beyond ASCII as a \\uXXXX escape.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.error
 import urllib.request
@@ -51,6 +55,33 @@ def fetch(base: str, path: str) -> Any:
             return json.loads(e.read() or b"{}")
     except (urllib.error.URLError, OSError, ValueError) as e:
         raise CommandError(f"no relay answering at {base}: {getattr(e, 'reason', e)}", EXIT_USAGE) from None
+
+
+# C0 controls, DEL and C1 controls: what a terminal acts on (colours, cursor moves, window
+# titles, ...) instead of showing.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def escape_controls(value: object) -> str:
+    """A value that came from outside (a relay's /status or outbox, the spool, a vendor's
+    answer, a file) as it is safe to print: each control character, newline included, shown
+    as \\xNN, so the value can neither drive the operator's terminal nor fake a line of output.
+    """
+    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value))
+
+
+def escape_strings(doc: Any) -> Any:
+    """A decoded JSON document (a relay's /status, its outbox, the spool summary) with every
+    string in it, keys included, passed through escape_controls: the formatters then print
+    any field of it safely, the ones added later too.
+    """
+    if isinstance(doc, str):
+        return escape_controls(doc)
+    if isinstance(doc, dict):
+        return {escape_controls(k): escape_strings(v) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [escape_strings(v) for v in doc]
+    return doc
 
 
 def format_ago(ts: float | None, now: float) -> str:

@@ -1,9 +1,10 @@
 """The `telemetry-relay` argument parser, and dispatch to the module of each command.
 
 Owns: turning every expected failure (common.USER_ERRORS) into one clear line on stderr,
-secrets redacted, and its exit code: 2 for bad config, usage or secrets, or no relay
-answering; a command's own CommandError says its code. Anything else becomes one
-"internal error" line and exit 1. No traceback reaches the user unless --debug is given.
+secrets redacted and control characters escaped (messages quote files and answers), and
+its exit code: 2 for bad config, usage or secrets, or no relay answering; a command's own
+CommandError says its code. Anything else becomes one "internal error" line and exit 1.
+No traceback reaches the user unless --debug is given.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 from collections.abc import Callable
 
 from relay import __version__, config
-from relay.cli.common import DEFAULT_STATUS_URL, EXIT_FAIL, EXIT_OK, EXIT_USAGE, USER_ERRORS, exit_code
+from relay.cli.common import DEFAULT_STATUS_URL, EXIT_FAIL, EXIT_OK, EXIT_USAGE, USER_ERRORS, escape_controls, exit_code
 from relay.secrets import redact
 
 # Each command but `version` has its own module in this package, with a run(args) -> int.
@@ -40,7 +41,8 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the relay in the foreground")
     run.add_argument("--config", default=config.DEFAULT_CONFIG_PATH, help="path to relay.yaml")
 
-    chk = sub.add_parser("check-config", help="validate relay.yaml and the policy files without starting anything")
+    chk = sub.add_parser("check-config", help="validate relay.yaml, the policy files and the key and secret files "
+                                              "without starting anything")
     chk.add_argument("--config", default=config.DEFAULT_CONFIG_PATH, help="path to relay.yaml")
 
     st = sub.add_parser("status", help="show what a running relay is doing (exit 1 when not ready)")
@@ -106,13 +108,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_OK
     except USER_ERRORS as e:
-        print(f"telemetry-relay: {redact(str(e))}", file=sys.stderr)
+        print(f"telemetry-relay: {escape_controls(redact(str(e)))}", file=sys.stderr)
         return exit_code(e)
     except Exception as e:
         if args.debug:
             raise
         print(
-            f"telemetry-relay: internal error: {e.__class__.__name__}: {redact(str(e))} "
+            f"telemetry-relay: internal error: {e.__class__.__name__}: {escape_controls(redact(str(e)))} "
             "(run with --debug for details)",
             file=sys.stderr,
         )

@@ -3,6 +3,7 @@
 Owns: the dry run (what a policy would let out of a given request or of the spooled
 backlog, per rule or as OTLP JSON) and finding which recent local value a hash token
 stands for, by hashing the values found in the spool with this installation's secret.
+What came from the spool or the policy file is printed control-escaped (or as a repr).
 
 Both only read: they load relay.yaml without its secrets (API keys, passwords), and they
 never create the policy secret; only starting the relay does.
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from relay import config
-from relay.cli.common import EXIT_FAIL, CommandError
+from relay.cli.common import EXIT_FAIL, CommandError, escape_controls
 from relay.otlp import SIGNALS, Signal, from_json, parse_request, to_json_dict
 from relay.policy import SECRET_FILE, existing_secret, load_policy
 from relay.schema import SchemaError
@@ -53,14 +54,16 @@ def _inputs(args: argparse.Namespace, state_dir: str | None) -> list[tuple[Signa
 
 
 def _secret(state_dir: str) -> bytes | None:
-    """This installation's hashing secret, or None before the relay's first start."""
-    path = Path(state_dir) / SECRET_FILE
+    """This installation's hashing secret, or None before the relay's first start.
+
+    A secret file others can read, or one without a hex key, is refused (SecretError) as a
+    start refuses it.
+    """
     try:
         return existing_secret(state_dir)
     except OSError as e:
+        path = Path(state_dir) / SECRET_FILE
         raise CommandError(f"cannot read {path}: {e.strerror} (run as the service user or root)") from None
-    except ValueError:
-        raise CommandError(f"{path} does not hold a hex key (the relay cannot start with it either)") from None
 
 
 def _test(args: argparse.Namespace) -> int:
@@ -90,7 +93,7 @@ def _test(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(redacted, indent=2))
         return 0
-    print(f"policy {policy_path} (sha256 {policy.sha256[:12]})")
+    print(f"policy {escape_controls(policy_path)} (sha256 {policy.sha256[:12]})")
     print(f"items in: {items_in}, would leave: {items_out}, dropped whole: {items_in - items_out}")
     if not totals:
         print("no rule changed anything")
@@ -99,7 +102,7 @@ def _test(args: argparse.Namespace) -> int:
         by_rule[rule][action] = n
     for rule in sorted(by_rule):
         actions = ", ".join(f"{a} {n}" for a, n in sorted(by_rule[rule].items()))
-        print(f"  {rule:<40} {actions}")
+        print(f"  {escape_controls(rule):<40} {escape_controls(actions)}")
     return 0
 
 
@@ -141,8 +144,11 @@ def _unhash(args: argparse.Namespace) -> int:
                     if policy.token(part) == args.token:
                         found[part].add(where or signal)
     if not found:
-        print(f"{args.token}: no value in the spool hashes to it (only data still spooled can be looked up)")
+        print(f"{escape_controls(args.token)}: no value in the spool hashes to it "
+              "(only data still spooled can be looked up)")
         return 1
     for value, wheres in found.items():
-        print(f"{args.token} = {value!r}  (seen in: {', '.join(sorted(wheres))})")
+        # repr() escapes the value; where it was seen (an attribute key) needs it as much.
+        seen_in = ", ".join(escape_controls(w) for w in sorted(wheres))
+        print(f"{escape_controls(args.token)} = {value!r}  (seen in: {seen_in})")
     return 0

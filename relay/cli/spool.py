@@ -1,5 +1,7 @@
 """`telemetry-relay spool`: what the spool in the configured state directory holds:
-queues, each destination's backlog, dead letters and quarantined files.
+queues, each destination's backlog, dead letters and quarantined files. The listing escapes
+the control characters in what the spool holds (a dead letter's reason is a vendor's
+answer); --json prints it as json.dumps escapes it.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ import json
 import time
 
 from relay import config
-from relay.cli.common import EXIT_OK, format_ago, format_bytes, format_utc
+from relay.cli.common import EXIT_OK, escape_strings, format_ago, format_bytes, format_utc
 
 
 def run(args: argparse.Namespace) -> int:
@@ -19,6 +21,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
         return EXIT_OK
+    info = escape_strings(info)
     now = time.time()
     for kind, q in info["queues"].items():
         oldest = format_ago(q["oldest"], now) if q["oldest"] else "-"

@@ -1,7 +1,8 @@
 """`telemetry-relay status`: what a running relay is doing, read from its /status.
 
-Owns: the human rendering of the /status document (`format_status`); --json prints the
-document as it came. Exits 1 when the relay answers but is not ready.
+Owns: the human rendering of the /status document (`format_status`), with every string in
+it control-escaped first (vendor error bodies are in there); --json prints the document as
+it came (json.dumps escapes). Exits 1 when the relay answers but is not ready.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import json
 import time
 from typing import Any
 
-from relay.cli.common import EXIT_FAIL, EXIT_OK, fetch, format_ago, format_bytes, format_duration
+from relay.cli.common import EXIT_FAIL, EXIT_OK, escape_strings, fetch, format_ago, format_bytes, format_duration
 
 
 def run(args: argparse.Namespace) -> int:
@@ -23,7 +24,8 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK if data.get("ready") else EXIT_FAIL
 
 
-def format_status(d: dict[str, Any]) -> str:
+def format_status(doc: dict[str, Any]) -> str:
+    d = escape_strings(doc)
     now = time.time()
     verdict = "READY" if d.get("ready") else "NOT READY"
     out = [f"telemetry-relay {d.get('version')}  {verdict}  (uptime {format_duration(d.get('uptime_seconds', 0))})"]

@@ -1,6 +1,7 @@
-"""The redaction policy: loading and validating policy.yaml, the hashing secret, and the
-holder that keeps the last good policy in force across reloads (fail closed: without a
-valid policy nothing ships).
+"""The redaction policy: loading and validating policy.yaml, the hashing secret (checked
+like every secret file: private to its owner, and a hex key), and the holder that keeps
+the last good policy in force across reloads (fail closed: without a valid policy nothing
+ships).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from relay.policy.engine import Outcome, Policy
 from relay.policy.schema import PolicyFile
 from relay.schema import SchemaError, load_text
+from relay.secrets import SecretError, check_private_file, register
 
 log = logging.getLogger("relay.policy")
 
@@ -23,19 +25,37 @@ __all__ = ["SECRET_FILE", "Outcome", "Policy", "PolicyHolder", "existing_secret"
 
 
 SECRET_FILE = "policy-secret"
+# Shorter keys could be found from one known value and its token, and then every token
+# reversed by trying values; the relay makes 32-byte keys.
+_MIN_SECRET_BYTES = 16
 
 
 def existing_secret(state_dir: str | Path) -> bytes | None:
     """The per-installation HMAC key for hashed values, or None while there is none yet.
 
-    Never creates it: the read-only commands call this, and a file they created (as root,
-    say) would be one the service user cannot read.
+    Raises SecretError, naming the file, when group or others can read it (it must be 0600)
+    or it does not hold a hex key; OSError when it cannot be read at all. Never creates it:
+    the read-only commands call this, and a file they created (as root, say) would be one
+    the service user cannot read.
     """
+    path = Path(state_dir) / SECRET_FILE
     try:
-        value = (Path(state_dir) / SECRET_FILE).read_text().strip()
+        raw = path.read_bytes()
     except FileNotFoundError:
         return None
-    return bytes.fromhex(value) if value else None
+    check_private_file(path, "policy secret file", allow_group=False)
+    try:
+        value = raw.decode("ascii").strip()
+        key = bytes.fromhex(value)
+    except ValueError:
+        raise SecretError(f"policy secret file {path} does not hold a hex key") from None
+    if not value:
+        return None
+    register(value)
+    if len(key) < _MIN_SECRET_BYTES:
+        raise SecretError(f"policy secret file {path} holds a key of {len(key)} bytes; it must hold at least "
+                          f"{_MIN_SECRET_BYTES} ({2 * _MIN_SECRET_BYTES} hex digits)")
+    return key
 
 
 def load_secret(state_dir: str | Path) -> bytes:
@@ -47,7 +67,7 @@ def load_secret(state_dir: str | Path) -> bytes:
     if existing is not None:
         return existing
     path = Path(state_dir) / SECRET_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     value = pysecrets.token_hex(32)
     fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -55,6 +75,7 @@ def load_secret(state_dir: str | Path) -> bytes:
         f.flush()
         os.fsync(f.fileno())
     os.replace(path.with_suffix(".tmp"), path)
+    register(value)
     return bytes.fromhex(value)
 
 

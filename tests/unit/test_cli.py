@@ -1,6 +1,6 @@
-"""The CLI's pure pieces (formatters, the human status), its secrets-free config load, and
-main's handling of a status server that answers "not ready" or does not answer at all
-(a real HTTP server on loopback, main called in-process)."""
+"""The CLI's pure pieces (formatters, the control-character escaping, the human status), its
+secrets-free config load, and main's handling of a status server that answers "not ready"
+or does not answer at all (a real HTTP server on loopback, main called in-process)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 
 from relay import config
 from relay.cli import main
-from relay.cli.common import format_ago, format_bytes, format_duration
+from relay.cli.common import escape_controls, escape_strings, format_ago, format_bytes, format_duration
 from relay.cli.status import format_status
 from relay.schema import SchemaError
 from tests.procs import free_port
@@ -36,6 +36,20 @@ def test_ago_says_never_for_no_timestamp() -> None:
     assert format_ago(None, 1000.0) == "never"
     assert format_ago(0, 1000.0) == "never"
     assert format_ago(990.0, 1000.0) == "10s ago"
+
+
+def test_every_c0_and_c1_control_and_del_is_shown_escaped_and_nothing_else() -> None:
+    controls = [chr(c) for c in (*range(0x20), *range(0x7F, 0xA0))]
+    assert [escape_controls(c) for c in controls] == [f"\\x{ord(c):02x}" for c in controls]
+    assert escape_controls("\x1b[31mred\x1b[0m\nnext") == "\\x1b[31mred\\x1b[0m\\x0anext"
+    printable = "plain ASCII ~ \\x1b (already escaped) \xa0 é 日本 \u202f"
+    assert escape_controls(printable) == printable
+    assert escape_controls(None) == "None" and escape_controls(3.5) == "3.5"
+
+
+def test_escape_strings_reaches_every_string_of_a_document_keys_included() -> None:
+    doc = {"a\x1b": ["x\x07", {"k": "\x9b"}], "n": 1.5, "none": None, "ok": True}
+    assert escape_strings(doc) == {"a\\x1b": ["x\\x07", {"k": "\\x9b"}], "n": 1.5, "none": None, "ok": True}
 
 
 def test_status_text_shows_problems_reload_errors_and_each_destination() -> None:
