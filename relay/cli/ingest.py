@@ -33,8 +33,8 @@ def run(args: argparse.Namespace) -> int:
         raise SchemaError("command line", None, "--max-body", str(e)) from None
     verifier = None
     if args.trusted_keys:
-        from relay.export.replay import FileNonces, MemoryNonces, NonceStore
-        from relay.export.signing import Verifier, load_trusted_keys
+        from relay.ingest.replay import FileNonces, MemoryNonces, NonceStore
+        from relay.ingest.verify import Verifier, load_trusted_keys
 
         state_dir = args.state_dir or (None if args.no_store else args.store)
         nonces: NonceStore = FileNonces(state_dir, args.window, time.time()) if state_dir else MemoryNonces(args.window)

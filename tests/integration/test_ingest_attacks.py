@@ -25,7 +25,7 @@ from http_message_signatures import HTTPMessageSigner, algorithms
 
 from relay import config
 from relay.compression import compress
-from relay.export.signing import KeyStore, Message, _Keys
+from relay.export.signing import HttpRequestView, KeyResolver, KeyStore
 from relay.otlp import MetricsBuilder
 from tests.procs import Ingest, Relay, free_port, relay_config, wait_until
 
@@ -250,11 +250,12 @@ def resigned(cap: Capture, leave_out: str) -> Headers:
     key = KeyStore(cap.key_dir, 3600).current()
     url = f"http://{cap.field('Host')}{cap.path}"
     kept = [(k, v) for k, v in cap.headers if k.lower() not in ("signature", "signature-input")]
-    msg = Message("POST", url, dict(kept))
-    HTTPMessageSigner(signature_algorithm=algorithms.ED25519, key_resolver=_Keys(private={key.key_id: key.private})
-                      ).sign(msg, key_id=key.key_id, nonce=secrets.token_urlsafe(16), label="relay",
-                             tag="telemetry-relay", covered_component_ids=components, use_existing_digest=True,
-                             created=datetime.datetime.fromtimestamp(int(time.time()), tz=datetime.UTC))
+    msg = HttpRequestView("POST", url, dict(kept))
+    resolver = KeyResolver(private={key.key_id: key.private})
+    HTTPMessageSigner(signature_algorithm=algorithms.ED25519, key_resolver=resolver).sign(
+        msg, key_id=key.key_id, nonce=secrets.token_urlsafe(16), label="relay", tag="telemetry-relay",
+        covered_component_ids=components, use_existing_digest=True,
+        created=datetime.datetime.fromtimestamp(int(time.time()), tz=datetime.UTC))
     return [*kept, ("Signature-Input", msg.headers["Signature-Input"]), ("Signature", msg.headers["Signature"])]
 
 

@@ -13,19 +13,18 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from http_message_signatures import HTTPMessageSigner, HTTPMessageVerifier, InvalidSignature, algorithms
 from multidict import CIMultiDict
 
-from relay.export.replay import FileNonces, MemoryNonces
 from relay.export.signing import (
+    HttpRequestView,
+    KeyResolver,
     KeyStore,
-    Message,
-    Rejected,
     Signer,
     SigningKey,
     SigningKeyError,
-    Verifier,
-    _Keys,
     content_digest,
     key_id,
 )
+from relay.ingest.replay import FileNonces, MemoryNonces
+from relay.ingest.verify import Rejected, Verifier
 
 # RFC 9421 appendix B.1.4: the ed25519 test key.
 RFC_PRIVATE = b"""-----BEGIN PRIVATE KEY-----
@@ -60,9 +59,9 @@ def rfc_keys() -> tuple[Ed25519PrivateKey, Ed25519PublicKey]:
 
 def test_rfc9421_b26_signature_is_reproduced_exactly() -> None:
     priv, _ = rfc_keys()
-    msg = Message("POST", "https://example.com/foo?param=Value&Pet=dog", dict(B26_HEADERS))
+    msg = HttpRequestView("POST", "https://example.com/foo?param=Value&Pet=dog", dict(B26_HEADERS))
     signer = HTTPMessageSigner(signature_algorithm=algorithms.ED25519,
-                               key_resolver=_Keys(private={"test-key-ed25519": priv}))
+                               key_resolver=KeyResolver(private={"test-key-ed25519": priv}))
     signer.sign(msg, key_id="test-key-ed25519", label="sig-b26", include_alg=False, use_existing_digest=True,
                 created=datetime.datetime.fromtimestamp(1618884473, tz=datetime.UTC),
                 covered_component_ids=("date", "@method", "@path", "@authority", "content-type",
@@ -75,11 +74,11 @@ def test_rfc9421_b26_signature_verifies_and_a_changed_byte_does_not() -> None:
     _, pub = rfc_keys()
     headers = {**B26_HEADERS, "Signature-Input": B26_INPUT, "Signature": B26_SIGNATURE}
     verifier = HTTPMessageVerifier(signature_algorithm=algorithms.ED25519,
-                                   key_resolver=_Keys(public={"test-key-ed25519": pub}))
-    msg = Message("POST", "https://example.com/foo?param=Value&Pet=dog", headers)
+                                   key_resolver=KeyResolver(public={"test-key-ed25519": pub}))
+    msg = HttpRequestView("POST", "https://example.com/foo?param=Value&Pet=dog", headers)
     (result,) = verifier.verify(msg, max_age=None)
     assert result.parameters["keyid"] == "test-key-ed25519"
-    tampered = Message("POST", "https://example.com/foo", {**headers, "Content-Length": "19"})
+    tampered = HttpRequestView("POST", "https://example.com/foo", {**headers, "Content-Length": "19"})
     with pytest.raises(InvalidSignature):
         verifier.verify(tampered, max_age=None)
 

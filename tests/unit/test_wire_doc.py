@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 
-from relay.export.signing import Verifier
+from relay.ingest.verify import Verifier
 from tests.unit.test_signing import RFC_PUBLIC
 from tests.unit.wire_example import CREATED, URL, example
 

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from http_message_signatures import HTTPMessageSigner, algorithms
 
 from relay.compression import compress
-from relay.export.signing import Message, Signer, SigningKey, content_digest, key_id
+from relay.export.signing import HttpRequestView, Signer, SigningKey, content_digest, key_id
 from relay.otlp import MetricsBuilder
 from tests.unit.test_signing import RFC_PRIVATE
 
@@ -38,7 +38,7 @@ def example() -> dict[str, Any]:
     # The signature base, as the library builds it, for the reader to compare against.
     signer = HTTPMessageSigner(signature_algorithm=algorithms.ED25519)
     prepared = signer.prepare(
-        Message("POST", URL, {k: v for k, v in headers.items() if not k.startswith("Signature")}),
+        HttpRequestView("POST", URL, {k: v for k, v in headers.items() if not k.startswith("Signature")}),
         key_id=kid, created=__import__("datetime").datetime.fromtimestamp(CREATED), nonce=NONCE,
         label="relay", tag="telemetry-relay", use_existing_digest=True,
         covered_component_ids=("@method", "@target-uri", "content-type", "content-digest", "content-encoding"),

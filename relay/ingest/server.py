@@ -24,7 +24,7 @@ from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, status_pb2
 
 from relay.compression import BadEncoding, BodyTooLarge, decompress
-from relay.export.signing import Rejected, Verifier
+from relay.ingest.verify import Rejected, Verifier
 from relay.otlp import SIGNAL_INFO, SIGNALS, Signal, count_items, to_json_dict
 from relay.schema import split_host_port
 

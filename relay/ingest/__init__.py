@@ -1,0 +1,10 @@
+"""The vendor's side, for reference: what `telemetry-relay ingest` runs.
+
+- server.py: the HTTP ingest (verify, decompress, decode, store, /stats);
+- verify.py: the signature, digest and replay checks every request passes first;
+- replay.py: the nonces seen within the window, kept across restarts.
+"""
+
+from relay.ingest.server import Ingest, serve
+
+__all__ = ["Ingest", "serve"]
