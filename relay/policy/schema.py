@@ -18,14 +18,6 @@ SignalName = Literal["metrics", "logs", "traces"]
 
 
 @dataclass(frozen=True)
-class Scope:
-    """Where a rule applies: metric-name globs and/or signals (empty: everywhere)."""
-
-    metrics: tuple[str, ...] = ()
-    signals: tuple[SignalName, ...] = ()
-
-
-@dataclass(frozen=True)
 class KeyRule:
     key: str  # a glob over attribute keys
     action: Action
