@@ -10,10 +10,13 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +64,33 @@ def http_get(url: str, timeout: float = 5.0, ca: Path | None = None) -> tuple[in
 def get_json(url: str, ca: Path | None = None) -> tuple[int, Any]:
     status, body = http_get(url, ca=ca)
     return status, json.loads(body)
+
+
+@contextmanager
+def json_server(answer: Callable[[str], tuple[int, Any]]) -> Iterator[str]:
+    """A loopback HTTP server whose GETs are answered as JSON by answer(path) -> (status, document).
+    Yields its base URL; shut down on exit."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            status, doc = answer(self.path)
+            body = json.dumps(doc).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 class Proc:

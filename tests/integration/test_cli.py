@@ -13,9 +13,7 @@ import json
 import os
 import stat
 import subprocess
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,7 @@ from relay.config import SpoolSettings
 from relay.otlp import MetricsBuilder
 from relay.spool import Spool
 from relay.stats import Stats
-from tests.procs import CLI, PASS_THROUGH_POLICY, free_port
+from tests.procs import CLI, PASS_THROUGH_POLICY, free_port, json_server
 
 # A variable no test environment sets: the config names it, so a full load must fail.
 UNSET_KEY_ENV = "TELEMETRY_RELAY_TEST_UNSET_API_KEY"
@@ -189,25 +187,8 @@ def hostile_status_server() -> Iterator[str]:
     """A loopback status server whose /status and /outbox carry terminal escape sequences
     (a vendor's error body is quoted in /status as the vendor sent it)."""
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            doc = HOSTILE_OUTBOX if self.path.startswith("/outbox") else HOSTILE_STATUS
-            body = json.dumps(doc).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with json_server(lambda path: (200, HOSTILE_OUTBOX if path.startswith("/outbox") else HOSTILE_STATUS)) as url:
+        yield url
 
 
 def test_status_and_outbox_show_control_characters_from_the_relay_escaped(hostile_status_server: str) -> None:

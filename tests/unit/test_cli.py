@@ -5,12 +5,9 @@ or does not answer at all (a real HTTP server on loopback, main called in-proces
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -19,7 +16,7 @@ from relay.cli import main
 from relay.cli.common import escape_controls, escape_strings, format_ago, format_bytes, format_duration
 from relay.cli.status import format_status
 from relay.schema import SchemaError
-from tests.procs import free_port
+from tests.procs import free_port, json_server
 
 
 def test_durations_switch_units_where_the_number_stays_readable() -> None:
@@ -122,24 +119,9 @@ def test_load_settings_still_rejects_an_invalid_config(tmp_path: Path) -> None:
 def status_server() -> Iterator[str]:
     """A loopback server answering /status as a relay that is up but not ready (503)."""
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = json.dumps({"version": "9.9", "ready": False, "problems": ["spool not writable"]}).encode()
-            self.send_response(503)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    not_ready = {"version": "9.9", "ready": False, "problems": ["spool not writable"]}
+    with json_server(lambda path: (503, not_ready)) as url:
+        yield url
 
 
 def test_status_of_a_relay_that_is_not_ready_exits_1_and_says_why(status_server: str,
