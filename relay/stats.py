@@ -148,7 +148,7 @@ class _Mirrored:
         return {key[0]: v for key, v in self.by(label, **match).items()}
 
     def collect(self) -> Any:
-        """prometheus_client's own samples of this metric, as /metrics exposes them (the tests hold the mirror to them)."""
+        """prometheus_client's own samples, as /metrics exposes them (the tests hold the mirror to them)."""
         return self._prom.collect()
 
 
