@@ -129,10 +129,15 @@ class SpoolSettings:
     # 503 with Retry-After so the client keeps the data and retries; `drop_oldest` evicts.
     # Scraped sources always evict the oldest data: they cannot be asked to hold on to it.
     when_full: Literal["block", "drop_oldest"] = "block"
+    # Room held back on the spool's filesystem so that, on a full disk, deliveries can still
+    # be recorded and free space (see relay/spool/reserve.py).
+    reserve_bytes: ByteSize = ByteSize(8 * MiB)
 
     def validate(self) -> None:
         if self.max_bytes < 1 * MiB:
             raise ValueError("max_bytes must be at least 1MiB")
+        if self.reserve_bytes < MiB // 4:
+            raise ValueError("reserve_bytes must be at least 256KiB")
         if self.max_age < 60:
             raise ValueError("max_age must be at least 60s")
 

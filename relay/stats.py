@@ -45,6 +45,9 @@ SELF_METRICS: tuple[MetricDef, ...] = (
               "Data points durably written to the spool, by signal.", ("signal",)),
     MetricDef("spool_append_errors", "relay_spool_append_errors", "relay.spool.append.errors", "{error}",
               "counter", "Spool writes that failed (data not acknowledged), by reason.", ("reason",)),
+    MetricDef("spool_quarantined", "relay_spool_quarantined", "relay.spool.quarantined", "{queue}", "counter",
+              "Damaged spool queues moved to the quarantine at start, by outcome (salvaged, salvage_failed).",
+              ("outcome",)),
     MetricDef("points_shipped", "relay_points_shipped", "relay.points.shipped", "{point}", "counter",
               "Data points accepted by a destination.", ("destination",)),
     MetricDef("requests_shipped", "relay_requests_shipped", "relay.requests.shipped", "{request}", "counter",
@@ -226,6 +229,7 @@ class Stats:
     points_collected: SelfCounter
     points_spooled: SelfCounter
     spool_append_errors: SelfCounter
+    spool_quarantined: SelfCounter
     points_shipped: SelfCounter
     requests_shipped: SelfCounter
     bytes_shipped: SelfCounter

@@ -18,6 +18,7 @@ from typing import Any
 from relay.export.signing import SigningKeyError
 from relay.schema import SchemaError
 from relay.secrets import SecretError
+from relay.spool import UnsafeSpoolDirectory
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 DEFAULT_STATUS_URL = "http://127.0.0.1:8788"
@@ -32,7 +33,7 @@ class CommandError(Exception):
 
 
 # The expected failures: main prints them as one line (secrets redacted), never a traceback.
-USER_ERRORS = (SchemaError, SecretError, SigningKeyError, CommandError)
+USER_ERRORS = (SchemaError, SecretError, SigningKeyError, UnsafeSpoolDirectory, CommandError)
 
 
 def exit_code(error: Exception) -> int:

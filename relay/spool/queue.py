@@ -312,14 +312,15 @@ class SignalQueue:
         load_head(self.cache, s)
         self.freed_bytes += s.head_bytes - before
 
-    def reclaim(self, pages: int = 4096) -> None:
+    def reclaim(self, pages: int = 4096, force: bool = False) -> None:
         """Give up to `pages` pages of delivered entries back to the filesystem. Called when the
         queue is empty, so nothing live has to move; in steps (16 MiB at most), so that a
-        drained 4 GiB backlog does not hold the spool thread for seconds at once."""
+        drained 4 GiB backlog does not hold the spool thread for seconds at once. `force`:
+        even a little is worth giving back (the disk is full)."""
         self.freed_bytes = 0
         con = sqlite3.connect(str(self.directory / "cache.db"), timeout=60, isolation_level=None)
         try:
-            if con.execute("PRAGMA freelist_count").fetchone()[0] < 256:
+            if not force and con.execute("PRAGMA freelist_count").fetchone()[0] < 256:
                 return  # under 1 MiB: the next appends reuse it
             # executescript steps the pragma to completion (execute would free one page). The
             # checkpoint then moves the result into the file and empties the write-ahead log.

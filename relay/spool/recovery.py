@@ -1,9 +1,14 @@
 """Recovery of a damaged queue: integrity check, quarantine, salvage.
 
-Owns: opening a queue at start so that a corrupt file never crash-loops the relay nor
-empties it silently. The damaged directory is moved to <state_dir>/spool-quarantine/ and
-kept as found, for a post-mortem; every entry still readable (and still valid OTLP) is
-carried into a fresh queue. Also lists the quarantine for the offline inspection.
+Owns: telling damage from a disk that is merely full or busy, and what is done about
+damage, so that a corrupt file never crash-loops the relay nor empties it silently. Only
+damage quarantines: an integrity check that answers "not ok" (or SQLite calling the file
+corrupt or not a database). A full disk, a lock or an I/O error says nothing about the
+file and never moves a healthy queue aside; the spool retries those. A damaged directory
+is moved to <state_dir>/spool-quarantine/ and kept as found, for a post-mortem; every
+entry still readable (and still valid OTLP) is handed back to be carried into a fresh
+queue. If the salvage itself fails, the report says so. Also lists the quarantine, for
+/status and the offline inspection.
 """
 
 from __future__ import annotations
@@ -15,15 +20,21 @@ import shutil
 import sqlite3
 import struct
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from relay.config import SpoolSettings
 from relay.otlp import Signal, count_items, parse_request
-from relay.spool.queue import SignalQueue, decode_meta
+from relay.spool.queue import decode_meta
 
 log = logging.getLogger("relay.spool")
+
+# SQLite's own verdicts on a file's contents (primary result codes); every other code is
+# about the disk or a lock: SQLITE_FULL, SQLITE_BUSY, SQLITE_IOERR, SQLITE_CANTOPEN, ...
+_SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
+
+
+class Damaged(Exception):
+    """A queue file is damaged: it is quarantined."""
 
 
 class Salvaged(NamedTuple):
@@ -32,44 +43,61 @@ class Salvaged(NamedTuple):
     payload: bytes
 
 
+def is_damage(e: BaseException) -> bool:
+    """Whether an error opening a queue means its file is damaged (quarantine it), rather
+    than that the disk is full, busy or failing (leave it be and retry)."""
+    if isinstance(e, Damaged | ValueError | struct.error):  # the last two: our records do not decode
+        return True
+    code = getattr(e, "sqlite_errorcode", None)
+    return isinstance(e, sqlite3.DatabaseError) and code is not None and code & 0xFF in (_SQLITE_CORRUPT,
+                                                                                         _SQLITE_NOTADB)
+
+
 def integrity_check(db: Path) -> None:
-    """Raise sqlite3.DatabaseError if an existing queue file is damaged (a torn write, a bad disk)."""
+    """Raise Damaged if an existing queue file is damaged (a torn write, a bad disk). Any
+    other error (the disk full, the file locked) is raised as it is: it is not damage."""
     if not db.exists():
         return
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         row = con.execute("PRAGMA quick_check").fetchone()
+    except sqlite3.DatabaseError as e:
+        if is_damage(e):
+            raise Damaged(f"integrity check failed: {e}") from None
+        raise
     finally:
         con.close()
     if row is None or row[0] != "ok":
-        raise sqlite3.DatabaseError(f"integrity check failed: {row[0] if row else 'no answer'}")
+        raise Damaged(f"integrity check failed: {row[0] if row else 'no answer'}")
 
 
-def open_queue(spool_dir: Path, signal: Signal, settings: SpoolSettings,
-               destinations: Sequence[str]) -> tuple[SignalQueue, dict[str, Any] | None]:
-    """Open one queue; a corrupt one is moved aside (quarantined), what can still be read
-    of it is carried over into a fresh queue, and the relay goes on. Returns the queue and,
-    if it was quarantined, the report of that for /status."""
+def quarantine(spool_dir: Path, signal: Signal, reason: str) -> tuple[dict[str, Any], list[Salvaged]]:
+    """Move a damaged queue aside and read what can still be read of it. Returns the report
+    for /status and the salvaged entries, oldest first. A salvage that fails (the disk full,
+    say) leaves the quarantine as it is, and the report says why nothing was recovered."""
     directory = spool_dir / signal
+    target = spool_dir.parent / "spool-quarantine" / f"{int(time.time())}-{signal}"
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.replace(directory, target)
+    salvage_error = None
     try:
-        integrity_check(directory / "cache.db")
-        return SignalQueue(directory, signal, settings, destinations), None
-    except (sqlite3.DatabaseError, ValueError, struct.error) as e:
-        reason = f"{e.__class__.__name__}: {e}"
-    quarantine = spool_dir.parent / "spool-quarantine" / f"{int(time.time())}-{signal}"
-    quarantine.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.replace(directory, quarantine)
-    salvaged = salvage(quarantine)
-    size = _tree_size(quarantine)
-    log.error("spool queue %s is unreadable (%s); moved to %s (%d bytes); %d entries recovered from it",
-              signal, reason, quarantine, size, len(salvaged))
-    q = SignalQueue(directory, signal, settings, destinations)
-    with q.transaction():
-        for created, items, payload in salvaged:
-            q.append(payload, items, created)
-    report = {"signal": signal, "path": str(quarantine), "bytes": size, "reason": reason,
-              "recovered_entries": len(salvaged), "time": time.time()}
-    return q, report
+        salvaged = salvage(target)
+    except (OSError, sqlite3.Error) as e:
+        salvaged, salvage_error = [], f"{e.__class__.__name__}: {e}"
+        for name in ("salvage.db", "salvage.db-wal", "salvage.db-shm"):  # a copy cut short by the error
+            with contextlib.suppress(OSError):
+                (target / name).unlink()
+    size = _tree_size(target)
+    if salvage_error:
+        log.error("spool queue %s is unreadable (%s); moved to %s (%d bytes); the salvage failed (%s): "
+                  "nothing recovered yet, the quarantine is kept as found", signal, reason, target, size,
+                  salvage_error)
+    else:
+        log.error("spool queue %s is unreadable (%s); moved to %s (%d bytes); %d entries recovered from it",
+                  signal, reason, target, size, len(salvaged))
+    report = {"signal": signal, "path": str(target), "bytes": size, "reason": reason,
+              "recovered_entries": len(salvaged), "salvage_error": salvage_error, "time": time.time()}
+    return report, salvaged
 
 
 def quarantined(state_dir: Path) -> list[dict[str, Any]]:
@@ -85,7 +113,8 @@ def _tree_size(directory: Path) -> int:
 
 
 def salvage(directory: Path) -> list[Salvaged]:
-    """Every entry still readable in a quarantined queue, oldest first.
+    """Every entry still readable in a quarantined queue, oldest first. Raises OSError if
+    the working copy cannot be made (no room for it).
 
     Works on a copy (the quarantine stays as found, for a post-mortem). A file cut short is
     padded back to the length its header states, so SQLite reads what is left instead of
@@ -110,7 +139,7 @@ def salvage(directory: Path) -> list[Salvaged]:
             if header[:16] == b"SQLite format 3\x00" and pages * page_size > size:
                 f.write(b"\0" * (pages * page_size - size))
         con = sqlite3.connect(str(copy))
-    except (OSError, sqlite3.DatabaseError):
+    except sqlite3.DatabaseError:  # not readable at all; an OSError (no room for the copy) is raised
         copy.unlink(missing_ok=True)
         return []
     try:

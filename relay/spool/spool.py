@@ -1,10 +1,17 @@
 """The durable spool's async face: every collected or received request is on disk before it counts.
 
 Owns: the interface the rest of the relay uses (append, lease, ack, dead_letter, backlog,
-snapshot), the byte cap and age limit, the accounting of every drop, and the one thread
-all disk work runs on. The queues themselves are queue.SignalQueue, one per signal under
-<state_dir>/spool; data leaves them only when every destination has accepted it, or by a
-counted drop (max_bytes, max_age, dead_letter).
+snapshot), the byte cap and age limit, the accounting of every drop, the one thread all
+disk work runs on, and whether the spool takes new data (`writable`). The queues
+themselves are queue.SignalQueue, one per signal under <state_dir>/spool; data leaves them
+only when every destination has accepted it, or by a counted drop (max_bytes, max_age,
+dead_letter).
+
+A full disk is not damage and never stops delivery: the spool keeps a reserve
+(reserve.Reserve) and gives it up when recording a delivery, dropping an entry or opening
+a queue meets a full disk. While the reserve is gone, or a queue could not be opened, or
+the last write failed, new data is refused; a tick on the spool thread retries every
+RECOVERY_INTERVAL until the disk has room again, so the spool recovers by itself.
 
 An append does not write at once: it joins `_pending`, the writer task hands each batch
 of them to the spool thread, and one transaction (one fsync) per queue commits the lot
@@ -20,6 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import errno
+import functools
 import logging
 import os
 import time
@@ -34,9 +43,12 @@ from relay.otlp import SIGNALS, Signal
 from relay.spool import recovery
 from relay.spool.deadletter import DeadLetters
 from relay.spool.queue import DISK_ERRORS, Cursor, Lease, QueueState, SignalQueue
+from relay.spool.reserve import Reserve, free_bytes, is_no_space
 from relay.stats import Stats
 
 log = logging.getLogger("relay.spool")
+
+RECOVERY_INTERVAL = 1.0  # seconds between attempts to become writable again
 
 
 class SpoolError(Exception):
@@ -45,6 +57,11 @@ class SpoolError(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class UnsafeSpoolDirectory(Exception):
+    """The spool directory (or a queue directory in it) is a symbolic link: the relay does
+    not follow it, since it would write raw local data, and chmod, outside state_dir."""
 
 
 class Spool:
@@ -66,6 +83,11 @@ class Spool:
         self.last_error: str | None = None
         self.writable = True
         self.quarantined: list[dict[str, Any]] = []
+        self._reserve = Reserve(self.dir / "reserve", settings.reserve_bytes)
+        # Queues that exist on disk but could not be opened yet (the disk full, a lock), with
+        # what a quarantine salvaged for them, if anything: retried on each recovery tick.
+        self._unopened: dict[Signal, list[recovery.Salvaged]] = {}
+        self._earlier_quarantine: list[dict[str, Any]] = []
         # Entries handed to a shipper and not yet acknowledged: evicting one of those is a loss
         # only if its delivery then fails, so it is counted when that is known, not before.
         self._leased_upto: dict[tuple[str, Signal], int] = {}
@@ -79,16 +101,99 @@ class Spool:
         self._writer = asyncio.create_task(self._write_loop(), name="spool-writer")
 
     def _open_sync(self) -> None:
-        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(self.dir, 0o700)  # raw local data: private to the service user
+        self._make_private_dir()
         for signal in SIGNALS:
             if signal == "metrics" or (self.dir / signal).exists():
-                q, report = recovery.open_queue(self.dir, signal, self.settings, self.destinations)
-                self._queues[signal] = q
-                if report is not None:
-                    self.quarantined.append(report)
-        self._deadletter = DeadLetters(self.dir / "deadletter", self.settings.fsync)
-        self._update_gauges()
+                self._unopened[signal] = []
+        # Listed in /status until the operator removes them (see _quarantine_reports).
+        self._earlier_quarantine = recovery.quarantined(self.dir.parent)
+        self._recover_sync()
+
+    def _make_private_dir(self) -> None:
+        """<state_dir>/spool, mode 0700 (raw local data: private to the service user). A
+        symbolic link there, or for a queue in it, is refused rather than followed."""
+        for path in [self.dir, *(self.dir / name for name in (*SIGNALS, "deadletter"))]:
+            if path.is_symlink():
+                raise UnsafeSpoolDirectory(f"{path} is a symbolic link; the spool must be a directory of "
+                                           "its own inside state_dir (point state_dir itself elsewhere instead)")
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):  # replaced by a link since the check above
+                raise UnsafeSpoolDirectory(f"{self.dir} is not a directory of its own") from None
+            raise
+        try:
+            os.fchmod(fd, 0o700)
+        finally:
+            os.close(fd)
+
+    def _with_room(self, fn: Callable[[], Any]) -> Any:
+        """fn(), a write that frees space or must not wait for it; if it meets a full disk, the
+        reserve is released and fn tried once more."""
+        try:
+            return fn()
+        except DISK_ERRORS as e:
+            if not (is_no_space(e) and self._reserve.release()):
+                raise
+            log.warning("the spool's filesystem is full: released the reserve (%d bytes) so deliveries can "
+                        "still be recorded; new data is refused until there is room again", self._reserve.size)
+            self._refuse("disk_full", e)
+            return fn()
+
+    def _open_queue_sync(self, signal: Signal) -> None:
+        """Open one queue. A damaged one is quarantined and what can be read of it carried into
+        a fresh one; a full disk or a lock only leaves it unopened, to be retried."""
+        try:
+            self._with_room(lambda: recovery.integrity_check(self.dir / signal / "cache.db"))
+            q = self._with_room(lambda: SignalQueue(self.dir / signal, signal, self.settings, self.destinations))
+        except Exception as e:
+            if not recovery.is_damage(e):
+                raise
+            report, salvaged = recovery.quarantine(self.dir, signal, f"{e.__class__.__name__}: {e}")
+            self.quarantined.append(report)
+            self.stats.spool_quarantined.labels("salvage_failed" if report["salvage_error"] else "salvaged").inc()
+            self._unopened[signal] = salvaged
+            q = self._with_room(lambda: SignalQueue(self.dir / signal, signal, self.settings, self.destinations))
+        salvaged = self._unopened.get(signal) or []
+        try:
+            if salvaged:
+                with q.transaction():
+                    for created, items, payload in salvaged:
+                        q.append(payload, items, created)
+        except BaseException:
+            q.close()  # opened again, and the salvage carried, on the next try
+            raise
+        self._queues[signal] = q
+        self._unopened.pop(signal, None)
+
+    def _recover_sync(self) -> None:
+        """Retry what a full disk (or a lock) held up: unopened queues, the dead-letter area,
+        the reserve. Writable again once all of them are in place and the disk has room."""
+        try:
+            for signal in list(self._unopened):
+                self._open_queue_sync(signal)
+            if self._deadletter is None:
+                self._deadletter = self._with_room(lambda: DeadLetters(self.dir / "deadletter", self.settings.fsync))
+            self._ensure_reserve()
+            # After a full disk, writable again only with a reserve's worth of room beyond
+            # the reserve, so that the first appends do not fill it at once.
+            if not self.writable and (self.last_error or "").startswith("disk_full") \
+                    and free_bytes(self.dir) >= self._reserve.size:
+                log.info("spool is writable again")
+                self.writable, self.last_error = True, None
+        except DISK_ERRORS as e:
+            self._refuse(self._reason(e), e)
+        finally:
+            self._update_gauges()
+
+    def _ensure_reserve(self) -> None:
+        if not self._reserve.ensure():
+            raise OSError(errno.ENOSPC, f"no room for the spool's reserve ({self._reserve.size} bytes)")
+
+    def _healthy(self) -> bool:
+        """Nothing for the recovery tick to do (read from the event loop)."""
+        return self.writable and self._reserve.present and not self._unopened and self._deadletter is not None
 
     async def close(self) -> None:
         if self._writer:
@@ -151,7 +256,14 @@ class Spool:
     async def _write_loop(self) -> None:
         assert self._wakeup is not None
         while True:
-            await self._wakeup.wait()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), None if self._healthy() else RECOVERY_INTERVAL)
+            except TimeoutError:
+                try:
+                    await self._on_spool_thread(self._recover_sync)
+                except Exception:  # the writer must outlive any one recovery attempt
+                    log.exception("spool recovery attempt failed")
+                continue
             self._wakeup.clear()
             batch, self._pending = self._pending, []
             if not batch:
@@ -176,9 +288,12 @@ class Spool:
     def _append_sync(self, items: list[tuple[Signal, bytes, int]]) -> None:
         now = time.time()
         try:
+            # No new data without the reserve: the room it holds is what lets deliveries free space.
+            self._ensure_reserve()
             for signal in {s for s, _, _ in items}:
                 if signal not in self._queues:
-                    self._queues[signal] = SignalQueue(self.dir / signal, signal, self.settings, self.destinations)
+                    self._unopened.setdefault(signal, [])
+                    self._open_queue_sync(signal)
             # One transaction per queue: one fsync covers every append in the batch.
             for signal, q in self._queues.items():
                 mine = [(p, n) for s, p, n in items if s == signal]
@@ -210,6 +325,10 @@ class Spool:
     def _note_write_failure(self, e: BaseException) -> None:
         reason = self._reason(e)
         self.stats.spool_append_errors.labels(reason).inc()
+        self._refuse(reason, e)
+
+    def _refuse(self, reason: str, e: BaseException) -> None:
+        """Take no new data until the spool recovers."""
         if self.writable:  # log the transition once, not every failed write
             log.error("spool write failed (%s): %s; new data is refused until it recovers", reason, e)
         self.writable, self.last_error = False, f"{reason}: {e}"
@@ -259,15 +378,18 @@ class Spool:
             for q in self._queues.values():
                 if q.state.head_created is None or q.state.head_created >= limit:
                     continue
-                with q.transaction():
-                    while q.state.head_created is not None and q.state.head_created < limit:
-                        self._drop_head(q, "max_age")
+                self._with_room(functools.partial(self._drop_older, q, limit))
             for q in self._queues.values():
                 if not q.state.entries:  # a drained backlog's file shrinks a step at each pass
                     q.reclaim()
         except DISK_ERRORS as e:
             self._note_write_failure(e)
         self._update_gauges()
+
+    def _drop_older(self, q: SignalQueue, limit: float) -> None:
+        with q.transaction():
+            while q.state.head_created is not None and q.state.head_created < limit:
+                self._drop_head(q, "max_age")
 
     # -- reading and acknowledging -----------------------------------------------------------------
 
@@ -304,13 +426,18 @@ class Spool:
             for seq in [s for s in pending if s <= cursor.seq]:
                 del pending[seq]
         q = self._queues[signal]
-        try:
+
+        def commit() -> None:
             with q.without_fsync(), q.transaction():
                 q.ack(dest, cursor)
+
+        try:
+            self._with_room(commit)
             # A queue emptied after a backlog gives its space back; one emptied after each of a
             # steady trickle of small deliveries has little to give, and the appends reuse it.
-            if not q.state.entries and q.freed_bytes >= 4 << 20:
-                q.reclaim()
+            # Without the reserve every freed page counts: the filesystem needs it back.
+            if not q.state.entries and (q.freed_bytes >= 4 << 20 or not self._reserve.present):
+                q.reclaim(force=not self._reserve.present)
         except DISK_ERRORS as e:
             # An ack that did not persist only means a resend after restart: at-least-once.
             log.warning("spool could not record delivery for %s: %s", dest, e)
@@ -322,15 +449,16 @@ class Spool:
         await self._on_spool_thread(self._dead_letter_sync, dest, lease, status, reason)
 
     def _dead_letter_sync(self, dest: str, lease: Lease, status: int, reason: str) -> None:
-        assert self._deadletter is not None
-        self._deadletter.put(dest, lease, status, reason)
+        if self._deadletter is None:  # not opened yet (the disk full): the batch is dropped, counted
+            log.error("could not write dead-letter record for %s: the dead-letter area is not open", dest)
+        else:
+            self._deadletter.put(dest, lease, status, reason)
         self.stats.points_dropped.labels(dest, "dead_letter").inc(lease.items)
         self.stats.entries_dropped.labels(dest, "dead_letter").inc(len(lease.entries))
 
     def dead_letters(self) -> list[dict[str, Any]]:
         """Dead-letter records without their payloads (for status and the CLI)."""
-        assert self._deadletter is not None
-        return self._deadletter.records()
+        return self._deadletter.records() if self._deadletter is not None else []
 
     # -- status ------------------------------------------------------------------------------------
 
@@ -352,11 +480,17 @@ class Spool:
             "oldest_age_seconds": _oldest_age(states),
             "writable": self.writable,
             "last_error": self.last_error,
-            "quarantined": self.quarantined,
+            "quarantined": self._quarantine_reports(),
             "dropped_points": {
                 reason: v for reason, v in self.stats.points_dropped.by_label("reason").items() if v
             },
         }
+
+    def _quarantine_reports(self) -> list[dict[str, Any]]:
+        """This start's quarantine reports, and every older quarantine still on disk: a
+        quarantined queue is listed until the operator removes it, never forgotten."""
+        older = [{**q, "reason": "quarantined before this start"} for q in self._earlier_quarantine]
+        return older + self.quarantined
 
     def _states(self) -> list[QueueState]:
         return [q.state for q in list(self._queues.values())]

@@ -16,7 +16,8 @@ def table(rows: list[dict[str, Any]]) -> str:
         dropped = ", ".join(f"{k} {v}" for k, v in r["dropped"].items()) or "none"
         lines.append(f"| {r['scenario']} | {r['sent']} | {r['acknowledged']} | {r['delivered']} | {r['duplicates']} "
                      f"| {dropped} | {r['unexplained']} | {r['peak_rss_mib']} MiB |")
-    return "\n".join(lines)
+    recoveries = [f"- {r['scenario']}: recovered in {r['recovery_seconds']} s" for r in rows if "recovery_seconds" in r]
+    return "\n".join(lines + (["", *recoveries] if recoveries else []))
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -4,8 +4,10 @@ which twice, and what the relay says it dropped and why."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import subprocess
 import threading
 import time
 import urllib.error
@@ -15,8 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from relay.otlp import MetricsBuilder
-from tests.procs import Ingest, Relay
+from tests.procs import Ingest, Relay, relay_config, wait_until
 
 # FAULT_SCALE=full (make test-faults) runs the long version; the default fits `make test`.
 FULL = os.environ.get("FAULT_SCALE") == "full"
@@ -25,6 +29,58 @@ RESULTS: list[dict[str, Any]] = []
 
 def scale(small: int, full: int) -> int:
     return full if FULL else small
+
+
+QUIET = {"host": {"enabled": False}, "internal": {"enabled": False}, "discovery": {"kafka": False}}
+
+
+def config(tmp_path: Path, endpoint: str, state: Path | None = None, **dest: Any) -> dict[str, Any]:
+    """A relay that only takes pushes, into one destination, in small batches."""
+    cfg = relay_config(tmp_path, endpoint, sources=QUIET)
+    if state is not None:
+        cfg["state_dir"] = str(state)
+    cfg["destinations"][0].update({"max_request_bytes": "16KiB", **dest})
+    return cfg
+
+
+def drained(relay: Relay) -> bool:
+    d = relay.destination()
+    return d["backlog_items"] == 0 and d["in_flight"] == 0
+
+
+def finish(relay: Relay, ingest: Ingest, pusher: Pusher, timeout: float = 60) -> Counter[int]:
+    wait_until(lambda: drained(relay), timeout=timeout, what="the backlog to drain")
+    return delivered(ingest)
+
+
+def tmpfs(path: Path, size: str) -> None:
+    """A small filesystem of its own at `path`, to fill up."""
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)], check=True)
+
+
+def umount(path: Path) -> None:
+    subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(path: Path) -> int:
+    """Write zeros to `path` until its filesystem is full; returns how many bytes it took."""
+    written = 0
+    chunk = b"\0" * 65536
+    with open(path, "wb", buffering=0) as f:
+        try:
+            while True:
+                written += f.write(chunk)
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+    return written
+
+
+# The space reserve the relays on a small tmpfs keep back (the default, 8 MiB, would not fit).
+RESERVE = "512KiB"
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root (CI runs as root)")
 
 
 def numbered_request(first: int, count: int, metric: str = "fault.seq") -> bytes:

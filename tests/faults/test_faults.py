@@ -7,48 +7,27 @@ from __future__ import annotations
 import json
 import os
 import random
-import subprocess
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from relay.otlp import parse_request
 from tests.faults.harness import (
     Pusher,
-    delivered,
+    config,
+    drained,
     dropped_by_reason,
+    finish,
     numbered_request,
     peak_rss,
     record,
     scale,
 )
-from tests.procs import Ingest, Relay, relay_config, wait_until
+from tests.procs import Ingest, Relay, wait_until
 from tests.vendor import Arrival, Vendor
-
-QUIET = {"host": {"enabled": False}, "internal": {"enabled": False}, "discovery": {"kafka": False}}
-
-
-def config(tmp_path: Path, endpoint: str, state: Path | None = None, **dest: Any) -> dict[str, Any]:
-    cfg = relay_config(tmp_path, endpoint, sources=QUIET)
-    if state is not None:
-        cfg["state_dir"] = str(state)
-    cfg["destinations"][0].update({"max_request_bytes": "16KiB", **dest})
-    return cfg
-
-
-def drained(relay: Relay) -> bool:
-    d = relay.destination()
-    return d["backlog_items"] == 0 and d["in_flight"] == 0
-
-
-def finish(relay: Relay, ingest: Ingest, pusher: Pusher, timeout: float = 60) -> Counter[int]:
-    wait_until(lambda: drained(relay), timeout=timeout, what="the backlog to drain")
-    return delivered(ingest)
 
 
 def test_crash_loop(tmp_path: Path) -> None:
@@ -138,80 +117,6 @@ def test_sigterm_while_the_vendor_is_down_loses_nothing(tmp_path: Path) -> None:
         relay.terminate()
         ingest.terminate()
     assert row["unexplained"] == 0 and row["duplicates"] == 0
-
-
-def tmpfs(path: Path, size: str) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)], check=True)
-
-
-def umount(path: Path) -> None:
-    subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root (CI runs as root)")
-
-
-@needs_root
-def test_full_disk_a_byte_cap_below_the_filesystem_evicts_oldest_exactly(tmp_path: Path) -> None:
-    state = tmp_path / "tmpfs"
-    tmpfs(state, "8m")
-    ingest = Ingest(tmp_path)
-    cfg = config(tmp_path, ingest.url, state=state)
-    cfg["spool"] = {"max_bytes": "2MiB", "when_full": "drop_oldest"}
-    relay = Relay(tmp_path, cfg)
-    relay.start()
-    pusher = Pusher(relay.otlp_url, per_request=200, period=0.002).start()
-    try:
-        wait_until(lambda: relay.metric("relay_points_dropped_total", reason="max_bytes") > 20_000, timeout=120,
-                   what="evictions at the cap")
-        pusher.stop()
-        spool = relay.status()["spool"]
-        assert spool["bytes"] <= 2 * 2**20, spool
-        ingest.start()
-        got = finish(relay, ingest, pusher)
-        dropped = dropped_by_reason(relay)
-        row = record("full disk (a): max_bytes 2 MiB on an 8 MiB tmpfs", pusher, got, dropped, peak_rss(relay.pid))
-    finally:
-        pusher.stop()
-        relay.terminate()
-        ingest.terminate()
-        umount(state)
-    # Every acknowledged point arrived, or was evicted and counted: exactly.
-    assert row["lost"] == int(dropped["max_bytes"]), row
-
-
-@needs_root
-def test_full_disk_b_enospc_is_survived_and_recovered(tmp_path: Path) -> None:
-    state = tmp_path / "tmpfs"
-    tmpfs(state, "6m")
-    filler = state / "filler"
-    ingest = Ingest(tmp_path)
-    cfg = config(tmp_path, ingest.url, state=state)
-    cfg["spool"] = {"max_bytes": "64MiB"}
-    relay = Relay(tmp_path, cfg)
-    relay.start()
-    filler.write_bytes(b"\0" * (3 * 2**20))
-    pusher = Pusher(relay.otlp_url, per_request=200, period=0.002).start()
-    try:
-        wait_until(lambda: pusher.answers[503] >= 3, timeout=120, what="503s once the disk is full")
-        _, body = wait_until(lambda: (r := relay.readyz())[0] == 503 and r, what="readyz to say so")
-        assert any("spool is not writable" in r for r in body["reasons"]), body
-        assert relay.status()["spool"]["writable"] is False and relay.alive()
-        filler.unlink()  # space returns
-        wait_until(lambda: relay.status()["spool"]["writable"], timeout=30, what="recovery by itself")
-        pusher.stop()
-        ingest.start()
-        got = finish(relay, ingest, pusher)
-        row = record("full disk (b): ENOSPC on a 6 MiB tmpfs, then space returns", pusher, got,
-                     dropped_by_reason(relay), peak_rss(relay.pid))
-    finally:
-        pusher.stop()
-        relay.terminate()
-        ingest.terminate()
-        umount(state)
-    assert row["unexplained"] == 0, row
-    assert "Traceback" not in relay.log()
 
 
 def test_corrupt_spool_is_quarantined_and_the_readable_part_kept(tmp_path: Path) -> None:
