@@ -12,6 +12,7 @@ Callers import from here; the names below are the spool's whole interface.
 """
 
 from relay.spool.queue import Cursor, Entry, Lease, QueueState
-from relay.spool.spool import Spool, SpoolError, UnsafeSpoolDirectory
+from relay.spool.recovery import UnsafeSpoolDirectory
+from relay.spool.spool import Spool, SpoolError
 
 __all__ = ["Cursor", "Entry", "Lease", "QueueState", "Spool", "SpoolError", "UnsafeSpoolDirectory"]

@@ -8,12 +8,14 @@ file and never moves a healthy queue aside; the spool retries those. A damaged d
 is moved to <state_dir>/spool-quarantine/ and kept as found, for a post-mortem; every
 entry still readable (and still valid OTLP) is handed back to be carried into a fresh
 queue. If the salvage itself fails, the report says so. Also lists the quarantine, for
-/status and the offline inspection.
+/status and the offline inspection, and makes sure, before anything is opened, that the
+spool directory is a private directory of its own (never a link to somewhere else).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -23,10 +25,36 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from relay.otlp import Signal, count_items, parse_request
+from relay.otlp import SIGNALS, Signal, count_items, parse_request
 from relay.spool.queue import decode_meta
 
 log = logging.getLogger("relay.spool")
+
+
+class UnsafeSpoolDirectory(Exception):
+    """The spool directory (or a queue directory in it) is a symbolic link: the relay does
+    not follow it, since it would write raw local data, and chmod, outside state_dir."""
+
+
+def make_private_dir(spool_dir: Path) -> None:
+    """<state_dir>/spool, mode 0700 (raw local data: private to the service user). A
+    symbolic link there, or for a queue in it, is refused rather than followed."""
+    for path in [spool_dir, *(spool_dir / name for name in (*SIGNALS, "deadletter"))]:
+        if path.is_symlink():
+            raise UnsafeSpoolDirectory(f"{path} is a symbolic link; the spool must be a directory of "
+                                       "its own inside state_dir (point state_dir itself elsewhere instead)")
+    spool_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        fd = os.open(spool_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):  # replaced by a link since the check above
+            raise UnsafeSpoolDirectory(f"{spool_dir} is not a directory of its own") from None
+        raise
+    try:
+        os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
+
 
 # SQLite's own verdicts on a file's contents (primary result codes); every other code is
 # about the disk or a lock: SQLITE_FULL, SQLITE_BUSY, SQLITE_IOERR, SQLITE_CANTOPEN, ...

@@ -1,8 +1,8 @@
 """The durable spool's async face: every collected or received request is on disk before it counts.
 
 Owns: the interface the rest of the relay uses (append, lease, ack, dead_letter, backlog,
-snapshot), the byte cap and age limit, the accounting of every drop, the one thread all
-disk work runs on, and whether the spool takes new data (`writable`). The queues
+snapshot), when the byte cap and the age limit are enforced (eviction.Eviction says what
+goes and counts it), the one thread all disk work runs on, and whether the spool takes new data (`writable`). The queues
 themselves are queue.SignalQueue, one per signal under <state_dir>/spool; data leaves them
 only when every destination has accepted it, or by a counted drop (max_bytes, max_age,
 dead_letter).
@@ -30,7 +30,6 @@ import concurrent.futures
 import errno
 import functools
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -42,6 +41,7 @@ from relay.config import SpoolSettings
 from relay.otlp import SIGNALS, Signal
 from relay.spool import recovery
 from relay.spool.deadletter import DeadLetters
+from relay.spool.eviction import Eviction, total_bytes
 from relay.spool.queue import DISK_ERRORS, Cursor, Lease, QueueState, SignalQueue
 from relay.spool.reserve import Reserve, free_bytes, is_no_space
 from relay.stats import Stats
@@ -57,11 +57,6 @@ class SpoolError(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
-
-
-class UnsafeSpoolDirectory(Exception):
-    """The spool directory (or a queue directory in it) is a symbolic link: the relay does
-    not follow it, since it would write raw local data, and chmod, outside state_dir."""
 
 
 class Spool:
@@ -88,10 +83,7 @@ class Spool:
         # what a quarantine salvaged for them, if anything: retried on each recovery tick.
         self._unopened: dict[Signal, list[recovery.Salvaged]] = {}
         self._earlier_quarantine: list[dict[str, Any]] = []
-        # Entries handed to a shipper and not yet acknowledged: evicting one of those is a loss
-        # only if its delivery then fails, so it is counted when that is known, not before.
-        self._leased_upto: dict[tuple[str, Signal], int] = {}
-        self._evicted_in_flight: dict[tuple[str, Signal], dict[int, tuple[int, str]]] = {}
+        self._eviction = Eviction(settings.max_bytes, stats)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -101,32 +93,13 @@ class Spool:
         self._writer = asyncio.create_task(self._write_loop(), name="spool-writer")
 
     def _open_sync(self) -> None:
-        self._make_private_dir()
+        recovery.make_private_dir(self.dir)
         for signal in SIGNALS:
             if signal == "metrics" or (self.dir / signal).exists():
                 self._unopened[signal] = []
         # Listed in /status until the operator removes them (see _quarantine_reports).
         self._earlier_quarantine = recovery.quarantined(self.dir.parent)
         self._recover_sync()
-
-    def _make_private_dir(self) -> None:
-        """<state_dir>/spool, mode 0700 (raw local data: private to the service user). A
-        symbolic link there, or for a queue in it, is refused rather than followed."""
-        for path in [self.dir, *(self.dir / name for name in (*SIGNALS, "deadletter"))]:
-            if path.is_symlink():
-                raise UnsafeSpoolDirectory(f"{path} is a symbolic link; the spool must be a directory of "
-                                           "its own inside state_dir (point state_dir itself elsewhere instead)")
-        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        try:
-            fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError as e:
-            if e.errno in (errno.ELOOP, errno.ENOTDIR):  # replaced by a link since the check above
-                raise UnsafeSpoolDirectory(f"{self.dir} is not a directory of its own") from None
-            raise
-        try:
-            os.fchmod(fd, 0o700)
-        finally:
-            os.close(fd)
 
     def _with_room(self, fn: Callable[[], Any]) -> Any:
         """fn(), a write that frees space or must not wait for it; if it meets a full disk, the
@@ -212,11 +185,7 @@ class Spool:
         self._executor.shutdown(wait=True)
 
     def _close_sync(self) -> None:
-        # Evicted while in flight and never acknowledged: lost after all, so counted now.
-        for (dest, _), pending in self._evicted_in_flight.items():
-            for items, reason in pending.values():
-                self._count_drop(dest, reason, items)
-        self._evicted_in_flight.clear()
+        self._eviction.closing()
         for q in self._queues.values():
             q.close()
         if self._deadletter is not None:
@@ -243,7 +212,7 @@ class Spool:
             # neither the queue state nor _pending until its write ends (counting it twice
             # meanwhile only refuses a little early; not counting it evicted accepted data).
             pending = sum(len(p) for _, p, _, _ in self._pending) + self._writing
-            used = self._total_bytes() + pending
+            used = total_bytes(self._queues) + pending
             if used + len(payload) > self.settings.max_bytes:
                 self.stats.spool_append_errors.labels("full").inc()
                 raise SpoolError("full", f"spool is full ({used} of {self.settings.max_bytes} bytes)")
@@ -302,7 +271,7 @@ class Spool:
                 with q.transaction():
                     for payload, n in mine:
                         q.append(payload, n, now)
-                    self._evict_over_cap(q)
+                    self._eviction.over_cap(self._queues, q)
         except DISK_ERRORS as e:
             self._note_write_failure(e)
             raise SpoolError(self._reason(e), f"spool write failed: {e}") from None
@@ -333,40 +302,6 @@ class Spool:
             log.error("spool write failed (%s): %s; new data is refused until it recovers", reason, e)
         self.writable, self.last_error = False, f"{reason}: {e}"
 
-    def _total_bytes(self) -> int:
-        return sum(q.state.bytes for q in self._queues.values())
-
-    def _evict_over_cap(self, current: SignalQueue) -> None:
-        # Evict the oldest entries across all queues until under the cap. Other queues are
-        # written in their own transaction.
-        while self._total_bytes() > self.settings.max_bytes:
-            victim = min(
-                (q for q in self._queues.values() if q.state.entries),
-                key=lambda q: q.state.head_created or 0.0,
-            )
-            if victim is current:
-                self._drop_head(victim, "max_bytes")
-            else:
-                with victim.transaction():
-                    self._drop_head(victim, "max_bytes")
-
-    def _drop_head(self, q: SignalQueue, reason: str) -> None:
-        seq, items, _, lost = q.pop_head()
-        for dest, n in lost.items():
-            if seq <= self._leased_upto.get((dest, q.signal), 0):
-                self._evicted_in_flight.setdefault((dest, q.signal), {})[seq] = (n, reason)
-                continue
-            self._count_drop(dest, reason, n)
-        if lost:
-            log.warning(
-                "spool dropped entry %s/%d (%d items) by %s for %s",
-                q.signal, seq, items, reason, ", ".join(sorted(lost)),
-            )
-
-    def _count_drop(self, dest: str, reason: str, items: int) -> None:
-        self.stats.points_dropped.labels(dest, reason).inc(items)
-        self.stats.entries_dropped.labels(dest, reason).inc()
-
     # -- age limit ---------------------------------------------------------------------------------
 
     async def enforce_age(self, now: float | None = None) -> None:
@@ -378,18 +313,13 @@ class Spool:
             for q in self._queues.values():
                 if q.state.head_created is None or q.state.head_created >= limit:
                     continue
-                self._with_room(functools.partial(self._drop_older, q, limit))
+                self._with_room(functools.partial(self._eviction.older_than, q, limit))
             for q in self._queues.values():
                 if not q.state.entries:  # a drained backlog's file shrinks a step at each pass
                     q.reclaim()
         except DISK_ERRORS as e:
             self._note_write_failure(e)
         self._update_gauges()
-
-    def _drop_older(self, q: SignalQueue, limit: float) -> None:
-        with q.transaction():
-            while q.state.head_created is not None and q.state.head_created < limit:
-                self._drop_head(q, "max_age")
 
     # -- reading and acknowledging -----------------------------------------------------------------
 
@@ -412,8 +342,7 @@ class Spool:
         entries = q.read(after, max_bytes)
         if not entries:
             return None
-        key = (dest, signal)
-        self._leased_upto[key] = max(self._leased_upto.get(key, 0), entries[-1].seq)
+        self._eviction.leased(dest, signal, entries[-1].seq)
         return Lease(signal, entries[0].seq, entries[-1].seq, entries, q.cursor_after(entries[-1].seq))
 
     async def ack(self, dest: str, lease: Lease) -> None:
@@ -421,10 +350,7 @@ class Spool:
         await self._on_spool_thread(self._ack_sync, dest, lease.signal, lease.cursor_after)
 
     def _ack_sync(self, dest: str, signal: Signal, cursor: Cursor) -> None:
-        pending = self._evicted_in_flight.get((dest, signal))
-        if pending:  # evicted while on the wire, and delivered after all: not a loss
-            for seq in [s for s in pending if s <= cursor.seq]:
-                del pending[seq]
+        self._eviction.delivered(dest, signal, cursor.seq)
         q = self._queues[signal]
 
         def commit() -> None:
@@ -453,8 +379,7 @@ class Spool:
             log.error("could not write dead-letter record for %s: the dead-letter area is not open", dest)
         else:
             self._deadletter.put(dest, lease, status, reason)
-        self.stats.points_dropped.labels(dest, "dead_letter").inc(lease.items)
-        self.stats.entries_dropped.labels(dest, "dead_letter").inc(len(lease.entries))
+        self._eviction.count(dest, "dead_letter", lease.items, len(lease.entries))
 
     def dead_letters(self) -> list[dict[str, Any]]:
         """Dead-letter records without their payloads (for status and the CLI)."""
