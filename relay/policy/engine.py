@@ -33,8 +33,9 @@ MASK = "***"
 _SERIALIZE_KV = common_pb2.KeyValue.SerializeToString
 _CACHE_LIMIT = 200_000
 # A key that a glob rule lets out must look like an attribute name, so that an attacker-chosen
-# suffix (`jvm.<anything>`) cannot carry data: dot-separated [a-z0-9_] segments, bounded.
-_NAME_LIKE = re.compile(r"[a-z0-9_]+(?:\.[a-z0-9_]+)*")
+# suffix (`jvm.<anything>`) cannot carry data: dot-separated [a-z0-9_] segments that start with
+# a letter or `_` (so no address hides as `jvm.10.1.2.3`), bounded.
+_NAME_LIKE = re.compile(r"[a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)*")
 NAME_MAX = 96
 # Bytes cannot be scanned for what they hold: they never leave (counted under this label).
 BYTES_RULE = "values.bytes"
