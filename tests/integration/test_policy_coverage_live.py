@@ -64,7 +64,8 @@ def test_a_status_message_leaves_hashed_and_unknown_fields_do_not_leave(tmp_path
         assert item["unknown_fields"] == []
         # A policy that keeps unknown fields lets them through, and the outbox says so.
         old = policy_state(relay)["sha256"]
-        policy.write_text(shipped + "unknown_fields: keep\n")
+        assert "\nunknown_fields: drop\n" in shipped
+        policy.write_text(shipped.replace("\nunknown_fields: drop\n", "\nunknown_fields: keep\n"))
         wait_until(lambda: policy_state(relay)["sha256"] != old, what="the edited policy to load")
         code, _, _ = post(relay.otlp_url + "/v1/traces", span_request("refund"))
         assert code == 200
