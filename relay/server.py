@@ -81,7 +81,8 @@ class StatusServer:
         return _json(self._model.document())
 
     async def _outbox_handler(self, request: web.Request) -> web.Response:
-        """The last shipped payloads exactly as sent (redacted), newest last. ?last=N&payload=0|1"""
+        """The last shipped requests, decoded from the bytes sent (redacted), newest last, each
+        with the fields that did not decode as known ones. ?last=N&payload=0|1&wire=0|1"""
         if self._outbox is None:
             return _json([])
         try:
@@ -89,9 +90,10 @@ class StatusServer:
         except ValueError:
             return _json({"error": "last must be a whole number"}, status=400)
         with_payload = request.query.get("payload", "1") != "0"
+        with_wire = request.query.get("wire", "0") == "1"
         items = self._outbox.last(last)
         # Decoding and JSON-encoding payloads is CPU work: keep it off the event loop.
-        data = await asyncio.to_thread(lambda: [Outbox.describe(s, with_payload) for s in items])
+        data = await asyncio.to_thread(lambda: [Outbox.describe(s, with_payload, with_wire) for s in items])
         return _json(data)
 
     async def _metrics(self, _: web.Request) -> web.Response:

@@ -1,13 +1,14 @@
 """The compiled redaction policy: applied to each batch as it is prepared for a destination.
 
-Owns: deciding, for every metric, attribute, string value, log body and span name, whether
-it leaves as is, hashed, masked or not at all; merging data points whose identities
-collide once an attribute is gone (sums add, gauges keep the latest, histograms merge
-buckets, summaries keep the latest); and counting every decision per rule. Decisions are
-memoized per distinct key, value and attribute set, so the cost follows the number of
-distinct values, not of data points; and a metric whose whole shape recurs unchanged does
-not reach this engine at all (relay.policy.shapes copies it as bytes, calling back into
-apply_metric and apply_resource for what it has not seen).
+Owns: the decisions, memoized per distinct key, value and attribute set (metric allowed?
+attribute kept, hashed, masked or dropped? what do the value rules make of a text?), so the
+cost follows the number of distinct values, not of data points; applying them to attribute
+lists and AnyValues (map keys and bytes included); the per-point path over a whole request,
+which drops the fields the installed OTLP does not know (the policy can vouch only for what
+it can read); and counting every decision per rule. Which field of which signal gets which
+rule is relay.policy.fields; a metric whose whole shape recurs unchanged does not reach this
+engine at all (relay.policy.shapes copies it as bytes, calling back into it for what it has
+not seen).
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import hmac
+import re
 from typing import Any
 
 from opentelemetry.proto.common.v1 import common_pb2
 
 from relay.otlp import SIGNAL_INFO, Signal
-from relay.policy import shapes
+from relay.policy import fields, shapes
 from relay.policy.detectors import DETECTORS, Detector, regex_detector
 from relay.policy.outcome import Outcome
 from relay.policy.schema import KeyRule, PolicyFile, ValueRule
@@ -30,6 +32,13 @@ __all__ = ["MASK", "Outcome", "Policy"]
 MASK = "***"
 _SERIALIZE_KV = common_pb2.KeyValue.SerializeToString
 _CACHE_LIMIT = 200_000
+# A key that a glob rule lets out must look like an attribute name, so that an attacker-chosen
+# suffix (`jvm.<anything>`) cannot carry data: dot-separated [a-z0-9_] segments that start with
+# a letter or `_` (so no address hides as `jvm.10.1.2.3`), bounded.
+_NAME_LIKE = re.compile(r"[a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)*")
+NAME_MAX = 96
+# Bytes cannot be scanned for what they hold: they never leave (counted under this label).
+BYTES_RULE = "values.bytes"
 
 # (new text, or None to drop the attribute; drop the whole item?; (rule, action) events)
 ValueDecision = tuple[str | None, bool, tuple[tuple[str, str], ...]]
@@ -41,6 +50,10 @@ def _scope_ok(rule: KeyRule | ValueRule, signal: Signal, metric: str | None) -> 
     return not (rule.metrics and (metric is None or not any(fnmatch.fnmatchcase(metric, g) for g in rule.metrics)))
 
 
+def _is_glob(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[")
+
+
 class Policy:
     def __init__(self, pf: PolicyFile, secret: bytes, path: str, sha256: str, loaded_at: float) -> None:
         self.file = pf
@@ -48,6 +61,7 @@ class Policy:
         self.path = path
         self.sha256 = sha256
         self.loaded_at = loaded_at
+        self.keep_unknown_fields = pf.unknown_fields == "keep"
         self._detectors: list[tuple[ValueRule, Detector]] = [
             (r, DETECTORS[r.detector] if r.detector else regex_detector(r.regex or "")) for r in pf.values
         ]
@@ -82,6 +96,11 @@ class Policy:
             self._bounded(self._metric_cache)[name] = hit
         return hit
 
+    def name_like(self, key: str) -> bool:
+        """Whether a key looks like an attribute name and no value rule finds anything in it."""
+        return (len(key) <= NAME_MAX and _NAME_LIKE.fullmatch(key) is not None
+                and not any(det.spans(key) for _, det in self._detectors))
+
     def key_action(self, kind: str, signal: Signal, metric: str | None, key: str) -> tuple[str, str]:
         ck = (kind, signal, metric, key)
         hit = self._key_cache.get(ck)
@@ -90,9 +109,13 @@ class Policy:
             section = "resource_attributes" if kind == "resource" else "attributes"
             hit = (ap.default, f"{section}.default")
             for r in ap.rules:
-                if fnmatch.fnmatchcase(key, r.key) and _scope_ok(r, signal, metric):
-                    hit = (r.action, r.name or f"{section}:{r.key}")
-                    break
+                if not (fnmatch.fnmatchcase(key, r.key) and _scope_ok(r, signal, metric)):
+                    continue
+                # A glob vouches only for keys that look like names; a rule that drops vouches for nothing.
+                if r.action != "drop" and _is_glob(r.key) and not self.name_like(key):
+                    continue
+                hit = (r.action, r.name or f"{section}:{r.key}")
+                break
             self._bounded(self._key_cache)[ck] = hit
         return hit
 
@@ -137,6 +160,23 @@ class Policy:
         self._bounded(self._value_cache)[ck] = hit
         return hit
 
+    def scan(self, signal: Signal, metric: str | None, key: str, text: str, o: Outcome) -> tuple[str | None, bool]:
+        """The value rules over one text, counted: (new text or None to drop it, drop the item?)."""
+        new, drop_item, events = self.value(signal, metric, key, text)
+        for rule, action in events:
+            o.add(rule, action)
+        return new, drop_item
+
+    def scan_field(self, msg: Any, name: str, signal: Signal, metric: str | None, key: str, o: Outcome) -> bool:
+        """The value rules over one string field, in place (a text to drop is blanked); True: drop the item."""
+        text = getattr(msg, name)
+        if not text:
+            return False
+        new, drop_item = self.scan(signal, metric, key, text, o)
+        if not drop_item and new != text:
+            setattr(msg, name, MASK if new is None else new)
+        return drop_item
+
     def _forget_attribute_sets(self, metric: str) -> None:
         """The fast path now answers for this metric's whole shape (ShapeMemo.remember_shape)."""
         self._set_cache.pop(("attributes", "metrics", metric), None)
@@ -164,32 +204,35 @@ class Policy:
         outcome = Outcome()
         msg = SIGNAL_INFO[signal].request()
         msg.ParseFromString(body)
-        if signal == "metrics":
-            self._metrics(msg, outcome)
-        elif signal == "logs":
-            self._logs(msg, outcome)
-        else:
-            self._traces(msg, outcome)
+        self.strip_unknown(msg)
+        fields.apply_request(self, signal, msg, outcome)
         return msg.SerializeToString(), outcome
 
-    def _attrs(self, kvs: Any, kind: str, signal: Signal, metric: str | None, o: Outcome) -> tuple[bool, bool]:
+    def strip_unknown(self, msg: Any) -> None:
+        """Drop the fields this OTLP version does not know, at every level (unless the policy keeps them)."""
+        if not self.keep_unknown_fields:
+            msg.DiscardUnknownFields()
+
+    def attrs(self, kvs: Any, kind: str, signal: Signal, metric: str | None, o: Outcome) -> tuple[bool, bool]:
         """Apply key and value rules to a KeyValue list in place; returns (identity changed, drop
         the item). Memoized per distinct attribute set: the same series recurs in every scrape,
         so after the first one a point costs a lookup, not a walk through its attributes."""
         parts = tuple(map(_SERIALIZE_KV, kvs))
-        return self._apply_decision(kvs, self._attribute_set_decision(kind, signal, metric, parts), o)
+        changed_by, drop = self.apply_decision(kvs, self.attribute_set_decision(kind, signal, metric, parts), o)
+        return changed_by is not None, drop
 
-    def _set_cache_for(self, kind: str, signal: Signal, metric: str | None) -> dict[tuple[bytes, ...], Any]:
+    def set_cache_for(self, kind: str, signal: Signal, metric: str | None) -> dict[tuple[bytes, ...], Any]:
         ck = (kind, signal, metric)
         sets = self._set_cache.get(ck)
         if sets is None:
             sets = self._bounded(self._set_cache)[ck] = {}
         return sets
 
-    def _attribute_set_decision(self, kind: str, signal: Signal, metric: str | None,
-                                parts: tuple[bytes, ...]) -> Any:
-        """(identity changed, drop item, replacement attributes or None, events) for one attribute set."""
-        sets = self._set_cache_for(kind, signal, metric)
+    def attribute_set_decision(self, kind: str, signal: Signal, metric: str | None,
+                               parts: tuple[bytes, ...]) -> Any:
+        """(the rule that changed the identity or None, drop item, replacement attributes or None,
+        events) for one attribute set."""
+        sets = self.set_cache_for(kind, signal, metric)
         decision = sets.get(parts)
         if decision is None:
             scratch_list = common_pb2.KeyValueList()
@@ -199,20 +242,23 @@ class Policy:
             changed, drop = self._attrs_uncached(scratch_list.values, kind, signal, metric, scratch)
             new_parts = tuple(map(_SERIALIZE_KV, scratch_list.values))
             replacement = None if new_parts == parts else new_parts
-            decision = (changed, drop, replacement, tuple(scratch.counts.items()))
+            # Merges are counted under a rule that changed the identity: a label the policy bounds.
+            changed_by = next((r for (r, a) in scratch.counts if a in ("dropped", "masked")),
+                              next(iter(scratch.counts), ("values", ""))[0]) if changed else None
+            decision = (changed_by, drop, replacement, tuple(scratch.counts.items()))
             self._bounded(sets)[parts] = decision
         return decision
 
     @staticmethod
-    def _apply_decision(kvs: Any, decision: Any, o: Outcome) -> tuple[bool, bool]:
-        changed, drop, replacement, events = decision
+    def apply_decision(kvs: Any, decision: Any, o: Outcome) -> tuple[str | None, bool]:
+        changed_by, drop, replacement, events = decision
         for (rule, action), n in events:
             o.counts[(rule, action)] += n
         if replacement is not None and not drop:
             del kvs[:]
             for b in replacement:
                 kvs.add().MergeFromString(b)
-        return changed, drop
+        return changed_by, drop
 
     def _attrs_uncached(self, kvs: Any, kind: str, signal: Signal, metric: str | None,
                         o: Outcome) -> tuple[bool, bool]:
@@ -224,7 +270,20 @@ class Policy:
                 o.add(rule, "dropped")
                 del kvs[i]
                 changed = True
-            elif action == "hash":
+                continue
+            # The key leaves too: the value rules read it like any other text.
+            new_key, drop_item = self.scan(signal, metric, kv.key, kv.key, o)
+            if drop_item:
+                return True, True
+            if new_key is None:
+                del kvs[i]
+                changed = True
+                continue
+            key = kv.key
+            if new_key != key:
+                kv.key = new_key
+                changed = True
+            if action == "hash":
                 kv.value.string_value = self.token(_as_text(kv.value))
                 o.add(rule, "hashed")
             elif action == "mask":
@@ -232,7 +291,7 @@ class Policy:
                 o.add(rule, "masked")
                 changed = True
             else:
-                result = self._any_value(kv.value, signal, metric, kv.key, o)
+                result = self.any_value(kv.value, signal, metric, key, o)
                 if result == "drop_item":
                     return True, True
                 if result == "drop_attribute":
@@ -242,13 +301,12 @@ class Policy:
                     changed = True
         return changed, False
 
-    def _any_value(self, av: Any, signal: Signal, metric: str | None, key: str, o: Outcome) -> str:
-        """Value rules over an AnyValue's strings (nested arrays and maps included)."""
+    def any_value(self, av: Any, signal: Signal, metric: str | None, key: str, o: Outcome) -> str:
+        """Value rules over an AnyValue's strings and map keys (nested arrays and maps included);
+        bytes are dropped. Returns kept, masked, drop_attribute or drop_item."""
         kind = av.WhichOneof("value")
         if kind == "string_value":
-            new, drop_item, events = self.value(signal, metric, key, av.string_value)
-            for rule, action in events:
-                o.add(rule, action)
+            new, drop_item = self.scan(signal, metric, key, av.string_value, o)
             if drop_item:
                 return "drop_item"
             if new is None:
@@ -257,15 +315,29 @@ class Policy:
                 av.string_value = new
                 return "masked"
             return "kept"
+        if kind == "bytes_value":
+            o.add(BYTES_RULE, "dropped")
+            return "drop_attribute"
         result = "kept"
         if kind == "array_value":
             children = list(av.array_value.values)
         elif kind == "kvlist_value":
-            children = [kv.value for kv in av.kvlist_value.values]
+            entries = av.kvlist_value.values
+            for i in range(len(entries) - 1, -1, -1):
+                new_key, drop_item = self.scan(signal, metric, key, entries[i].key, o)
+                if drop_item:
+                    return "drop_item"
+                if new_key is None:
+                    del entries[i]
+                    result = "masked"
+                elif new_key != entries[i].key:
+                    entries[i].key = new_key
+                    result = "masked"
+            children = [kv.value for kv in entries]
         else:
             return result
         for child in children:
-            v = self._any_value(child, signal, metric, key, o)
+            v = self.any_value(child, signal, metric, key, o)
             if v == "drop_item":
                 return v
             if v == "drop_attribute":  # inside a structure: blank the leaf rather than reshape it
@@ -275,162 +347,19 @@ class Policy:
                 result = "masked"
         return result
 
-    def apply_resource(self, res: Any, signal: Signal, o: Outcome) -> None:
-        self._attrs(res.attributes, "resource", signal, None, o)
+    # -- the steps the metrics fast path calls back into (shapes.PerPointEngine) -------------------
 
-    def _metrics(self, msg: Any, o: Outcome) -> None:
-        for rm in msg.resource_metrics:
-            self.apply_resource(rm.resource, "metrics", o)
-            for sm in rm.scope_metrics:
-                for mi in range(len(sm.metrics) - 1, -1, -1):
-                    if not self.apply_metric(sm.metrics[mi], o)[0]:
-                        del sm.metrics[mi]
-        _prune(msg.resource_metrics, "scope_metrics", "metrics")
+    def apply_envelope(self, env: Any, signal: Signal, o: Outcome) -> bool:
+        """A ResourceX or ScopeX's own fields (resource, scope, schema_url), not its items, in
+        place; False when a rule drops it with all its items."""
+        return fields.apply_envelope(self, env, signal, o)
 
     def apply_metric(self, m: Any, o: Outcome, exemplars: bool = True) -> tuple[bool, bool]:
         """Apply the policy to one Metric in place: (keep it?, changed?). `exemplars=False`
         promises that no point has any (looking costs a third of a microsecond a point)."""
-        kind = m.WhichOneof("data")
-        points = getattr(m, kind).data_points if kind else []
-        o.items_in += len(points)
-        allowed, rule = self.metric_allowed(m.name)
-        if not allowed:
-            o.add(rule, "dropped_item", len(points))
-            return False, True
-        exemplars = exemplars and kind != "summary"  # summaries have none
-        changed = collided = False
-        doomed = []
-        sets = self._set_cache_for("attributes", "metrics", m.name)
-        for pi, dp in enumerate(points):
-            # One lookup per point for an attribute set seen before.
-            kvs = dp.attributes
-            parts = tuple(map(_SERIALIZE_KV, kvs))
-            decision = sets.get(parts) or self._attribute_set_decision("attributes", "metrics", m.name, parts)
-            if decision[3] or decision[2] is not None:
-                self._apply_decision(kvs, decision, o)
-                changed = changed or decision[2] is not None
-            if decision[1]:
-                doomed.append(pi)
-            collided = collided or decision[0]
-            # Exemplars carry attributes of their own (those filtered from the point's): the same
-            # rules apply, and an exemplar whose attributes would drop the item is dropped. A point
-            # with exemplars is always re-encoded (its shape holds their values, so it never recurs).
-            if exemplars and self._exemplars(dp.exemplars, m.name, o):
-                changed = True
-        for pi in reversed(doomed):
-            del points[pi]
-        if collided and len(points) > 1:
-            merged = _merge_points(kind or "", m, points)
-            if merged:
-                o.add(f"merge:{m.name}", "merged", merged)
-        changed = changed or bool(doomed) or collided
-        if not len(points):
-            return False, True
-        o.items_out += len(points)
-        return True, changed
-
-    def _exemplars(self, exemplars: Any, metric: str, o: Outcome) -> bool:
-        """Apply the attribute rules to a point's exemplars; an exemplar whose attributes would
-        drop the item is dropped. True if there were any (they are then always re-encoded)."""
-        count = len(exemplars)
-        for ei in range(count - 1, -1, -1):
-            if self._attrs(exemplars[ei].filtered_attributes, "attributes", "metrics", metric, o)[1]:
-                del exemplars[ei]
-        return count > 0
-
-    def _logs(self, msg: Any, o: Outcome) -> None:
-        for rl in msg.resource_logs:
-            self.apply_resource(rl.resource, "logs", o)
-            for sl in rl.scope_logs:
-                records = sl.log_records
-                o.items_in += len(records)
-                for i in range(len(records) - 1, -1, -1):
-                    lr = records[i]
-                    _, drop = self._attrs(lr.attributes, "attributes", "logs", None, o)
-                    if not drop and lr.HasField("body"):
-                        drop = self._any_value(lr.body, "logs", None, "body", o) == "drop_item"
-                    if drop:
-                        del records[i]
-                o.items_out += len(records)
-        _prune(msg.resource_logs, "scope_logs", "log_records")
-
-    def _traces(self, msg: Any, o: Outcome) -> None:
-        for rs in msg.resource_spans:
-            self.apply_resource(rs.resource, "traces", o)
-            for ss in rs.scope_spans:
-                spans = ss.spans
-                o.items_in += len(spans)
-                for i in range(len(spans) - 1, -1, -1):
-                    sp = spans[i]
-                    _, drop = self._attrs(sp.attributes, "attributes", "traces", None, o)
-                    if not drop:
-                        new, drop, events = self.value("traces", None, "span.name", sp.name)
-                        for rule, action in events:
-                            o.add(rule, action)
-                        if not drop:
-                            sp.name = new if new is not None else MASK
-                    for ev in sp.events:
-                        if not drop:
-                            drop = self._attrs(ev.attributes, "attributes", "traces", None, o)[1]
-                    for link in sp.links:
-                        if not drop:
-                            drop = self._attrs(link.attributes, "attributes", "traces", None, o)[1]
-                    if drop:
-                        del spans[i]
-                o.items_out += len(spans)
-        _prune(msg.resource_spans, "scope_spans", "spans")
+        return fields.apply_metric(self, m, o, exemplars)
 
 
 def _as_text(av: Any) -> str:
     kind = av.WhichOneof("value")
     return "" if kind is None else str(getattr(av, kind)) if kind != "string_value" else av.string_value
-
-
-def _identity(dp: Any) -> tuple[Any, ...]:
-    attrs = tuple(sorted((kv.key, kv.value.SerializeToString()) for kv in dp.attributes))
-    return attrs, dp.start_time_unix_nano, dp.time_unix_nano
-
-
-def _merge_points(kind: str, metric: Any, points: Any) -> int:
-    """Merge data points whose identity now collides; returns how many were merged away."""
-    first: dict[tuple[Any, ...], Any] = {}
-    doomed: list[int] = []
-    for i, dp in enumerate(points):
-        ident = _identity(dp)
-        keep = first.get(ident)
-        if keep is None:
-            first[ident] = dp
-            continue
-        if kind == "sum":
-            if keep.WhichOneof("value") == "as_int" and dp.WhichOneof("value") == "as_int":
-                keep.as_int += dp.as_int
-            else:
-                total = _num(keep) + _num(dp)
-                keep.as_double = total
-        elif kind == "histogram" and list(keep.explicit_bounds) == list(dp.explicit_bounds):
-            keep.count += dp.count
-            keep.sum += dp.sum
-            for b in range(len(keep.bucket_counts)):
-                keep.bucket_counts[b] += dp.bucket_counts[b]
-        else:  # gauges and summaries (and unmergeable histograms): the latest point stands
-            if dp.time_unix_nano >= keep.time_unix_nano:
-                keep.CopyFrom(dp)
-        doomed.append(i)
-    for i in reversed(doomed):
-        del points[i]
-    return len(doomed)
-
-
-def _num(dp: Any) -> float:
-    return float(dp.as_int) if dp.WhichOneof("value") == "as_int" else float(dp.as_double)
-
-
-def _prune(resources: Any, scopes_field: str, items_field: str) -> None:
-    """Drop scopes and resources left empty by the policy."""
-    for ri in range(len(resources) - 1, -1, -1):
-        scopes = getattr(resources[ri], scopes_field)
-        for si in range(len(scopes) - 1, -1, -1):
-            if not len(getattr(scopes[si], items_field)):
-                del scopes[si]
-        if not len(scopes):
-            del resources[ri]

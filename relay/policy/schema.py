@@ -77,3 +77,7 @@ class PolicyFile:
     resource_attributes: AttributePolicy = field(default_factory=AttributePolicy)
     attributes: AttributePolicy = field(default_factory=AttributePolicy)
     values: tuple[ValueRule, ...] = ()
+    # Fields the installed OTLP version does not know: the policy cannot vouch for what it cannot
+    # read, so they are dropped. `keep` lets them through as they came (for a vendor that needs a
+    # field newer than this relay, knowing that nothing in them is redacted).
+    unknown_fields: Literal["drop", "keep"] = "drop"

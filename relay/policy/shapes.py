@@ -8,9 +8,17 @@ fields per request, walked here); each metric's shape is read by protobuf's C pa
 shadow schema that keeps the attributes and skips the values; and a metric whose shape was
 seen before and left untouched by this policy is copied as it came, with no Python-level visit
 per data point. A new shape and a metric the policy changes go through the full per-point
-engine, which records the shape when it changed nothing. An encoding this walk does not
-expect (a resource or scope split over two fields, which protobuf would merge; groups; a
-truncated field) sends the whole request to the full engine.
+engine, which records the shape when it changed nothing and its encoding is exactly what came.
+What surrounds the metrics (resources, scopes, schema URLs) is decoded, redacted and encoded
+again by the engine, once per distinct content.
+
+Fields this OTLP version does not know must not be copied along: the shape skips values, so
+a second shadow schema (StrictMetric) knows every field of a metric down to its points, and a
+known shape is copied only if that schema reads all of it (nothing unknown, nothing encoded
+unusually); otherwise the metric takes the full engine, which drops what it does not know. An
+encoding this walk does not expect (a request-level field other than its resources, groups, a
+truncated field) and a resource or scope that a rule drops whole send the whole request to the
+full engine.
 
 Owns: the walk above, and its memo (ShapeMemo, with every bound it keeps). One memo belongs
 to one Policy object: a reloaded policy starts with an empty one, so it never trusts a decision
@@ -26,7 +34,6 @@ from typing import Any, Protocol
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from opentelemetry.proto.metrics.v1 import metrics_pb2
-from opentelemetry.proto.resource.v1 import resource_pb2
 
 from relay import wire
 from relay.otlp import Signal
@@ -51,26 +58,31 @@ class PerPointEngine(Protocol):
 
     def apply_metric(self, m: Any, o: Outcome, exemplars: bool = True) -> tuple[bool, bool]: ...
 
-    def apply_resource(self, res: Any, signal: Signal, o: Outcome) -> None: ...
+    def apply_envelope(self, env: Any, signal: Signal, o: Outcome) -> bool: ...
+
+    def strip_unknown(self, msg: Any) -> None: ...
 
 
 # The shapes of about 100,000 series; a flood of new shapes restarts the memo, never grows it.
 _SHAPE_MEMO_BYTES = 4 << 20
-# Resources and scope contexts are a handful per scrape target; more than this is a flood.
+# Resources and scopes are a handful per scrape target; more than this is a flood.
 _RESOURCES_LIMIT = 1_000
-_VALIDATED_LIMIT = 1_000
+_SCOPES_LIMIT = 1_000
+
+# What a resource or scope level looks like around its items, as bytes -> (the same after the
+# policy, the rule events it caused).
+Envelopes = dict[bytes, tuple[bytes, Events]]
 
 
 class ShapeMemo:
     """What the fast path remembers under one policy, each part bounded.
 
     `shapes`: metric shapes the policy leaves as they are -> the rule events they cause.
-    `resources`: a resource's bytes -> (its bytes after the policy, the rule events).
-    `validated_context`: the bytes copied around the metrics (scopes, schema URLs, unknown
-    fields) that a full parse has already accepted.
+    `resources`: a ResourceMetrics' own fields (resource, schema URL), `scopes`: a ScopeMetrics'
+    own fields (scope, schema URL), each as bytes -> (its bytes after the policy, the events).
     """
 
-    __slots__ = ("_release", "_shape_bytes", "resources", "shapes", "validated_context")
+    __slots__ = ("_release", "_shape_bytes", "resources", "scopes", "shapes")
 
     def __init__(self, release: Callable[[str], None]) -> None:
         # Called with a metric's name once its shape is remembered: the shape then answers for
@@ -79,8 +91,8 @@ class ShapeMemo:
         self._release = release
         self.shapes: dict[bytes, Events] = {}
         self._shape_bytes = 0
-        self.resources: dict[bytes, tuple[bytes, Events]] = {}
-        self.validated_context: set[bytes] = set()
+        self.resources: Envelopes = {}
+        self.scopes: Envelopes = {}
 
     def remember_shape(self, metric: str, shape: bytes, events: Events) -> None:
         if self._shape_bytes + len(shape) > _SHAPE_MEMO_BYTES:
@@ -95,10 +107,10 @@ class ShapeMemo:
             self.resources.clear()
         self.resources[raw] = (after, events)
 
-    def remember_validated(self, raw: bytes) -> None:
-        if len(self.validated_context) >= _VALIDATED_LIMIT:
-            self.validated_context.clear()
-        self.validated_context.add(raw)
+    def remember_scope(self, raw: bytes, after: bytes, events: Events) -> None:
+        if len(self.scopes) >= _SCOPES_LIMIT:
+            self.scopes.clear()
+        self.scopes[raw] = (after, events)
 
 
 def _add_field(msg: Any, name: str, number: int, ftype: int, label: int = _F.LABEL_OPTIONAL,
@@ -143,19 +155,67 @@ def _build() -> dict[str, Any]:
             for t in fdp.message_type}
 
 
+# The fields whose bytes the shape holds verbatim: the strict schema need not look inside them.
+_IN_SHAPE = ("opentelemetry.proto.common.", "opentelemetry.proto.metrics.v1.Exemplar")
+_VARINTS = {_F.TYPE_INT32, _F.TYPE_INT64, _F.TYPE_UINT32, _F.TYPE_UINT64, _F.TYPE_SINT32, _F.TYPE_SINT64,
+            _F.TYPE_BOOL, _F.TYPE_ENUM}
+_FIXED64 = {_F.TYPE_FIXED64, _F.TYPE_SFIXED64, _F.TYPE_DOUBLE}
+
+
+def _build_strict() -> Any:
+    """StrictMetric: every field of a Metric down to its points, from the installed descriptors.
+
+    Read with it and encoded again without its unknown fields, a metric comes out exactly as
+    long as it came in only if nothing in it was unknown: every type is chosen so that encoding
+    again never makes a field longer (proto2, so that a zero that was sent is sent again;
+    varints as uint64, so none grows; packed numbers as the bytes they are; and what the shape
+    holds verbatim, attributes, exemplars and strings, as bytes)."""
+    fdp = descriptor_pb2.FileDescriptorProto(name="relay/shadow_strict.proto", package=_PACKAGE, syntax="proto2")
+    names: dict[str, str] = {}
+
+    def add(desc: Any) -> str:
+        if desc.full_name not in names:
+            names[desc.full_name] = name = "Strict" + desc.full_name.rsplit(".", 1)[-1]
+            msg = fdp.message_type.add(name=name)
+            for f in desc.fields:
+                repeated = f.is_repeated
+                if f.type == _F.TYPE_MESSAGE and not f.message_type.full_name.startswith(_IN_SHAPE):
+                    _add_field(msg, f.name, f.number, _F.TYPE_MESSAGE,
+                               _F.LABEL_REPEATED if repeated else _F.LABEL_OPTIONAL, add(f.message_type))
+                elif f.type in (_F.TYPE_MESSAGE, _F.TYPE_STRING, _F.TYPE_BYTES) or repeated:
+                    _add_field(msg, f.name, f.number, _F.TYPE_BYTES,
+                               _F.LABEL_REPEATED if repeated else _F.LABEL_OPTIONAL)
+                elif f.type in _VARINTS:
+                    _add_field(msg, f.name, f.number, _F.TYPE_UINT64)
+                else:
+                    _add_field(msg, f.name, f.number, _F.TYPE_FIXED64 if f.type in _FIXED64 else _F.TYPE_FIXED32)
+        return names[desc.full_name]
+
+    root = add(metrics_pb2.Metric.DESCRIPTOR)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fdp)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.{root}"))
+
+
 _SHADOW = _build()
 MetricShape = _SHADOW["Shape"]
-_RM_RESOURCE = _field_number(metrics_pb2.ResourceMetrics, "resource")
+StrictMetric = _build_strict()
 _RM_SCOPES = _field_number(metrics_pb2.ResourceMetrics, "scope_metrics")
-_SM_SCOPE = _field_number(metrics_pb2.ScopeMetrics, "scope")
 _SM_METRICS = _field_number(metrics_pb2.ScopeMetrics, "metrics")
 _EXEMPLAR_TAGS = {kind: bytes([_field_number(point, "exemplars") << 3 | 2]) for kind, point in _POINT_TYPES.items()
                   if "exemplars" in point.DESCRIPTOR.fields_by_name}
 assert all(len(t) == 1 and t[0] < 0x80 for t in _EXEMPLAR_TAGS.values()), "one-byte tags"
-assert (_RM_RESOURCE, _RM_SCOPES, _SM_SCOPE, _SM_METRICS) == (1, 2, 1, 2), "the walk below assumes these"
+assert (_RM_SCOPES, _SM_METRICS) == (2, 2), "the walk below assumes these"
 # At every level taken apart here, fields 1 and 2 are messages (resource_metrics; resource and
 # scope_metrics; scope and metrics): with another wire type they are left to the full parser.
 _MESSAGES = (1, 2)
+
+
+def exactly_known(raw: bytes | memoryview) -> bool:
+    """Whether a metric's bytes hold only fields this OTLP version knows, encoded as usual."""
+    strict = StrictMetric.FromString(raw)
+    strict.DiscardUnknownFields()
+    return bool(strict.ByteSize() == len(raw))
 
 
 def apply_metrics(engine: PerPointEngine, memo: ShapeMemo, body: bytes, o: Outcome) -> bytes:
@@ -166,10 +226,9 @@ def apply_metrics(engine: PerPointEngine, memo: ShapeMemo, body: bytes, o: Outco
     view = memoryview(body)
     out: list[bytes | memoryview] = []
     try:
-        for field, whole, value in wire.fields(view, _MESSAGES):
-            if field != 1:  # not resource_metrics: an unknown field, kept as it came
-                out.append(whole)
-                continue
+        for field, _, value in wire.fields(view, _MESSAGES):
+            if field != 1:  # not resource_metrics: unknown here, which the full engine decides on
+                raise Fallback()
             rm = _resource_metrics(engine, memo, value, o)
             if rm:
                 wire.emit(out, 1, rm)
@@ -183,21 +242,16 @@ def _resource_metrics(engine: PerPointEngine, memo: ShapeMemo, view: memoryview,
     """One ResourceMetrics' content after the policy; empty when nothing of it is left."""
     head: list[bytes | memoryview] = []
     scopes: list[bytes | memoryview] = []
-    seen_resource = False
     for field, whole, value in wire.fields(view, _MESSAGES):
-        if field == _RM_RESOURCE:
-            if seen_resource:  # protobuf would merge two: leave that to the full parser
-                raise Fallback()
-            seen_resource = True
-            wire.emit(head, field, [_resource(engine, memo, bytes(value), o)])
-        elif field == _RM_SCOPES:
+        if field == _RM_SCOPES:
             sm = _scope_metrics(engine, memo, value, o)
             if sm:
                 wire.emit(scopes, field, sm)
         else:
             head.append(whole)
-    _validate_context(memo, metrics_pb2.ResourceMetrics, head)
-    return head + scopes if scopes else []
+    # Decided even when no scope is left, so that its rules count the same on both paths.
+    after = _envelope(engine, memo.resources, memo.remember_resource, metrics_pb2.ResourceMetrics, head, o)
+    return [after, *scopes] if scopes else []
 
 
 def _scope_metrics(engine: PerPointEngine, memo: ShapeMemo, view: memoryview,
@@ -205,14 +259,9 @@ def _scope_metrics(engine: PerPointEngine, memo: ShapeMemo, view: memoryview,
     """One ScopeMetrics' content after the policy; empty when none of its metrics is left."""
     head: list[bytes | memoryview] = []
     metrics: list[bytes | memoryview] = []
-    seen_scope = False
     shapes = memo.shapes
     for field, whole, value in wire.fields(view, _MESSAGES):
         if field != _SM_METRICS:
-            if field == _SM_SCOPE:
-                if seen_scope:
-                    raise Fallback()
-                seen_scope = True
             head.append(whole)
             continue
         shape = MetricShape.FromString(value)
@@ -221,7 +270,8 @@ def _scope_metrics(engine: PerPointEngine, memo: ShapeMemo, view: memoryview,
         shape.DiscardUnknownFields()
         key = shape.SerializeToString()
         known = shapes.get(key)
-        if known is not None:  # seen before, and the policy changed nothing in it
+        # Seen before, the policy changed nothing in it, and nothing in it is new since.
+        if known is not None and exactly_known(value):
             o.items_in += points
             o.items_out += points
             for event, n in known:
@@ -234,30 +284,25 @@ def _scope_metrics(engine: PerPointEngine, memo: ShapeMemo, view: memoryview,
             memo.remember_shape(shape.name, key, events)
         if new is not None:
             wire.emit(metrics, field, [new])
-    _validate_context(memo, metrics_pb2.ScopeMetrics, head)
-    return head + metrics if metrics else []
+    after = _envelope(engine, memo.scopes, memo.remember_scope, metrics_pb2.ScopeMetrics, head, o)
+    return [after, *metrics] if metrics else []
 
 
-def _validate_context(memo: ShapeMemo, message: Any, fields: list[bytes | memoryview]) -> None:
-    """Decode what is copied around the metrics (scope, schema URLs, fields of a newer OTLP)
-    once per distinct content, so that what the full parser would refuse (a string that is
-    not UTF-8, say) is refused here too, with the same DecodeError."""
+def _envelope(engine: PerPointEngine, seen: Envelopes, remember: Callable[[bytes, bytes, Events], None],
+              message: Any, fields: list[bytes | memoryview], o: Outcome) -> bytes:
+    """A resource or scope level's own fields after the policy, memoized on their bytes (they
+    recur in every request). Decoded by the full parser, so that what it would refuse (a string
+    that is not UTF-8, say) is refused here too, with the same DecodeError."""
     raw = b"".join(fields)
-    if raw in memo.validated_context:
-        return
-    message.FromString(raw)
-    memo.remember_validated(raw)
-
-
-def _resource(engine: PerPointEngine, memo: ShapeMemo, raw: bytes, o: Outcome) -> bytes:
-    """The resource after the policy, memoized on its bytes (it recurs in every request)."""
-    hit = memo.resources.get(raw)
+    hit = seen.get(raw)
     if hit is None:
-        res = resource_pb2.Resource.FromString(raw)
-        scratch = type(o)()
-        engine.apply_resource(res, "metrics", scratch)
-        hit = (bytes(res.SerializeToString()), tuple(scratch.counts.items()))
-        memo.remember_resource(raw, *hit)
+        env = message.FromString(raw)
+        engine.strip_unknown(env)
+        scratch = Outcome()
+        if not engine.apply_envelope(env, "metrics", scratch):
+            raise Fallback()  # dropped with all its items: the full engine counts them
+        hit = (bytes(env.SerializeToString()), tuple(scratch.counts.items()))
+        remember(raw, *hit)
     for event, n in hit[1]:
         o.counts[event] += n
     return hit[0]
@@ -265,9 +310,11 @@ def _resource(engine: PerPointEngine, memo: ShapeMemo, raw: bytes, o: Outcome) -
 
 def _slow_metric(engine: PerPointEngine, raw: bytes, o: Outcome) -> tuple[bytes | None, Events]:
     """One metric through the per-point engine: (None if it is dropped, `raw` itself if the
-    policy left it as it was, else its new bytes; the rule events it caused)."""
+    policy left it as it was and it re-encodes to the same bytes, else its new bytes; the rule
+    events it caused)."""
     m = metrics_pb2.Metric.FromString(raw)
-    scratch = type(o)()
+    engine.strip_unknown(m)
+    scratch = Outcome()
     # An exemplar starts with its field's tag byte: without that byte anywhere, there is none.
     kind = m.WhichOneof("data")
     tag = _EXEMPLAR_TAGS.get(kind or "")
@@ -278,4 +325,7 @@ def _slow_metric(engine: PerPointEngine, raw: bytes, o: Outcome) -> tuple[bytes 
         o.counts[event] += n
     if not keep:
         return None, ()
-    return (bytes(m.SerializeToString()) if changed else raw), tuple(scratch.counts.items())
+    events = tuple(scratch.counts.items())
+    encoded = bytes(m.SerializeToString())
+    # Equal bytes: nothing changed and nothing unknown was dropped, so the shape may be remembered.
+    return (raw if not changed and encoded == raw else encoded), events

@@ -162,7 +162,8 @@ def test_dropping_a_distinguishing_attribute_merges_sums_by_adding() -> None:
     assert sums == {"/x": 42, "/y": 5}
     gauges = [(attributes_dict(dp.attributes), dp.as_double) for dp in metrics["temperature"].gauge.data_points]
     assert gauges == [({}, 20.0), ({}, 25.0)]  # different times: distinct points, not merged
-    assert outcome.counts[("merge:requests", "merged")] == 1
+    # Counted under the rule that made them collide: a label the policy bounds, not one per metric.
+    assert outcome.counts[("attributes:pod", "merged")] == 1
     assert outcome.counts[("attributes:pod", "dropped")] == 5
 
 
@@ -407,8 +408,10 @@ def test_encodings_the_walk_does_not_take_apart_go_to_the_full_engine() -> None:
     out, _ = p.apply("metrics", odd)
     assert _parsed(out) == _full_engine(policy(METRIC_POLICY), body)[0]
     assert b"broker-1" not in out and b"ops" not in out
-    # Unknown fields (a newer OTLP) pass through, as the full engine would keep them.
-    assert p.apply("metrics", body + field(99, b"future"))[0].endswith(field(99, b"future"))
+    # Unknown fields (a newer OTLP) are dropped; a policy that keeps them lets them through.
+    assert field(99, b"future") not in p.apply("metrics", body + field(99, b"future"))[0]
+    keeping = policy(METRIC_POLICY + "unknown_fields: keep\n")
+    assert keeping.apply("metrics", body + field(99, b"future"))[0].endswith(field(99, b"future"))
     # Garbage is still refused, as before.
     with pytest.raises(DecodeError):
         p.apply("metrics", body[:-3] + b"\xff\xff\xff")
@@ -483,7 +486,7 @@ def test_the_fast_path_memo_stays_bounded_under_a_flood(monkeypatch: pytest.Monk
 
     # Small bounds, so that a short flood crosses each of them several times.
     monkeypatch.setattr(shapes, "_RESOURCES_LIMIT", 30)
-    monkeypatch.setattr(shapes, "_VALIDATED_LIMIT", 30)
+    monkeypatch.setattr(shapes, "_SCOPES_LIMIT", 30)
     monkeypatch.setattr(shapes, "_SHAPE_MEMO_BYTES", 2_000)
     p = policy(METRIC_POLICY)
     for i in range(200):  # a new resource, scope and metric shape every time
@@ -494,5 +497,5 @@ def test_the_fast_path_memo_stays_bounded_under_a_flood(monkeypatch: pytest.Monk
         assert _parsed(out) == _full_engine(policy(METRIC_POLICY), body)[0]
     memo = p.shape_memo
     assert 0 < len(memo.resources) <= 30
-    assert 0 < len(memo.validated_context) <= 30
+    assert 0 < len(memo.scopes) <= 30
     assert memo.shapes and sum(map(len, memo.shapes)) <= 2_000
