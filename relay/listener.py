@@ -104,6 +104,8 @@ class Listener:
         self._host_refusal_logged = False
         self._cap = connection_cap(limits.max_connections)
         self._busy: set[RequestHandler] = set()
+        # Every connection, oldest first, from its accept to its close.
+        self._open: dict[RequestHandler, _Tracked] = {}
         # New connections whose first request head has not arrived yet.
         self._awaiting_head: set[RequestHandler] = set()
         app.middlewares.insert(0, self._guard)
@@ -133,24 +135,30 @@ class Listener:
         """The protocol for a new connection: aiohttp's, once there is room for it."""
         server = self._runner.server
         assert server is not None
-        open_now = [h for h in server.connections if h.transport is not None]
-        if len(open_now) >= self._cap:
-            idle = next((h for h in open_now if h not in self._busy), None)  # oldest first
+        # Counted from here, not from aiohttp's list: a burst of accepts is made before any connects.
+        if sum(not c.closing for c in self._open.values()) >= self._cap:
             self._stats.http_refused.labels(self.name, "connections").inc()
+            idle = next((c for h, c in self._open.items()  # oldest first
+                         if not c.closing and h.transport is not None and h not in self._busy), None)
             if idle is None:
                 return _Refuse()  # every connection is mid-request: the newcomer waits its turn
-            idle.force_close()
+            idle.shed()
         handler = server()
+        self._open[handler] = conn = _Tracked(handler, self._lost)
         self._awaiting_head.add(handler)
         asyncio.get_running_loop().call_later(self.limits.header_timeout, self._header_deadline, handler)
-        return handler
+        return conn
+
+    def _lost(self, handler: RequestHandler) -> None:
+        self._open.pop(handler, None)
+        self._awaiting_head.discard(handler)
 
     def _header_deadline(self, handler: RequestHandler) -> None:
         """A connection that has not sent one whole request head by now is a slow (or no) client."""
         if handler in self._awaiting_head:
             self._awaiting_head.discard(handler)
-            if handler.transport is not None:
-                handler.force_close()
+            if handler in self._open:
+                self._open[handler].shed()
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -181,3 +189,35 @@ class _Refuse(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport.close()
+
+
+class _Tracked(asyncio.Protocol):
+    """aiohttp's protocol for one connection, passed every event, telling the listener when it ends."""
+
+    def __init__(self, handler: RequestHandler, lost: Callable[[RequestHandler], None]) -> None:
+        self.handler = handler
+        self.closing = False
+        self._lost = lost
+
+    def shed(self) -> None:
+        self.closing = True
+        self.handler.force_close()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.handler.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.handler.data_received(data)
+
+    def eof_received(self) -> None:
+        self.handler.eof_received()
+
+    def pause_writing(self) -> None:
+        self.handler.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.handler.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost(self.handler)
+        self.handler.connection_lost(exc)

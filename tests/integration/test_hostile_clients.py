@@ -16,7 +16,7 @@ from pathlib import Path
 from relay.otlp import MetricsBuilder
 from tests.procs import Ingest, Relay, http_get, relay_config, wait_until
 
-QUIET = {"host": {"enabled": False}, "internal": {"enabled": False}}
+QUIET = {"host": {"enabled": False}, "internal": {"enabled": False}, "discovery": {"kafka": False}}
 
 
 def small_push() -> bytes:
@@ -199,7 +199,8 @@ def test_a_flood_of_idle_connections_leaves_the_relay_its_file_descriptors(tmp_p
     pushes, /healthz and the sources go on."""
     ingest = Ingest(tmp_path)
     ingest.start()
-    cfg = relay_config(tmp_path, ingest.url, sources={"internal": {"enabled": False}, "host": {"interval": "200ms"}})
+    cfg = relay_config(tmp_path, ingest.url, sources={"internal": {"enabled": False}, "host": {"interval": "200ms"},
+                                                         "discovery": {"kafka": False}})
     relay = Relay(tmp_path, cfg)
     relay.args = ["prlimit", "--nofile=512:512", "--", *relay.args]
     relay.start()
