@@ -101,7 +101,7 @@ class Relay:
         await self.spool.open()
         self.shared = Shared(self.spool, self.stats, self.resource, self.outbox)
         self.status.sample_history()
-        self.server = StatusServer(cfg.server.listen, self.status, self.stats.registry, self.outbox)
+        self.server = StatusServer(cfg.server.listen, self.status, self.stats, self.outbox)
         await self.server.start()
         self.pipeline = build(self.loaded, self.shared, self.signer, self.policies)
         await self.pipeline.start()

@@ -54,6 +54,16 @@ class OtlpReceiverSettings:
     # A body that inflates more than this many times (above 1 MiB) is refused as a bomb.
     max_decompression_ratio: float = 200.0
     max_concurrent_requests: int = 64
+    # Bodies held in memory at once, across all requests; a request that finds no room
+    # waits a moment, then gets 503 with Retry-After. Sized to fit the unit's MemoryMax.
+    max_body_memory_bytes: ByteSize = ByteSize(64 * MiB)
+    # Open connections; at the cap the oldest idle one is closed for a new one.
+    max_connections: int = 256
+    # A new connection must send a whole request head within header_timeout, a body must
+    # arrive within body_timeout, and a connection with no request is closed after idle_timeout.
+    header_timeout: Duration = Duration(10.0)
+    body_timeout: Duration = Duration(30.0)
+    idle_timeout: Duration = Duration(60.0)
     # When set, clients must send `Authorization: Bearer <token>`.
     auth_token_file: str | None = None
     tls: ListenerTLSSettings = field(default_factory=ListenerTLSSettings)
@@ -61,6 +71,13 @@ class OtlpReceiverSettings:
     def validate(self) -> None:
         if not 1024 <= self.max_body_bytes <= OTLP_MAX_REQUEST_BYTES:
             raise ValueError("max_body_bytes must be between 1KiB and 64MiB")
+        if not 1 * MiB <= self.max_body_memory_bytes <= 1024 * MiB:
+            raise ValueError("max_body_memory_bytes must be between 1MiB and 1GiB")
+        if not 8 <= self.max_connections <= 65536:
+            raise ValueError("max_connections must be between 8 and 65536")
+        for key in ("header_timeout", "body_timeout", "idle_timeout"):
+            if not 0.1 <= getattr(self, key) <= 3600:
+                raise ValueError(f"{key} must be between 100ms and 1h")
         if self.max_decompression_ratio < 2:
             raise ValueError("max_decompression_ratio must be at least 2")
         if not 1 <= self.max_concurrent_requests <= 4096:

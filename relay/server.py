@@ -4,7 +4,9 @@ Owns: / (the status page, one self-contained HTML file), /healthz (the loop is a
 /readyz (200 only when config is loaded, the spool is writable and every destination is
 keeping up), /status (JSON for scripts and the `status` command), /outbox (what was
 shipped) and /metrics (Prometheus text of the self-metrics). What /status and /readyz say
-is the status model's (relay.status); this module only serves it.
+is the status model's (relay.status); this module only serves it. It is served behind the
+listener's limits (relay/listener.py), with its Host check always on: /status holds the
+host name and machine id, which no web page may read.
 """
 
 from __future__ import annotations
@@ -16,16 +18,19 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from relay.export.outbox import Outbox
-from relay.schema import split_host_port
+from relay.listener import Listener, ListenerLimits
 from relay.secrets import redact
+from relay.stats import Stats
 from relay.status import StatusModel
 
 log = logging.getLogger("relay.server")
 
 _PAGE = (Path(__file__).parent / "status_page.html").read_text(encoding="utf-8")
+# Operators, scripts and a Prometheus scraper: a few connections, each quick.
+LIMITS = ListenerLimits(header_timeout=10.0, idle_timeout=30.0, max_connections=64)
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -35,13 +40,12 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 
 class StatusServer:
-    def __init__(self, listen: str, model: StatusModel, registry: CollectorRegistry,
-                 outbox: Outbox | None = None) -> None:
+    def __init__(self, listen: str, model: StatusModel, stats: Stats, outbox: Outbox | None = None) -> None:
         self._outbox = outbox
         self.listen = listen
         self._model = model
-        self._registry = registry
-        self._runner: web.AppRunner | None = None
+        self._stats = stats
+        self._listener: Listener | None = None
 
     async def start(self) -> None:
         app = web.Application()
@@ -51,15 +55,14 @@ class StatusServer:
         app.router.add_get("/status", self._status_handler)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/outbox", self._outbox_handler)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        host, port = split_host_port(self.listen)
-        await web.TCPSite(self._runner, host, port).start()
-        log.info("status server listening on http://%s:%d", host, port)
+        self._listener = Listener("status", app, self.listen, LIMITS, self._stats, check_host=True)
+        await self._listener.start()
+        log.info("status server listening on http://%s:%d", self._listener.host, self._listener.port)
 
     async def stop(self) -> None:
-        if self._runner:
-            await self._runner.cleanup()
+        if self._listener:
+            await self._listener.stop()
+            self._listener = None
 
     async def _page(self, _: web.Request) -> web.Response:
         # One self-contained file: no external assets, for air-gapped hosts.
@@ -97,5 +100,5 @@ class StatusServer:
         return _json(data)
 
     async def _metrics(self, _: web.Request) -> web.Response:
-        body = generate_latest(self._registry)
+        body = generate_latest(self._stats.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -91,6 +91,10 @@ SELF_METRICS: tuple[MetricDef, ...] = (
               "OTLP request body bytes received (as sent).", ("signal",)),
     MetricDef("receiver_rejected", "relay_receiver_rejected", "relay.receiver.rejected", "{request}", "counter",
               "OTLP requests refused, by signal and reason.", ("signal", "reason")),
+    MetricDef("http_refused", "relay_http_refused", "relay.http.refused", "{connection}", "counter",
+              "Connections a listener (otlp, status) closed or requests it refused before any handler: reason "
+              "connections (at its connection cap) or host (a Host header not its own, as DNS rebinding sends).",
+              ("listener", "reason")),
 )
 BY_PROM_NAME: Mapping[str, MetricDef] = {d.prom_name: d for d in SELF_METRICS}
 
@@ -250,6 +254,7 @@ class Stats:
     receiver_items: SelfCounter
     receiver_bytes: SelfCounter
     receiver_rejected: SelfCounter
+    http_refused: SelfCounter
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)

@@ -8,6 +8,8 @@ Owns: the verdict on each HTTP answer (`classify`) and on each transport error
 - 401, 403, 407: Retry too: credentials that are refused are an operator problem to fix,
   not a reason to throw the backlog away (/readyz says so);
 - 413: Split, when the batch can still be halved;
+- 3xx: Retry: a redirect is never followed (it would take signed, possibly credentialed
+  data to a server the operator did not configure), and not counted as a delivery;
 - any other status: Reject, so the batch goes to dead-letter with the reason;
 - connection, TLS, proxy and timeout errors: Retry.
 An error body is decoded as the google.rpc.Status that OTLP/HTTP specifies; a body that is
@@ -53,7 +55,7 @@ class Accepted:
 
 @dataclass(frozen=True)
 class Retry:
-    reason: str  # label of relay_export_retries_total: http_503, tls, proxy, timeout, connection
+    reason: str  # label of relay_export_retries_total: http_503, redirect, tls, proxy, timeout, connection
     detail: str  # readable, for the log and /status
     after: float | None = None  # seconds the destination asked for (Retry-After), not capped
 
@@ -77,6 +79,10 @@ def classify(status: int, headers: Mapping[str, str], body: bytes, signal: Signa
     """The verdict on one HTTP answer. can_split: the batch has more than one entry."""
     if 200 <= status < 300:
         return _accepted(signal, body)
+    if 300 <= status < 400:
+        location = headers.get("Location") or "(no Location)"
+        return Retry("redirect", f"vendor redirected to {location[:EXCERPT_CHARS]}; redirects are not followed "
+                                 f"(HTTP {status}): point the endpoint at where it now lives")
     detail = f"HTTP {status}: {error_detail(body)}"
     if status in RETRY_BUSY or status in RETRY_AUTH:
         after = None

@@ -4,8 +4,9 @@ Owns: per destination and signal, a worker that leases the oldest spooled entrie
 max_request_bytes), has them prepared (export/prepare.py; again only if the policy changes),
 POSTs them, acts on the verdict (export/response.py) and acknowledges strictly in order;
 pacing (linger, max_bytes_per_second), backoff, supervision and the destination's status.
-429/502/503/504, 401/403/407 and connection errors are retried forever with capped, fully
-jittered exponential backoff (honouring Retry-After): no retry deadline ever drops data.
+429/502/503/504, 401/403/407, redirects (never followed) and connection errors are retried
+forever with capped, fully jittered exponential backoff (honouring Retry-After): no retry
+deadline ever drops data.
 A 413 splits the batch; other 4xx/5xx dead-letter it.
 """
 
@@ -304,6 +305,7 @@ class Shipper:
             async with self._session.post(
                 url, data=prepared.wire, headers=self._headers(url, prepared),
                 proxy=self._proxy_url, proxy_auth=self._proxy_auth,
+                allow_redirects=False,  # a 3xx is reported, not followed: see response.classify
             ) as resp:
                 status, headers, body = resp.status, resp.headers, await resp.read()
         except (aiohttp.ClientError, TimeoutError, OSError) as e:

@@ -23,7 +23,7 @@ PACKAGE = ROOT / "relay"
 FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("helpers", ("relay", "relay.schema", "relay.secrets", "relay.otlp", "relay.wire", "relay.compression",
                  "relay.mapping", "relay.stats", "relay.logs", "relay.identity", "relay.allocator",
-                 "relay.systemd")),
+                 "relay.systemd", "relay.listener")),
     # TLS contexts are built from the settings' own types.
     ("settings", ("relay.config", "relay.tls")),
     ("policy", ("relay.policy",)),

@@ -123,9 +123,20 @@ def test_413_for_a_single_entry_is_a_rejection() -> None:
     assert classify(413, {}, b"too big", "metrics", can_split=False) == Reject(413, "HTTP 413: too big")
 
 
-@pytest.mark.parametrize("status", [400, 404, 409, 422, 500, 501, 505, 301])
+@pytest.mark.parametrize("status", [400, 404, 409, 422, 500, 501, 505])
 def test_other_statuses_are_permanent_rejections(status: int) -> None:
     assert classify(status, {"Retry-After": "1"}, b"no", "metrics") == Reject(status, f"HTTP {status}: no")
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_is_retried_and_names_where_it_points(status: int) -> None:
+    """A redirect is never followed (the shipper asks aiohttp not to), and it is no delivery:
+    the batch stays spooled and is retried, and the operator is told where the vendor pointed."""
+    verdict = classify(status, {"Location": "https://elsewhere.example/v1/metrics", "Retry-After": "1"}, b"moved",
+                       "metrics")
+    assert verdict == Retry("redirect", "vendor redirected to https://elsewhere.example/v1/metrics; redirects are "
+                                        f"not followed (HTTP {status}): point the endpoint at where it now lives")
+    assert isinstance(classify(status, {}, b"", "metrics"), Retry)
 
 
 # -- error bodies -----------------------------------------------------------------------------------
