@@ -179,8 +179,10 @@ def relay_config(workdir: Path, endpoint: str, **overrides: Any) -> dict[str, An
         "server": {"listen": f"127.0.0.1:{free_port()}"},
         "shutdown_timeout": "5s",
         "policy": {"file": str(PASS_THROUGH_POLICY), "watch_interval": "200ms"},
+        # Discovery off unless a test asks for it: a broker elsewhere on the machine (the test
+        # session's own real one, say) must not become part of every test's data.
         "sources": {"host": {"interval": "200ms"}, "internal": {"interval": "200ms"},
-                    "otlp": {"listen": f"127.0.0.1:{free_port()}"}},
+                    "otlp": {"listen": f"127.0.0.1:{free_port()}"}, "discovery": {"kafka": False}},
         "destinations": [{
             "name": "vendor", "endpoint": endpoint, "ready_threshold": "2s", "timeout": "5s",
             "retry": {"initial_backoff": "100ms", "max_backoff": "500ms"},
