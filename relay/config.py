@@ -114,7 +114,7 @@ class PrometheusSettings:
     max_body_bytes: ByteSize = ByteSize(16 * MiB)
     max_line_length: int = 64 * 1024
     max_labels_per_series: int = 128
-    max_series: int = 200_000
+    max_series: int = 100_000
     # Parsing and mapping (in a worker thread) stop and fail past this.
     parse_timeout: Duration = Duration(10.0)
     targets: tuple[ScrapeTargetSettings, ...] = ()

@@ -34,7 +34,7 @@ class ExpositionLimits:
     source: str = "exposition"  # the target, named in every limit error
     max_line_length: int = 64 * 1024
     max_labels_per_series: int = 128
-    max_series: int = 200_000
+    max_series: int = 100_000
     deadline: Deadline | None = field(default=None)
 
     def exceeded(self, what: str, setting: str) -> ScrapeLimitExceeded:
