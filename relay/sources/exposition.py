@@ -19,7 +19,7 @@ from prometheus_client.openmetrics import parser as om_parser
 
 from relay.sources.scrape_bounds import Deadline, ScrapeLimitExceeded, excerpt, short
 
-# What prometheus_client raises on malformed input (found by the fuzz targets in tests/fuzz).
+# What prometheus_client can raise on malformed input (its parsers are not written for hostile text).
 PARSER_ERRORS = (ValueError, TypeError, IndexError, KeyError, AttributeError, OverflowError, RecursionError)
 
 
