@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # and Chromium with its driver (the status page is tested in a real browser).
 TEST_APT := default-jdk-headless libjolokia-core-java chromium chromium-driver rpm rpmlint debootstrap
 
-.PHONY: all setup run test test-faults test-packaging deb rpm lint bench clean
+.PHONY: all setup run test test-faults test-packaging deb rpm lint bench fuzz clean
 
 all: setup
 
@@ -31,6 +31,22 @@ test:
 test-faults:
 	EXTRA_APT="$(TEST_APT)" ./scripts/bootstrap.sh
 	FAULT_SCALE=full $(PY) -m pytest -q -p no:cacheprovider tests/faults
+
+# Coverage-guided fuzzing (atheris/libFuzzer) of every parser that takes outside input,
+# FUZZ_SECONDS per target, from a seed corpus built from tests/fixtures. What a run learns
+# stays in build/fuzz/<target> for the next run; crashes land there as crash-*. `make test`
+# runs every target for a few seconds (tests/fuzz/test_fuzz.py).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := otlp exposition jolokia yaml signature
+
+fuzz: setup
+	$(PY) -m tests.fuzz.corpus build/fuzz/seeds
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  mkdir -p build/fuzz/$$t; \
+	  echo "fuzz: $$t for $(FUZZ_SECONDS)s"; \
+	  $(PY) tests/fuzz/fuzz.py $$t -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 \
+	    -artifact_prefix=build/fuzz/$$t/ build/fuzz/$$t build/fuzz/seeds/$$t; \
+	done
 
 # Packages: dist/telemetry-relay_<version>_amd64.deb and dist/telemetry-relay-<version>-1.x86_64.rpm.
 deb:

@@ -96,11 +96,25 @@ class ScrapeTargetSettings:
     insecure_skip_verify: bool = False
 
 
+def _check_scrape_limits(max_body_bytes: int, parse_timeout: float) -> None:
+    if not 1024 <= max_body_bytes <= 1024 * MiB:
+        raise ValueError("max_body_bytes must be between 1KiB and 1GiB")
+    if not 0.1 <= parse_timeout <= 600:
+        raise ValueError("parse_timeout must be between 100ms and 10m")
+
+
 @dataclass(frozen=True)
 class JolokiaSettings:
     interval: Duration = Duration(30.0)
     timeout: Duration = Duration(10.0)
+    # A larger answer fails the read as soon as the cap is passed (it is never buffered whole).
+    max_body_bytes: ByteSize = ByteSize(16 * MiB)
+    # Decoding and mapping one answer (in a worker thread) stops and fails past this.
+    parse_timeout: Duration = Duration(10.0)
     targets: tuple[ScrapeTargetSettings, ...] = ()
+
+    def validate(self) -> None:
+        _check_scrape_limits(self.max_body_bytes, self.parse_timeout)
 
 
 @dataclass(frozen=True)
@@ -109,7 +123,27 @@ class PrometheusSettings:
     timeout: Duration = Duration(10.0)
     # Series no mapping rule names are kept, converted by the OTel Prometheus compatibility rules.
     passthrough_unmapped: bool = True
+    # The compatibility spec keeps Prometheus names as exposed; this removes the type suffix
+    # of counters (`_total`) and the unit suffix an OpenMetrics UNIT declares (`_seconds`).
+    trim_metric_suffixes: bool = False
+    # Limits on one scrape; above any of them that scrape fails with an error naming it.
+    # The body is read incrementally and never buffered past the cap.
+    max_body_bytes: ByteSize = ByteSize(16 * MiB)
+    max_line_length: int = 64 * 1024
+    max_labels_per_series: int = 128
+    max_series: int = 100_000
+    # Parsing and mapping (in a worker thread) stop and fail past this.
+    parse_timeout: Duration = Duration(10.0)
     targets: tuple[ScrapeTargetSettings, ...] = ()
+
+    def validate(self) -> None:
+        _check_scrape_limits(self.max_body_bytes, self.parse_timeout)
+        if not 256 <= self.max_line_length <= 16 * MiB:
+            raise ValueError("max_line_length must be between 256 and 16Mi characters")
+        if not 1 <= self.max_labels_per_series <= 10_000:
+            raise ValueError("max_labels_per_series must be between 1 and 10000")
+        if not 1 <= self.max_series <= 100_000_000:
+            raise ValueError("max_series must be between 1 and 100000000")
 
 
 @dataclass(frozen=True)

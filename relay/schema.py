@@ -155,7 +155,9 @@ class _Converter:
         self.lines: dict[str, int] = {}
 
     def fail(self, node: yaml.Node, path: str, message: str) -> SchemaError:
-        return SchemaError(self.file, node.start_mark.line + 1, path, message)
+        # An empty file (or only comments) has no node of its own, so no line to name.
+        line = node.start_mark.line + 1 if node.start_mark is not None else None
+        return SchemaError(self.file, line, path, message)
 
     def scalar(self, node: yaml.Node, path: str) -> Any:
         if not isinstance(node, yaml.ScalarNode):

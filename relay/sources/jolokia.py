@@ -4,10 +4,14 @@ Owns: one bulk POST read per target per interval for every bean pattern the mapp
 name (wildcards included), turning the answer into OTLP with those rules, and the
 target's identity (JVM start time for cumulative sums, kafka.cluster.id, kafka.broker.id).
 An entry that fails (404 for an absent MBean, say) is counted and the rest still maps.
+The answer is read up to a byte cap, and decoded and mapped in a worker thread under a
+time bound; an answer that is not JSON (or nests deeper than the decoder goes) fails that
+read with a short error naming the target.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import socket
@@ -23,6 +27,7 @@ from relay.config import JolokiaSettings, ScrapeTargetSettings
 from relay.mapping import Mappings, parse_props
 from relay.otlp import MetricsBuilder
 from relay.sources.base import ScrapeSource
+from relay.sources.scrape_bounds import Deadline, ScrapeLimitExceeded, excerpt, read_body, short
 
 log = logging.getLogger("relay.sources.jolokia")
 
@@ -90,9 +95,24 @@ def _values_by_bean(request_bean: str, value: Any) -> dict[str, dict[str, Any]]:
     return {request_bean: value} if isinstance(value, dict) else {}
 
 
+def parse_answer(raw: bytes, url: str) -> Any:
+    """The decoded JSON answer. Raises JolokiaError, quoting only a short excerpt."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise JolokiaError(f"{url} did not answer JSON: {e.msg} at offset {e.pos}: {excerpt(e.doc, e.pos)}") from None
+    except UnicodeDecodeError as e:
+        raise JolokiaError(f"{url} did not answer UTF-8 JSON: {e.reason}: {excerpt(raw, e.start)}") from None
+    except RecursionError:
+        # The C decoder stops at the interpreter's recursion limit (1000 levels).
+        raise JolokiaError(f"{url} answered JSON nested too deeply to decode") from None
+    except ValueError as e:  # what else json.loads raises on odd input (an int too long, say)
+        raise JolokiaError(f"{url} did not answer JSON: {short(str(e))}") from None
+
+
 def map_response(
     sent: list[dict[str, Any]], response: Any, mappings: Mappings, resource: dict[str, Any],
-    now_ns: int | None = None,
+    now_ns: int | None = None, deadline: Deadline | None = None,
 ) -> JolokiaReading:
     """Map a Jolokia bulk response (the parsed JSON) to one OTLP request."""
     if not isinstance(response, list) or len(response) != len(sent):
@@ -126,6 +146,8 @@ def map_response(
     b = MetricsBuilder({**resource, **identity}, SCOPE, __version__)
     errors: dict[int, int] = {}
     for entry_sent, entry in zip(sent, response, strict=True):
+        if deadline is not None:
+            deadline.check()
         if entry_sent.get("mbean") in _IDENTITY:
             continue  # a broker without app-info (a plain JVM) is not an error
         if not isinstance(entry, dict):
@@ -157,6 +179,7 @@ class JolokiaSource(ScrapeSource):
                  settings: JolokiaSettings, base_resource: dict[str, Any], name: str | None = None) -> None:
         super().__init__("jolokia", target, password, settings.interval, settings.timeout, base_resource, name)
         self.mappings = mappings
+        self.settings = settings
         self.resource = {
             "service.name": target.service_name or mappings.service_name,
             "service.instance.id": f"{socket.gethostname()}:{self.url_parts.port}",
@@ -174,17 +197,28 @@ class JolokiaSource(ScrapeSource):
                                     headers={"Content-Type": "application/json"}) as resp:
                 if resp.status != 200:
                     raise JolokiaError(f"HTTP {resp.status} from {self.target.url}")
-                raw = await resp.read()
+                raw = await read_body(resp, self.target.url, self.settings.max_body_bytes,
+                                      "sources.jolokia.max_body_bytes")
         except (aiohttp.ClientError, TimeoutError) as e:
             raise JolokiaError(f"cannot read {self.target.url}: {e.__class__.__name__}: {e or 'timed out'}") from None
-        try:
-            data = json.loads(raw)
-        except ValueError as e:
-            raise JolokiaError(f"{self.target.url} did not answer JSON: {e}") from None
-        result = map_response(self.sent, data, self.mappings, self.resource)
+        deadline = Deadline(self.target.url, self.settings.parse_timeout, "sources.jolokia.parse_timeout")
+        # A large answer takes a while to decode and map: off the loop, so nothing else waits.
+        result = await asyncio.to_thread(self._map, raw, deadline)
         self.last_entry_errors = result.entry_errors
         self.identity = result.identity
         return [result.request]
+
+    def _map(self, raw: bytes, deadline: Deadline) -> JolokiaReading:
+        url = self.target.url
+        data = parse_answer(raw, url)
+        try:
+            return map_response(self.sent, data, self.mappings, self.resource, deadline=deadline)
+        except ScrapeLimitExceeded:
+            raise  # already names the target and the limit
+        except JolokiaError as e:
+            raise JolokiaError(f"{url}: {e}") from None
+        except Exception as e:  # a mapping bug on hostile input is this target's error, kept short
+            raise JolokiaError(f"{url}: cannot map the answer: {short(f'{e.__class__.__name__}: {e}')}") from None
 
     def details(self) -> dict[str, Any]:
         return {"url": self.target.url, "mappings": list(self.mappings.names),

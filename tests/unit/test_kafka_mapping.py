@@ -218,8 +218,9 @@ def test_malformed_exposition_fails_with_a_clear_error(name: str) -> None:
 def test_prometheus_types_follow_the_compatibility_spec() -> None:
     r = map_exposition((FIX / "promcommon_expfmt_testdata_text.prom").read_text(), False, None, {}, start_ns=42)
     metrics = {m.name: m for rm in r.request.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
-    assert metrics["http_requests"].sum.is_monotonic  # counter http_requests_total
-    assert metrics["http_requests"].sum.data_points[0].start_time_unix_nano == 42
+    # The spec keeps the name as exposed: the counter is `# TYPE http_requests_total counter`.
+    assert metrics["http_requests_total"].sum.is_monotonic
+    assert metrics["http_requests_total"].sum.data_points[0].start_time_unix_nano == 42
     summary = metrics["http_request_duration_microseconds"].summary.data_points[0]
     assert [q.quantile for q in summary.quantile_values] == [0.5, 0.9, 0.99]
     assert metrics["process_resident_memory_bytes"].WhichOneof("data") == "gauge"

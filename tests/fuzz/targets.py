@@ -1,0 +1,127 @@
+"""The fuzz targets: every parser that takes input from outside the relay, each called as
+the relay calls it. A target lets through only the errors its parser documents; anything
+else raised is a finding (libFuzzer reports it as a crash, with the input that caused it).
+
+Each takes the raw bytes libFuzzer makes; the first byte picks a variant where one parser
+has two (protobuf or JSON, text or OpenMetrics, config or policy).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from google.protobuf.message import DecodeError
+
+from relay import config, mapping
+from relay.export import signing
+from relay.otlp import SIGNALS, BadJson, from_json
+from relay.policy.engine import Policy
+from relay.policy.schema import PolicyFile
+from relay.schema import SchemaError, load_text
+from relay.sources import jolokia
+from relay.sources.exposition import ExpositionLimits
+from relay.sources.otlp_receiver import OtlpReceiver
+from relay.sources.prometheus import ExpositionError, map_exposition
+from relay.sources.scrape_bounds import ScrapeLimitExceeded
+
+MAPPINGS = mapping.load(["kafka", "jvm"])
+JOLOKIA_SENT = jolokia.bulk_request(MAPPINGS)
+URL = "http://127.0.0.1:9404/metrics"
+
+
+def otlp(data: bytes) -> None:
+    """The receiver's body decoding: protobuf (its own parse function) or OTLP JSON."""
+    if not data:
+        return
+    signal = SIGNALS[data[0] % 3]
+    body = data[1:]
+    try:
+        if data[0] & 4:
+            from_json(signal, body)
+        else:
+            OtlpReceiver._parse(signal, body)
+    except (DecodeError, BadJson):
+        pass
+
+
+def exposition(data: bytes) -> None:
+    """Prometheus text (first byte even) or OpenMetrics (odd), parsed and mapped with the
+    shipped mapping rules, under the default limits."""
+    if not data:
+        return
+    text = data[1:].decode("utf-8", "replace")  # as the source decodes a body
+    try:
+        map_exposition(text, bool(data[0] & 1), MAPPINGS, {"service.name": "fuzz"}, limits=ExpositionLimits(URL))
+    except (ExpositionError, ScrapeLimitExceeded):
+        pass
+
+
+def jolokia_answer(data: bytes) -> None:
+    """A Jolokia bulk answer: decoded, then mapped against a request of its own length."""
+    try:
+        answer = jolokia.parse_answer(data, URL)
+        sent = JOLOKIA_SENT[: len(answer)] if isinstance(answer, list) else JOLOKIA_SENT[:1]
+        jolokia.map_response(sent, answer, MAPPINGS, {"service.name": "fuzz"})
+    except (jolokia.JolokiaError, ScrapeLimitExceeded):
+        pass
+
+
+def yaml_files(data: bytes) -> None:
+    """relay.yaml (first byte even) or policy.yaml (odd) through the strict schema loader."""
+    if not data:
+        return
+    try:
+        text = data[1:].decode("utf-8")
+    except UnicodeDecodeError:
+        return  # both files are read as UTF-8 first and refused otherwise
+    try:
+        if data[0] & 1:
+            pf, _ = load_text(text, PolicyFile, "policy.yaml")
+            Policy(pf, b"s" * 32, "policy.yaml", "", 0.0)
+        else:
+            config.loads(text, "relay.yaml")
+    except SchemaError:
+        pass
+
+
+_KEY = signing.SigningKey("fuzz", Ed25519PrivateKey.generate(), Path("/nonexistent"))
+_VERIFIER = signing.Verifier({_KEY.key_id: _KEY.public})
+SIGNED_AT = 1_800_000_000.0
+SIGNED_HEADERS = ("signature-input", "signature", "content-digest", "content-type")
+
+
+def signed_request(body: bytes = b"{}") -> dict[str, str]:
+    headers = {"Content-Type": "application/x-protobuf", "Content-Digest": signing.content_digest(body)}
+    signing.Signer([_KEY]).sign("POST", "https://ingest.example/v1/metrics", headers, now=SIGNED_AT)
+    return headers
+
+
+def signature_headers(data: bytes) -> None:
+    """The ingest's check of a request's signature headers: the values come from the input,
+    one per line, in SIGNED_HEADERS order, the rest of the input is the body."""
+    parts = data.split(b"\n", len(SIGNED_HEADERS))
+    values = [p.decode("latin-1") for p in parts[: len(SIGNED_HEADERS)]]
+    body = parts[len(SIGNED_HEADERS)] if len(parts) > len(SIGNED_HEADERS) else b""
+    headers = {k: v for k, v in zip(SIGNED_HEADERS, values, strict=False)}
+    try:
+        _VERIFIER.verify("POST", "https://ingest.example/v1/metrics", headers, body, now=SIGNED_AT)
+    except signing.Rejected:
+        pass
+
+
+TARGETS: dict[str, Callable[[bytes], None]] = {
+    "otlp": otlp, "exposition": exposition, "jolokia": jolokia_answer, "yaml": yaml_files,
+    "signature": signature_headers,
+}
+
+
+def seed_signature() -> bytes:
+    h = {k.lower(): v for k, v in signed_request().items()}
+    return "\n".join(h[k] for k in SIGNED_HEADERS).encode("latin-1") + b"\n{}"
+
+
+def seed_json(value: object) -> bytes:
+    return json.dumps(value).encode()
