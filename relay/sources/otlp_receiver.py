@@ -18,13 +18,13 @@ from typing import Any, Literal
 
 from aiohttp import web
 from google.protobuf import json_format
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, status_pb2
 
 from relay.compression import BadEncoding, BodyTooLarge, decompress
 from relay.config import OtlpReceiverSettings
 from relay.listener import Listener, ListenerLimits, is_loopback_host
-from relay.otlp import SIGNAL_INFO, SIGNALS, BadJson, Signal, count_items, from_json
+from relay.otlp import SIGNAL_INFO, SIGNALS, BadJson, Signal, count_items, from_json, parse_request
 from relay.schema import split_host_port
 from relay.secrets import redact
 from relay.sources.otlp_body import BodyRefused, ByteBudget, HeldBody, read_body
@@ -137,7 +137,7 @@ class OtlpReceiver:
         if not body:
             return self._reject(signal, "empty", 400, "empty body", as_json)
         try:
-            msg = from_json(signal, body) if as_json else self._parse(signal, body)
+            msg = from_json(signal, body) if as_json else parse_request(signal, body)
         except (BadJson, DecodeError) as e:
             reason = "bad_json" if as_json else "bad_protobuf"
             return self._reject(signal, reason, 400, f"cannot decode the {signal} request: {e}", as_json)
@@ -157,12 +157,6 @@ class OtlpReceiver:
         self.stats.receiver_items.labels(signal).inc(items)
         self.stats.points_collected.labels(f"otlp_{signal}").inc(items)
         return self._ok(signal, as_json)
-
-    @staticmethod
-    def _parse(signal: Signal, body: bytes) -> Message:
-        msg = SIGNAL_INFO[signal].request()
-        msg.ParseFromString(body)
-        return msg
 
     @staticmethod
     def _ok(signal: Signal, as_json: bool) -> web.Response:

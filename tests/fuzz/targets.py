@@ -17,13 +17,13 @@ from google.protobuf.message import DecodeError
 
 from relay import config, mapping
 from relay.export import signing
-from relay.otlp import SIGNALS, BadJson, from_json
+from relay.ingest import verify
+from relay.otlp import SIGNALS, BadJson, from_json, parse_request
 from relay.policy.engine import Policy
 from relay.policy.schema import PolicyFile
 from relay.schema import SchemaError, load_text
 from relay.sources import jolokia
 from relay.sources.exposition import ExpositionLimits
-from relay.sources.otlp_receiver import OtlpReceiver
 from relay.sources.prometheus import ExpositionError, map_exposition
 from relay.sources.scrape_bounds import ScrapeLimitExceeded
 
@@ -42,7 +42,7 @@ def otlp(data: bytes) -> None:
         if data[0] & 4:
             from_json(signal, body)
         else:
-            OtlpReceiver._parse(signal, body)
+            parse_request(signal, body)
     except (DecodeError, BadJson):
         pass
 
@@ -88,7 +88,7 @@ def yaml_files(data: bytes) -> None:
 
 
 _KEY = signing.SigningKey("fuzz", Ed25519PrivateKey.generate(), Path("/nonexistent"))
-_VERIFIER = signing.Verifier({_KEY.key_id: _KEY.public})
+_VERIFIER = verify.Verifier({_KEY.key_id: _KEY.public})
 SIGNED_AT = 1_800_000_000.0
 SIGNED_HEADERS = ("signature-input", "signature", "content-digest", "content-type")
 
@@ -108,7 +108,7 @@ def signature_headers(data: bytes) -> None:
     headers = {k: v for k, v in zip(SIGNED_HEADERS, values, strict=False)}
     try:
         _VERIFIER.verify("POST", "https://ingest.example/v1/metrics", headers, body, now=SIGNED_AT)
-    except signing.Rejected:
+    except verify.Rejected:
         pass
 
 
