@@ -86,6 +86,9 @@ class StatusModel:
         for p in snap.policies:
             if p["in_force"] and p["last_error"]:
                 out.append(Finding(f"policy edit refused, previous policy in force: {p['last_error']}"))
+        if snap.config.get("last_reload_error"):
+            out.append(Finding(f"reload refused, the running configuration stays in force: "
+                               f"{snap.config['last_reload_error']}"))
         if self._history:
             dropped = _dropped(snap) - self._history[0].dropped
             if dropped > 0:

@@ -5,6 +5,7 @@ the verdict, the spool gauge and each destination as /status has them, and turns
 from __future__ import annotations
 
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,15 @@ def test_status_page_in_a_real_browser(tmp_path: Path) -> None:
         reasons = driver.find_element(By.ID, "reasons").text
         assert "destination vendor" in reasons and "waiting" in reasons
         driver.save_screenshot(str(ARTIFACTS / "status-page-degraded.png"))
+
+        # A bad edit and SIGHUP: the page says the reload was refused and why, among the reasons too.
+        relay.config_path.write_text(relay.config_path.read_text() + "shipping_fast: true\n")
+        relay.signal(signal.SIGHUP)
+        config = driver.find_element(By.ID, "config")
+        wait_until(lambda: "Refused reload" in config.text, timeout=20, what="the refused reload on the page")
+        assert "shipping_fast: unknown key" in config.text and str(relay.config_path) in config.text
+        wait_until(lambda: "reload refused" in driver.find_element(By.ID, "reasons").text, timeout=20,
+                   what="the refused reload among the reasons")
 
         driver.set_window_size(400, 900)  # a narrow window still works
         assert driver.find_element(By.ID, "verdict").is_displayed()

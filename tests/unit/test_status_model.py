@@ -93,6 +93,15 @@ def test_source_errors_and_refused_policy_edits_degrade_but_keep_ready() -> None
     ]}
 
 
+def test_a_refused_reload_degrades_but_keeps_ready_until_a_good_one() -> None:
+    refused = {"path": "relay.yaml", "last_reload_error": "relay.yaml:9: shipping_fast: unknown key"}
+    m = model(snaps(config=refused))
+    assert m.ready_problems() == []
+    assert m.health() == {"state": "degraded", "reasons": [
+        "reload refused, the running configuration stays in force: relay.yaml:9: shipping_fast: unknown key"]}
+    assert model(snaps(config={**refused, "last_reload_error": None})).health()["state"] == "healthy"
+
+
 def test_points_dropped_since_the_oldest_sample_degrade() -> None:
     current = {"snap": snaps(spool=spool(dropped_points={"max_bytes": 4.0}))}
     m = StatusModel(lambda: current["snap"], started=NOW - 600)
