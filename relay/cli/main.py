@@ -28,6 +28,7 @@ COMMAND_MODULES = {
     "policy": "policy",
     "spool": "spool",
     "outbox": "outbox",
+    "check-connection": "check_connection",
 }
 
 
@@ -92,6 +93,12 @@ def parser() -> argparse.ArgumentParser:
     ob.add_argument("--url", default=DEFAULT_STATUS_URL, help="status server base URL")
     ob.add_argument("--last", type=int, default=5, help="how many (newest last)")
     ob.add_argument("--json", action="store_true", help="print the payloads as OTLP JSON")
+
+    cc = sub.add_parser("check-connection", help="test the way to each destination step by step (DNS, TCP, proxy, "
+                                                 "TLS, HTTP, clock, API key, signature); exit 1 when a step fails")
+    cc.add_argument("--config", default=config.DEFAULT_CONFIG_PATH, help="path to relay.yaml")
+    cc.add_argument("--destination", metavar="NAME", help="only this destination")
+    cc.add_argument("--json", action="store_true", help="machine-readable output")
 
     sub.add_parser("version", help="print the version")
     return p
