@@ -29,6 +29,7 @@ COMMAND_MODULES = {
     "spool": "spool",
     "outbox": "outbox",
     "check-connection": "check_connection",
+    "support-bundle": "support_bundle",
 }
 
 
@@ -99,6 +100,16 @@ def parser() -> argparse.ArgumentParser:
     cc.add_argument("--config", default=config.DEFAULT_CONFIG_PATH, help="path to relay.yaml")
     cc.add_argument("--destination", metavar="NAME", help="only this destination")
     cc.add_argument("--json", action="store_true", help="machine-readable output")
+
+    sb = sub.add_parser("support-bundle", help="write a tar.gz of plain text and JSON for a support case "
+                                               "(secrets masked; read it before sending)")
+    sb.add_argument("--config", default=config.DEFAULT_CONFIG_PATH, help="path to relay.yaml")
+    sb.add_argument("--out", required=True, help="the archive to write (.tar.gz)")
+    sb.add_argument("--url", help="status server base URL (default: server.listen from relay.yaml)")
+    sb.add_argument("--log-lines", type=int, default=1000, metavar="N", help="how many recent log lines")
+    sb.add_argument("--log-file", help="the relay's log file, when it does not log to journald")
+    sb.add_argument("--with-payloads", action="store_true",
+                    help="also the last payloads shipped (the outbox, after redaction); off by default")
 
     sub.add_parser("version", help="print the version")
     return p
