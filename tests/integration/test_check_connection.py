@@ -13,6 +13,7 @@ import email.utils
 import json
 import os
 import re
+import shutil
 import socket
 import ssl
 import subprocess
@@ -23,6 +24,8 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.certs import PKI
 from tests.integration.test_secure_shipping import Proxy
@@ -323,3 +326,26 @@ def test_signature_fails_when_the_ingest_does_not_know_the_key(tmp_path: Path) -
         assert ingest.requests() == []
     finally:
         ingest.terminate()
+
+
+@pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver")),
+                    reason="make test installs chromium and chromium-driver")
+def test_the_status_page_shows_the_last_self_test(tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    from tests.integration.test_status_page import chrome
+
+    port = free_port()  # nothing listens there: the self-test fails at TCP
+    relay = relay_for(tmp_path, f"http://127.0.0.1:{port}")
+    relay.start()
+    driver = chrome(1280, 800)
+    try:
+        driver.get(relay.status_url + "/")
+        line = driver.find_element(By.ID, "selftest")
+        wait_until(lambda: "never run" in line.text, what="no self-test yet on the page")
+        check_connection(relay)
+        wait_until(lambda: "failed" in line.text, what="the failed self-test on the page")
+        assert f"vendor: tcp: connection to the endpoint 127.0.0.1:{port} refused" in line.text
+    finally:
+        driver.quit()
+        relay.terminate()
