@@ -21,6 +21,7 @@ from relay import __version__, systemd
 from relay.config import Config, LoadedConfig, key_dir, policy_file
 from relay.config import load as load_config
 from relay.export.outbox import Outbox
+from relay.export.probe import load_result as last_connection_check
 from relay.export.signing import KeyStore, Signer, SigningKeyError
 from relay.identity import base_resource, instance_id
 from relay.pipeline import Pipeline, Shared, build
@@ -261,6 +262,7 @@ class Relay:
             discovery=p.discovery.snapshot() if p and p.discovery else None,
             receivers=[p.receiver.snapshot()] if p and p.receiver else [],
             policies=[h.snapshot() for h in self.policies.values()],
+            connection_check=last_connection_check(self.config.state_dir),
             pipeline_started=p.started if p else 0.0,
             ready_thresholds={d.name: d.ready_threshold for d in self.config.destinations},
         )

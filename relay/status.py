@@ -3,7 +3,8 @@
 Owns: every judgement of the relay's state, each made once from the components' own
 snapshots: readiness (what /readyz refuses for), the health verdict (healthy, degraded
 or failing, and why), the throughput history behind the page's sparklines, the one-line
-summary systemd shows, and the /status document that composes them all.
+summary systemd shows, and the /status document that composes them all (with the last
+connection self-test, shown as it was recorded: it does not change the verdict).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class Snapshots:
     discovery: Snapshot | None = None
     receivers: list[Snapshot] = field(default_factory=list)
     policies: list[Snapshot] = field(default_factory=list)
+    # The last `check-connection` result (relay/export/probe.py writes it), None before the first.
+    connection_check: Snapshot | None = None
     # Readiness grants each destination its ready_threshold from the pipeline's start.
     pipeline_started: float = 0.0
     ready_thresholds: Mapping[str, float] = field(default_factory=dict)
@@ -177,6 +180,7 @@ class StatusModel:
             "spool": snap.spool,
             "destinations": snap.destinations,
             "policies": snap.policies,
+            "connection_check": snap.connection_check,
         }
 
 

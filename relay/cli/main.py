@@ -28,6 +28,8 @@ COMMAND_MODULES = {
     "policy": "policy",
     "spool": "spool",
     "outbox": "outbox",
+    "check-connection": "check_connection",
+    "support-bundle": "support_bundle",
 }
 
 
@@ -92,6 +94,22 @@ def parser() -> argparse.ArgumentParser:
     ob.add_argument("--url", default=DEFAULT_STATUS_URL, help="status server base URL")
     ob.add_argument("--last", type=int, default=5, help="how many (newest last)")
     ob.add_argument("--json", action="store_true", help="print the payloads as OTLP JSON")
+
+    cc = sub.add_parser("check-connection", help="test the way to each destination step by step (DNS, TCP, proxy, "
+                                                 "TLS, HTTP, clock, API key, signature); exit 1 when a step fails")
+    cc.add_argument("--config", default=config.DEFAULT_CONFIG_PATH, help="path to relay.yaml")
+    cc.add_argument("--destination", metavar="NAME", help="only this destination")
+    cc.add_argument("--json", action="store_true", help="machine-readable output")
+
+    sb = sub.add_parser("support-bundle", help="write a tar.gz of plain text and JSON for a support case "
+                                               "(secrets masked; read it before sending)")
+    sb.add_argument("--config", default=config.DEFAULT_CONFIG_PATH, help="path to relay.yaml")
+    sb.add_argument("--out", required=True, help="the archive to write (.tar.gz)")
+    sb.add_argument("--url", help="status server base URL (default: server.listen from relay.yaml)")
+    sb.add_argument("--log-lines", type=int, default=1000, metavar="N", help="how many recent log lines")
+    sb.add_argument("--log-file", help="the relay's log file, when it does not log to journald")
+    sb.add_argument("--with-payloads", action="store_true",
+                    help="also the last payloads shipped (the outbox, after redaction); off by default")
 
     sub.add_parser("version", help="print the version")
     return p

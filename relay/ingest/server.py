@@ -6,6 +6,10 @@ records the nonce in its replay state before the answer; 401/400 otherwise, coun
 reason, never stored), bounded decompression (413 above the cap), decoding, proper OTLP
 responses, and storing each accepted request, with the key id that signed it, as one JSON
 line (OTLP JSON) in <store>/<signal>-YYYY-MM-DD.jsonl. /stats reports counts.
+POST /v1/verify takes a relay's connection probe (`telemetry-relay check-connection`):
+an OTLP metrics request, checked as data is (key, content type, size, signature with its
+nonce, encoding, decoding), answered with the status data would get and a JSON account of
+each check; it is never stored or counted as data.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ class Ingest:
             for s in SIGNALS
         }
         self.rejected: dict[str, int] = {}
+        self.probes = {"received": 0, "passed": 0}  # connection probes on /v1/verify: never data
         self._write_lock = asyncio.Lock()
         if self.store:
             self.store.mkdir(parents=True, exist_ok=True)
@@ -60,6 +65,7 @@ class Ingest:
         app = web.Application(client_max_size=self.max_body + 1024, handler_args={"auto_decompress": False})
         for signal in SIGNALS:
             app.router.add_post(SIGNAL_INFO[signal].path, self._handler(signal))
+        app.router.add_post("/v1/verify", self._verify_probe)
         app.router.add_get("/stats", self._stats)
         app.router.add_get("/healthz", self._healthz)
         return app
@@ -78,11 +84,15 @@ class Ingest:
 
         return handle
 
+    def _authorized(self, request: web.Request) -> bool:
+        if self.api_key is None:
+            return True
+        auth = request.headers.get("Authorization", "")
+        return hmac.compare_digest(auth.encode(), f"Bearer {self.api_key}".encode())
+
     async def receive(self, signal: Signal, request: web.Request) -> web.Response:
-        if self.api_key is not None:
-            auth = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(auth.encode(), f"Bearer {self.api_key}".encode()):
-                return self._reject("unauthenticated", 401, "missing or wrong bearer token")
+        if not self._authorized(request):
+            return self._reject("unauthenticated", 401, "missing or wrong bearer token")
         ctype = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if ctype != PROTOBUF:
             return self._reject("content_type", 415, f"unsupported Content-Type {ctype!r}")
@@ -122,6 +132,52 @@ class Ingest:
         resp = SIGNAL_INFO[signal].response()
         return web.Response(body=resp.SerializeToString(), content_type=PROTOBUF)
 
+    async def _verify_probe(self, request: web.Request) -> web.Response:
+        """A connection probe, checked as data is checked; the first failing check ends it."""
+        checks: dict[str, dict[str, Any]] = {}
+        self.probes["received"] += 1
+
+        def answer(status: int, failed: tuple[str, str, str] | None = None) -> web.Response:
+            if failed:
+                check, reason, message = failed
+                checks[check] = {"passed": False, "reason": reason, "detail": message}
+                log.warning("connection probe failed its %s check (%s): %s", check, reason, message)
+            else:
+                self.probes["passed"] += 1
+            doc = {"checks": checks, "stored": False, "window_seconds": self.verifier.window if self.verifier else None,
+                   "failed": {"check": failed[0], "reason": failed[1], "message": failed[2]} if failed else None}
+            return web.json_response(doc, status=status)
+
+        if not self._authorized(request):
+            return answer(401, ("api_key", "unauthenticated", "missing or wrong bearer token"))
+        checks["api_key"] = {"passed": True, "detail": "accepted" if self.api_key else "none required"}
+        ctype = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if ctype != PROTOBUF:
+            return answer(415, ("content_type", "content_type", f"unsupported Content-Type {ctype!r}"))
+        try:
+            wire = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return answer(413, ("body", "too_large", "request body too large"))
+        if self.verifier is None:
+            checks["signature"] = {"passed": False, "detail": "this ingest verifies no signatures (no --trusted-keys)"}
+        else:
+            try:
+                key_id = self.verifier.verify(request.method, str(request.url), request.headers, wire)
+            except Rejected as e:
+                return answer(e.status, ("signature", e.reason, str(e)))
+            checks["signature"] = {"passed": True, "key_id": key_id, "detail": f"verified, key id {key_id}"}
+        try:
+            body = decompress(wire, request.headers.get("Content-Encoding", ""), self.max_body)
+            SIGNAL_INFO["metrics"].request().ParseFromString(body)
+        except BodyTooLarge as e:
+            return answer(413, ("body", "too_large", str(e)))
+        except BadEncoding as e:
+            return answer(400, ("body", "bad_encoding", str(e)))
+        except DecodeError as e:
+            return answer(400, ("body", "bad_protobuf", f"cannot decode a metrics request: {e}"))
+        checks["body"] = {"passed": True, "detail": f"{len(wire)} bytes, decoded as an OTLP metrics request"}
+        return answer(200)
+
     async def _store(self, signal: Signal, msg: Message, request: web.Request, key_id: str | None) -> None:
         assert self.store is not None
         record = {
@@ -138,7 +194,7 @@ class Ingest:
             await asyncio.to_thread(_append, path, line)
 
     async def _stats(self, _: web.Request) -> web.Response:
-        return web.json_response({"signals": self.counts, "rejected": self.rejected})
+        return web.json_response({"signals": self.counts, "rejected": self.rejected, "probes": self.probes})
 
     async def _healthz(self, _: web.Request) -> web.Response:
         return web.json_response({"status": "alive"})
