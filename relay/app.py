@@ -21,7 +21,7 @@ from relay import __version__, systemd
 from relay.config import Config, LoadedConfig, key_dir, policy_file
 from relay.config import load as load_config
 from relay.export.outbox import Outbox
-from relay.export.probe import load_result as last_connection_check
+from relay.export.probe_result import load_result as last_connection_check
 from relay.export.signing import KeyStore, Signer, SigningKeyError
 from relay.identity import base_resource, instance_id
 from relay.pipeline import Pipeline, Shared, build

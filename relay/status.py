@@ -41,7 +41,7 @@ class Snapshots:
     discovery: Snapshot | None = None
     receivers: list[Snapshot] = field(default_factory=list)
     policies: list[Snapshot] = field(default_factory=list)
-    # The last `check-connection` result (relay/export/probe.py writes it), None before the first.
+    # The last `check-connection` result (relay/export/probe_result.py keeps it), None before the first.
     connection_check: Snapshot | None = None
     # Readiness grants each destination its ready_threshold from the pipeline's start.
     pipeline_started: float = 0.0

@@ -19,8 +19,9 @@ from typing import Any
 from relay import config
 from relay.cli.common import EXIT_FAIL, EXIT_OK, EXIT_USAGE, CommandError, escape_controls
 from relay.config import DestinationSettings, LoadedConfig
-from relay.export import probe
-from relay.export.probe import LABELS, NETWORK_STEPS, Step, Target
+from relay.export import probe, probe_result
+from relay.export.probe import Target
+from relay.export.probe_result import LABELS, NETWORK_STEPS, Step
 from relay.export.signing import KeyStore, Signer, SigningKeyError
 from relay.schema import SchemaError
 from relay.secrets import SecretError, redact
@@ -47,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         print(format_result(result))
     if state_dir:
         try:
-            path = probe.save_result(state_dir, result)
+            path = probe_result.save_result(state_dir, result)
         except OSError as e:
             print(escape_controls(f"telemetry-relay: the result was not recorded for /status: {e}"), file=sys.stderr)
         else:
@@ -70,11 +71,11 @@ def _chosen(loaded: LoadedConfig, name: str | None) -> list[DestinationSettings]
 def _check(loaded: LoadedConfig, d: DestinationSettings) -> dict[str, Any]:
     configuration, target = _configuration(loaded, d)
     if target is None:
-        steps = [configuration, *(probe.skipped_after("configuration", n) for n in NETWORK_STEPS)]
+        steps = [configuration, *(probe_result.skipped_after("configuration", n) for n in NETWORK_STEPS)]
     else:
         steps = [configuration, *probe.check(target)]
     return {"name": d.name, "endpoint": redact(d.endpoint), "ok": all(s.status != "fail" for s in steps),
-            "steps": probe.steps_as_dicts(steps)}
+            "steps": probe_result.steps_as_dicts(steps)}
 
 
 def _configuration(loaded: LoadedConfig, d: DestinationSettings) -> tuple[Step, Target | None]:
@@ -113,8 +114,8 @@ def _unloadable(path: str, error: str) -> dict[str, Any]:
     steps = [Step("configuration", "fail", redact(error),
                   "correct relay.yaml (or the file it names) at the place the error gives; "
                   "telemetry-relay check-config checks everything a start loads"),
-             *(probe.skipped_after("configuration", n) for n in NETWORK_STEPS)]
-    return {"name": None, "endpoint": None, "ok": False, "steps": probe.steps_as_dicts(steps)}
+             *(probe_result.skipped_after("configuration", n) for n in NETWORK_STEPS)]
+    return {"name": None, "endpoint": None, "ok": False, "steps": probe_result.steps_as_dicts(steps)}
 
 
 def _state_dir_despite(path: str) -> str | None:

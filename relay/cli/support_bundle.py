@@ -36,7 +36,7 @@ import yaml
 from relay import __version__, config
 from relay.cli.common import EXIT_OK, escape_controls
 from relay.config import Config
-from relay.export.probe import load_result
+from relay.export.probe_result import load_result
 from relay.export.signing import KeyStore, SigningKeyError
 from relay.policy import existing_secret
 from relay.schema import SchemaError, split_host_port

@@ -9,8 +9,10 @@ body prepared and signed by export/prepare.py and export/signing.py), but over a
 it drives itself, so that each failure is pinned on its own step. What it sends is an
 empty, signed metrics request to the destination's verify-only endpoint (/v1/verify),
 which checks it as it would check data, stores nothing, and says what passed.
-Steps after a failed one are skipped: each depends on the one before.
-Also owns the result file in the state directory, which the running relay shows in /status.
+Steps after a failed one are skipped: each depends on the one before. The eight steps and
+their failure analyses stay in one module (a little over 450 lines), so that the order in
+which a connection is built reads from top to bottom.
+The steps' records and the result file the running relay shows are probe_result.py.
 """
 
 from __future__ import annotations
@@ -19,50 +21,32 @@ import base64
 import email.utils
 import http.client
 import json
-import os
 import socket
 import ssl
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any
 
 from relay.config import DestinationSettings
 from relay.export.prepare import prepare_blocking
+from relay.export.probe_result import NETWORK_STEPS, Step, Verdict, skipped_after
 from relay.export.response import error_detail
 from relay.export.signing import Signer
 from relay.secrets import redact
 from relay.tls import client_context
 
-__all__ = ["LABELS", "NETWORK_STEPS", "RESULT_FILE", "VERIFY_PATH", "Step", "Target", "check", "load_result",
-           "save_result", "skipped_after", "steps_as_dicts"]
+__all__ = ["VERIFY_PATH", "Target", "check"]
 
 VERIFY_PATH = "/v1/verify"
-RESULT_FILE = "connection-check.json"
 # The verifier's default freshness window (relay/ingest/verify.py); a destination that says
 # its own window in the verify answer is judged by that one.
 DEFAULT_WINDOW = 300.0
 # A clock this far off still passes the signature window, but is worth fixing before it grows.
 CLOCK_WARN_SECONDS = 5.0
 MAX_ANSWER_BYTES = 64 * 1024
-
-Verdict = Literal["ok", "warn", "fail", "skipped"]
-# The steps after the configuration, in the order they run, and how the output names them.
-NETWORK_STEPS = ("dns", "tcp", "proxy", "tls", "http", "clock", "api_key", "signature")
-LABELS = {"configuration": "configuration", "dns": "DNS", "tcp": "TCP", "proxy": "proxy", "tls": "TLS",
-          "http": "HTTP", "clock": "clock", "api_key": "API key", "signature": "signature"}
-
-
-@dataclass
-class Step:
-    name: str
-    status: Verdict
-    detail: str
-    fix: str = ""
-
 
 @dataclass
 class Target:
@@ -169,7 +153,7 @@ class _Probe:
     def through_proxy(self) -> tuple[Verdict, str]:
         if not self.proxy_url:
             bypass = bool(urllib.request.proxy_bypass(self.host)) and bool(
-                self.t.settings.proxy_url or _env_proxy(self.url))
+                self.t.settings.proxy_url or urllib.request.getproxies().get(self.url.scheme))
             return "ok", "no proxy: NO_PROXY exempts the endpoint" if bypass else "no proxy: connecting directly"
         shown = _without_userinfo(self.proxy_url)
         if not self.https:
@@ -406,10 +390,6 @@ def check(target: Target) -> list[Step]:
     return out
 
 
-def skipped_after(failed: str, name: str) -> Step:
-    return Step(name, "skipped", f"because the {LABELS[failed]} step failed")
-
-
 def _signature_failure(reason: str, message: str, signer: Signer | None) -> _Failed:
     said = f"the destination refused the signature ({reason}): {message}"
     if reason == "unknown_key":
@@ -469,18 +449,13 @@ def _read_connect_answer(sock: socket.socket) -> tuple[int, str]:
     return int(parts[1]), parts[2] if len(parts) > 2 else ""
 
 
-def _env_proxy(url: urllib.parse.SplitResult) -> str | None:
-    proxy = urllib.request.getproxies().get(url.scheme)
-    return proxy or None
-
-
 def _proxy_for(s: DestinationSettings) -> str | None:
     """The proxy the shipper uses: proxy_url, else HTTPS_PROXY/HTTP_PROXY; none when NO_PROXY
     exempts the endpoint's host."""
     url = urllib.parse.urlsplit(s.endpoint)
     if urllib.request.proxy_bypass(url.hostname or ""):
         return None
-    return s.proxy_url or _env_proxy(url)
+    return s.proxy_url or urllib.request.getproxies().get(url.scheme) or None
 
 
 def _without_userinfo(url: urllib.parse.SplitResult) -> str:
@@ -488,40 +463,3 @@ def _without_userinfo(url: urllib.parse.SplitResult) -> str:
     return urllib.parse.urlunsplit(url._replace(netloc=netloc))
 
 
-# -- the result file -------------------------------------------------------------------------------
-
-
-def save_result(state_dir: str | Path, result: dict[str, Any]) -> Path:
-    """Write the last result where the running relay reads it; readable by all (it holds no
-    secret) and owned like the state directory. Raises OSError."""
-    path = Path(state_dir) / RESULT_FILE
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(redact(json.dumps(result, indent=2, sort_keys=True)) + "\n")
-    if os.geteuid() == 0:  # run as root: the service user must still be able to replace it
-        st = Path(state_dir).stat()
-        os.chown(tmp, st.st_uid, st.st_gid)
-    os.replace(tmp, path)
-    return path
-
-
-def load_result(state_dir: str | Path) -> dict[str, Any] | None:
-    """The last result, None when no self-test ran yet, or a note when the file is unreadable."""
-    path = Path(state_dir) / RESULT_FILE
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(1024 * 1024)
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        return {"error": f"cannot read {path}: {e.strerror}"}
-    try:
-        doc = json.loads(raw)
-    except ValueError:
-        return {"error": f"{path} is not JSON"}
-    return doc if isinstance(doc, dict) else {"error": f"{path} does not hold a result"}
-
-
-def steps_as_dicts(steps: list[Step]) -> list[dict[str, Any]]:
-    return [asdict(s) for s in steps]
