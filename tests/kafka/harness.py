@@ -8,7 +8,8 @@ server.properties`) with the Jolokia agent and/or the Prometheus JMX exporter as
 real traffic through the Kafka client (Traffic.java), and stopping the broker by its pid.
 
 `python -m tests.kafka.harness run` keeps one broker with both agents and traffic in the
-foreground until it is stopped (what `make run KAFKA=1` starts).
+foreground until it is stopped, and writes ready.json in its workdir once traffic flows
+(what `make run KAFKA=1` starts and waits for); `... fetch` only fetches the jars.
 """
 
 from __future__ import annotations
@@ -242,8 +243,12 @@ def main() -> int:
     broker.start()
     traffic = Traffic(jars, broker)
     traffic.start()
-    print(f"Kafka {jars.lib.name}: broker {broker.bootstrap} (pid {broker.pid}), Jolokia {broker.jolokia_url}, "
+    kafka_jar = next(jars.lib.glob("kafka_2.13-*.jar")).stem.removeprefix("kafka_2.13-")
+    ready = {"version": kafka_jar, "bootstrap": broker.bootstrap, "pid": broker.pid, "jolokia": broker.jolokia_url,
+             "exporter": broker.exporter_url, "log": str(broker.log_path)}
+    print(f"Kafka {kafka_jar}: broker {broker.bootstrap} (pid {broker.pid}), Jolokia {broker.jolokia_url}, "
           f"JMX exporter {broker.exporter_url}; log {broker.log_path}", flush=True)
+    (args.workdir / "ready.json").write_text(json.dumps(ready))  # what `make run KAFKA=1` waits for
     stopping = False
 
     def stop(*_: object) -> None:
