@@ -374,3 +374,27 @@ def test_default_kafka_rules_cover_the_datadog_broker_bean_set() -> None:
     patterns = [r.pattern for r in mapping.load(["kafka"]).jolokia]
     missing = sorted(b for b in beans if not any(mapping.bean_matches(p, b) for p in patterns))
     assert missing == [], f"beans the default rules do not read: {missing}"
+
+
+def test_an_empty_match_value_takes_only_samples_without_that_label() -> None:
+    """The exporter gives a broker-wide counter beside per-topic ones under one name; the rule
+    for the broker-wide metric must not take the per-topic samples too (same attributes twice)."""
+    text = ("# TYPE kafka_server_brokertopicmetrics_totalproducerequests_total counter\n"
+            "kafka_server_brokertopicmetrics_totalproducerequests_total 30.0\n"
+            'kafka_server_brokertopicmetrics_totalproducerequests_total{topic="a"} 10.0\n'
+            'kafka_server_brokertopicmetrics_totalproducerequests_total{topic="b"} 20.0\n')
+    r = map_exposition(text, False, mapping.load(["kafka"]), {"service.name": "x"}, passthrough=False)
+    points = [(attributes_dict(dp.attributes), dp.as_double)
+              for rm in r.request.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+              if m.name == "kafka.request.count" for dp in m.sum.data_points]
+    assert points == [({"type": "produce"}, 30.0)]
+
+
+def test_rules_read_by_two_files_are_compiled_once() -> None:
+    """A combined KRaft node loads kafka and kraft, which both read ActiveControllerCount."""
+    both = mapping.load(["kafka", "kraft"])
+    reads = [(r.pattern, r.attribute, r.metric) for r in both.jolokia]
+    assert len(reads) == len(set(reads))
+    assert reads.count(("kafka.controller:type=KafkaController,name=ActiveControllerCount", "Value",
+                        "kafka.controller.active.count")) == 1
+    assert len(both.prometheus["kafka_controller_kafkacontroller_activecontrollercount"]) == 1
