@@ -398,3 +398,30 @@ def test_rules_read_by_two_files_are_compiled_once() -> None:
     assert reads.count(("kafka.controller:type=KafkaController,name=ActiveControllerCount", "Value",
                         "kafka.controller.active.count")) == 1
     assert len(both.prometheus["kafka_controller_kafkacontroller_activecontrollercount"]) == 1
+
+
+def test_msk_style_names_map_to_the_otel_names_jolokia_gives() -> None:
+    """MSK's exporter configuration names series kafka_<domain>_<Type>_<Attribute>{name=...};
+    no real MSK output can be produced here, so these lines follow the corpus scrape's shape
+    (untyped, trailing commas)."""
+    text = ('kafka_network_RequestMetrics_Mean{name="TotalTimeMs",request="Produce",} 2.5\n'
+            'kafka_network_RequestMetrics_99thPercentile{name="TotalTimeMs",request="Produce",} 9.0\n'
+            'kafka_network_RequestMetrics_Count{name="RequestsPerSec",request="Produce",version="9",} 42.0\n'
+            'kafka_network_RequestMetrics_Mean{name="LocalTimeMs",request="Produce",} 1.0\n'
+            'kafka_server_BrokerTopicMetrics_Count{name="TotalProduceRequestsPerSec",} 30.0\n'
+            'kafka_server_BrokerTopicMetrics_Count{name="TotalProduceRequestsPerSec",topic="a",} 30.0\n'
+            'kafka_server_DelayedOperationPurgatory_Value{name="PurgatorySize",delayedOperation="Fetch",} 3.0\n'
+            'kafka_consumer_group_ConsumerLagMetrics_Value{name="SumOffsetLag",groupId="g",topic="a",} 7.0\n')
+    r = map_exposition(text, False, mapping.load(["kafka"]), {"service.name": "x"}, passthrough=False)
+    got = [((m.name, tuple(sorted(attributes_dict(dp.attributes).items()))), dp.as_double)
+           for rm in r.request.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+           for dp in (m.sum if m.HasField("sum") else m.gauge).data_points]
+    assert len(got) == len(dict(got)), "one series reported twice"
+    assert dict(got) == {
+        ("kafka.request.time.avg", (("type", "Produce"),)): 2.5,
+        ("kafka.request.time.99p", (("type", "Produce"),)): 9.0,
+        ("kafka.network.request.count", (("type", "Produce"), ("version", "9"))): 42.0,
+        ("kafka.request.count", (("type", "produce"),)): 30.0,
+        ("kafka.purgatory.size", (("type", "Fetch"),)): 3.0,
+        ("kafka.consumer_group.lag_sum", (("group", "g"), ("topic", "a"))): 7.0,
+    }
