@@ -125,7 +125,6 @@ class Broker(Proc):
             f"-Dkafka.logs.dir={logs}", f"-Dlog4j2.configurationFile=file:{self.dir / 'log4j2.properties'}",
             "-cp", jars.classpath(), *agents, "kafka.Kafka", str(self.properties),
         ], self.dir / "server.log")
-        self.started_at = 0.0
 
     def _properties(self) -> str:
         return "\n".join([
@@ -173,7 +172,6 @@ class Broker(Proc):
 
     def start(self, timeout: float = 120) -> None:
         self.format()
-        self.started_at = time.time()
         super().start()
         wait_until(lambda: not self.alive() or self._serving(), timeout=timeout, interval=0.25,
                    what=f"the Kafka broker to serve; log:\n{self.log()[-4000:]}")
