@@ -4,10 +4,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 
 # The tests also need a JVM and Debian's Jolokia (the real protocol, for the Kafka sources),
-# and Chromium with its driver (the status page is tested in a real browser).
-TEST_APT := default-jdk-headless libjolokia-core-java chromium chromium-driver rpm rpmlint debootstrap
+# Maven (it fetches the real Kafka broker and its agents, tests/kafka/pom.xml), and Chromium
+# with its driver (the status page is tested in a real browser).
+TEST_APT := default-jdk-headless libjolokia-core-java maven chromium chromium-driver rpm rpmlint debootstrap
 
-.PHONY: all setup run test test-faults test-packaging deb rpm lint bench fuzz clean
+.PHONY: all setup run test test-faults test-packaging deb rpm lint bench fuzz clean kafka
 
 all: setup
 
@@ -17,12 +18,21 @@ all: setup
 setup:
 	./scripts/bootstrap.sh
 
-# Starts the reference ingest and the relay on loopback with the embedded dev config.
-run: setup
-	$(PY) -m relay.devrun
+# The real Kafka broker, its runtime dependencies and the Jolokia and JMX-exporter agents, at
+# the versions pinned in tests/kafka/pom.xml, into build/kafka (cached in ~/.m2: a second run
+# downloads nothing).
+kafka:
+	EXTRA_APT="default-jdk-headless maven" ./scripts/bootstrap.sh
+	$(PY) -m tests.kafka.harness fetch
+
+# Starts the reference ingest and the relay on loopback with the embedded dev config;
+# `make run KAFKA=1` starts a real Kafka broker with traffic beside them, found by discovery.
+run: setup $(if $(KAFKA),kafka)
+	KAFKA=$(KAFKA) $(PY) -m relay.devrun
 
 test:
 	EXTRA_APT="$(TEST_APT)" ./scripts/bootstrap.sh
+	$(PY) -m tests.kafka.harness fetch
 	$(VENV)/bin/ruff check relay tests bench scripts packaging
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q -p no:cacheprovider
@@ -68,6 +78,7 @@ lint: setup
 
 bench:
 	EXTRA_APT="$(TEST_APT)" ./scripts/bootstrap.sh
+	$(PY) -m tests.kafka.harness fetch
 	$(PY) -m bench.run
 
 clean:

@@ -9,7 +9,9 @@ Figures (each beside a baseline measured in this run, as a ratio):
 - end to end = append + drain, in points/s and CPU seconds per million points;
 - baseline: the OTel Python SDK's OTLP/HTTP exporter sending the same points to the
   same ingest (export loop only);
-- the relay's peak RSS (VmHWM).
+- the relay's peak RSS (VmHWM);
+- a real Kafka broker with 2,000 partitions (bench/kafka_scale.py): series, CPU and peak RSS
+  per scrape through each agent, beside Jolokia's and the JMX exporter's own response times.
 Prints a table and writes bench/results.json.
 """
 
@@ -30,7 +32,7 @@ from typing import Any
 import psutil
 import yaml
 
-from bench import overhead
+from bench import kafka_scale, overhead
 from bench.common import CLI, DEFAULT_POLICY, HERE, WORK, peak_rss
 from bench.common import free_port as _free_port
 from bench.common import get_json as _get
@@ -346,6 +348,8 @@ def main() -> None:
         push = overhead.bench_push_10k(ingest.url, ingest.items)
         print("bench: catch-up of a 24 h backlog...", flush=True)
         catch = overhead.bench_catch_up(ingest.url, ingest.items, reqs[:60], points_per_request())
+        print("bench: a real Kafka broker with 2,000 partitions, through each agent...", flush=True)
+        kafka = kafka_scale.bench_kafka_scale(ingest.url)
     finally:
         ingest.stop()
 
@@ -448,6 +452,7 @@ def main() -> None:
         {"figure": "wire bytes per point (zstd)", "value": fmt(relay["wire_bytes_per_point"]),
          "baseline": "-", "ratio": "-", "target": "-", "result": "-"},
     ]
+    rows += kafka_scale.rows(kafka)
     print()
     print(table(rows))
     results = {
@@ -465,6 +470,7 @@ def main() -> None:
         "import_floor": floor,
         "push_10k": push,
         "catch_up": catch,
+        "kafka_2000_partitions": kafka,
         "ratios": {"throughput": throughput_ratio, "cpu_per_point": cpu_ratio},
         "table": rows,
     }

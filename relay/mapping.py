@@ -9,7 +9,11 @@ Rule files follow the shape of the OpenTelemetry JMX scraper's rules so they rea
 
 Attribute expressions: `const(x)` (or a plain string), `param(key)` (an ObjectName key),
 `beanattr(Attr)` (another attribute of the same MBean), `label(name)` (a Prometheus label),
-and `lowercase(...)` around any of them.
+and `lowercase(...)` around any of them. A Prometheus rule's `match: {label: ""}` takes only
+samples without that label (the broker-wide sample beside the per-topic ones).
+`provided_by` says which Kafka versions or configurations expose a rule's bean or series, where
+that is not every broker from 2.0 on (docs/metrics.md shows it; the real-broker coverage test
+takes it as the reason a rule matched nothing).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ class JolokiaRule:
     unit: str = ""
     metricAttribute: dict[str, str] = field(default_factory=dict)
     mapping: dict[str, MetricMapping] = field(default_factory=dict)
+    provided_by: str = ""
 
     def validate(self) -> None:
         if bool(self.bean) == bool(self.beans):
@@ -78,6 +83,7 @@ class PrometheusRule:
     # Only samples whose labels have these values (for example a quantile).
     match: dict[str, str] = field(default_factory=dict)
     attributes: dict[str, str] = field(default_factory=dict)
+    provided_by: str = ""
 
 
 @dataclass(frozen=True)
@@ -166,7 +172,8 @@ class CompiledPrometheus:
     unit: str
     desc: str
     scale: float
-    match: tuple[tuple[str, str], ...]
+    # label -> wanted value; None: the label must be absent (an empty value in the rule file).
+    match: tuple[tuple[str, str | None], ...]
     attrs: tuple[tuple[str, Expr], ...]
 
 
@@ -240,11 +247,18 @@ _BEANATTR = re.compile(r"beanattr\(([^)]+)\)")
 def compile_files(files: list[tuple[str, MappingFile]]) -> Mappings:
     out = Mappings(service_name=files[0][1].service_name if files else "unknown")
     extra_reads = out.extra_reads
+    # A combined KRaft node loads kafka and kraft, which both read the controller beans: the
+    # same read into the same metric twice would be one series reported twice.
+    seen_reads: set[tuple[str, str, str]] = set()
+    seen_series: set[tuple[str, str, tuple[tuple[str, str], ...]]] = set()
     for name, f in files:
         out.names.append(name)
         for rule in f.jolokia:
             for bean in rule.all_beans:
                 for key, mm in rule.mapping.items():
+                    if (bean, key, rule.prefix + mm.metric) in seen_reads:
+                        continue
+                    seen_reads.add((bean, key, rule.prefix + mm.metric))
                     attribute, *path = key.split(".")
                     attr_texts = {**rule.metricAttribute, **mm.metricAttribute}
                     for text in attr_texts.values():
@@ -259,10 +273,13 @@ def compile_files(files: list[tuple[str, MappingFile]]) -> Mappings:
         for prule in f.prometheus:
             compiled = CompiledPrometheus(
                 metric=prule.metric, type=prule.type, unit=prule.unit, desc=prule.desc, scale=prule.scale,
-                match=tuple(prule.match.items()), attrs=_merge_attrs(prule.attributes),
+                match=tuple((k, v or None) for k, v in prule.match.items()), attrs=_merge_attrs(prule.attributes),
             )
             for s in prule.series:
-                out.prometheus.setdefault(s, []).append(compiled)
+                series_key = (s, prule.metric, tuple(sorted(prule.match.items())))
+                if series_key not in seen_series:
+                    seen_series.add(series_key)
+                    out.prometheus.setdefault(s, []).append(compiled)
     return out
 
 

@@ -1,6 +1,7 @@
 """Writes docs/metrics.md from the tables the code itself builds its metrics from (the METRICS of
 relay/sources/host.py and process.py, relay.stats.SELF_METRICS) and the shipped mapping rules, so
-the list of what the relay emits cannot drift from what it does.
+the list of what the relay emits cannot drift from what it does. docs/metrics-kafka.md (the
+real-broker findings, written by hand) is included as it is.
 `python scripts/gen_metrics_doc.py > docs/metrics.md`; tests/unit/test_metrics_doc.py fails when the
 committed page is stale, and checks that the sources emit what their tables declare."""
 
@@ -18,6 +19,9 @@ from relay.stats import SELF_METRICS
 
 KIND = {"counter": "Sum (monotonic, cumulative)", "updowncounter": "Sum (non-monotonic, cumulative)",
         "gauge": "Gauge"}
+# A rule without a provided_by note matched the real broker of tests/integration/test_real_kafka.py.
+TESTED = "Kafka 2.0+ (matched on 4.4.0)"
+KAFKA_DOC = Path(__file__).resolve().parents[1] / "docs" / "metrics-kafka.md"
 SELF_KIND = {"counter": KIND["counter"], "gauge": KIND["gauge"], "histogram": "Histogram"}
 
 def _attrs(exprs: tuple[tuple[str, object], ...], texts: dict[str, str]) -> str:
@@ -66,7 +70,7 @@ def render() -> str:
         mf = mapping.load_mapping_file(path)
         out += ["", f"## `{name}` mapping ({mf.description})", "",
                 f"`service.name` is `{mf.service_name}` unless a target overrides it. Jolokia read:", "",
-                "| metric | type | unit | attributes | MBean attribute |", "|---|---|---|---|---|"]
+                "| metric | type | unit | attributes | MBean attribute | provided by |", "|---|---|---|---|---|---|"]
         for rule in mf.jolokia:
             for key, mm in rule.mapping.items():
                 attrs = {**rule.metricAttribute, **mm.metricAttribute}
@@ -75,15 +79,17 @@ def render() -> str:
                 kind = mm.type or rule.type
                 scale = f" (scaled by {mm.scale:g})" if mm.scale != 1.0 else ""
                 out.append(f"| `{rule.prefix}{mm.metric}` | {KIND[kind]} | `{mm.unit or rule.unit}` | {attr_text} "
-                           f"| {beans} `{key}`{scale} |")
+                           f"| {beans} `{key}`{scale} | {rule.provided_by or TESTED} |")
         if mf.prometheus:
             out += ["", "The same metrics from a Prometheus JMX exporter:", "",
-                    "| metric | type | series | match | attributes |", "|---|---|---|---|---|"]
+                    "| metric | type | series | match | attributes | provided by |", "|---|---|---|---|---|---|"]
             for pr in mf.prometheus:
                 match = ", ".join(f"{k}={v}" for k, v in pr.match.items())
                 attr_text = ", ".join(f"`{k}` = {v}" for k, v in pr.attributes.items())
                 series = "<br>".join(f"`{s}`" for s in pr.series)
-                out.append(f"| `{pr.metric}` | {KIND[pr.type]} | {series} | {match} | {attr_text} |")
+                out.append(f"| `{pr.metric}` | {KIND[pr.type]} | {series} | {match} | {attr_text} "
+                           f"| {pr.provided_by or TESTED} |")
+    out += ["", KAFKA_DOC.read_text().rstrip("\n")]
     out += ["", "## Other Prometheus series", "",
             "Series no rule names pass through (`sources.prometheus.passthrough_unmapped`) as the",
             "OpenTelemetry Prometheus compatibility spec says: counter -> monotonic cumulative Sum (the",

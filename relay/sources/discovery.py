@@ -73,18 +73,18 @@ def _loopback(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "*", "", "localhost") else host
 
 
-def _kraft_controller(cmdline: list[str], main_index: int) -> bool:
-    """A kafka.Kafka whose server.properties says process.roles=controller only."""
+def _process_roles(cmdline: list[str], main_index: int) -> set[str]:
+    """A kafka.Kafka's KRaft process.roles from its server.properties (empty: ZooKeeper mode or unreadable)."""
     for arg in cmdline[main_index + 1:]:
         if arg.endswith(".properties"):
             try:
                 for line in Path(arg).read_text(errors="replace").splitlines():
                     key, _, value = line.partition("=")
                     if key.strip() == "process.roles":
-                        return {r.strip() for r in value.split(",")} == {"controller"}
+                        return {r.strip() for r in value.split(",") if r.strip()}
             except OSError:
-                return False
-    return False
+                return set()
+    return set()
 
 
 def classify(pid: int, cmdline: list[str], create_time: float) -> list[Discovered]:
@@ -97,8 +97,12 @@ def classify(pid: int, cmdline: list[str], create_time: float) -> list[Discovere
             break
     if main_index < 0:
         return []
-    if kind == "kafka" and _kraft_controller(cmdline, main_index):
+    roles = _process_roles(cmdline, main_index) if kind == "kafka" else set()
+    if roles == {"controller"}:
         kind, mappings = "kafka-controller", ("kraft", "jvm")
+    elif roles == {"broker", "controller"}:
+        # A combined node serves the controller's quorum and raft metrics beside the broker's.
+        mappings = ("kafka", "kraft", "jvm")
     out = []
     for arg in cmdline[:main_index]:
         if arg.startswith("-javaagent:"):

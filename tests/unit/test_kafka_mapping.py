@@ -354,6 +354,75 @@ def test_default_kafka_rules_cover_the_datadog_broker_bean_set() -> None:
     text = (FIX / "datadog_kafka_metrics.yaml").read_text()
     beans = set(_re.findall(r"bean: '(kafka\.(?:server|network|controller|log):[^']+)'", text))
     assert len(beans) >= 35
+    # Datadog's list still names some beans as brokers before 2.0 registered them; a real
+    # 4.x broker (tests/integration/test_real_kafka.py) registers these instead.
+    as_registered = {
+        "kafka.network:type=RequestMetrics,name=RequestsPerSec,request=Produce":
+            "kafka.network:type=RequestMetrics,name=RequestsPerSec,request=Produce,version=11",
+        "kafka.network:type=RequestMetrics,name=RequestsPerSec,request=FetchConsumer":
+            "kafka.network:type=RequestMetrics,name=RequestsPerSec,request=FetchConsumer,version=17",
+        "kafka.network:type=RequestMetrics,name=RequestsPerSec,request=FetchFollower":
+            "kafka.network:type=RequestMetrics,name=RequestsPerSec,request=FetchFollower,version=17",
+        "kafka.network:type=RequestMetrics,name=TotalTimeMs,request=Offsets":
+            "kafka.network:type=RequestMetrics,name=TotalTimeMs,request=ListOffsets",
+        "kafka.server:type=ProducerRequestPurgatory,name=PurgatorySize":
+            "kafka.server:type=DelayedOperationPurgatory,name=PurgatorySize,delayedOperation=Produce",
+        "kafka.server:type=FetchRequestPurgatory,name=PurgatorySize":
+            "kafka.server:type=DelayedOperationPurgatory,name=PurgatorySize,delayedOperation=Fetch",
+    }
+    assert set(as_registered) <= beans
+    beans = {as_registered.get(b, b) for b in beans}
     patterns = [r.pattern for r in mapping.load(["kafka"]).jolokia]
     missing = sorted(b for b in beans if not any(mapping.bean_matches(p, b) for p in patterns))
     assert missing == [], f"beans the default rules do not read: {missing}"
+
+
+def test_an_empty_match_value_takes_only_samples_without_that_label() -> None:
+    """The exporter gives a broker-wide counter beside per-topic ones under one name; the rule
+    for the broker-wide metric must not take the per-topic samples too (same attributes twice)."""
+    text = ("# TYPE kafka_server_brokertopicmetrics_totalproducerequests_total counter\n"
+            "kafka_server_brokertopicmetrics_totalproducerequests_total 30.0\n"
+            'kafka_server_brokertopicmetrics_totalproducerequests_total{topic="a"} 10.0\n'
+            'kafka_server_brokertopicmetrics_totalproducerequests_total{topic="b"} 20.0\n')
+    r = map_exposition(text, False, mapping.load(["kafka"]), {"service.name": "x"}, passthrough=False)
+    points = [(attributes_dict(dp.attributes), dp.as_double)
+              for rm in r.request.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+              if m.name == "kafka.request.count" for dp in m.sum.data_points]
+    assert points == [({"type": "produce"}, 30.0)]
+
+
+def test_rules_read_by_two_files_are_compiled_once() -> None:
+    """A combined KRaft node loads kafka and kraft, which both read ActiveControllerCount."""
+    both = mapping.load(["kafka", "kraft"])
+    reads = [(r.pattern, r.attribute, r.metric) for r in both.jolokia]
+    assert len(reads) == len(set(reads))
+    assert reads.count(("kafka.controller:type=KafkaController,name=ActiveControllerCount", "Value",
+                        "kafka.controller.active.count")) == 1
+    assert len(both.prometheus["kafka_controller_kafkacontroller_activecontrollercount"]) == 1
+
+
+def test_msk_style_names_map_to_the_otel_names_jolokia_gives() -> None:
+    """MSK's exporter configuration names series kafka_<domain>_<Type>_<Attribute>{name=...};
+    no real MSK output can be produced here, so these lines follow the corpus scrape's shape
+    (untyped, trailing commas)."""
+    text = ('kafka_network_RequestMetrics_Mean{name="TotalTimeMs",request="Produce",} 2.5\n'
+            'kafka_network_RequestMetrics_99thPercentile{name="TotalTimeMs",request="Produce",} 9.0\n'
+            'kafka_network_RequestMetrics_Count{name="RequestsPerSec",request="Produce",version="9",} 42.0\n'
+            'kafka_network_RequestMetrics_Mean{name="LocalTimeMs",request="Produce",} 1.0\n'
+            'kafka_server_BrokerTopicMetrics_Count{name="TotalProduceRequestsPerSec",} 30.0\n'
+            'kafka_server_BrokerTopicMetrics_Count{name="TotalProduceRequestsPerSec",topic="a",} 30.0\n'
+            'kafka_server_DelayedOperationPurgatory_Value{name="PurgatorySize",delayedOperation="Fetch",} 3.0\n'
+            'kafka_consumer_group_ConsumerLagMetrics_Value{name="SumOffsetLag",groupId="g",topic="a",} 7.0\n')
+    r = map_exposition(text, False, mapping.load(["kafka"]), {"service.name": "x"}, passthrough=False)
+    got = [((m.name, tuple(sorted(attributes_dict(dp.attributes).items()))), dp.as_double)
+           for rm in r.request.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+           for dp in (m.sum if m.HasField("sum") else m.gauge).data_points]
+    assert len(got) == len(dict(got)), "one series reported twice"
+    assert dict(got) == {
+        ("kafka.request.time.avg", (("type", "Produce"),)): 2.5,
+        ("kafka.request.time.99p", (("type", "Produce"),)): 9.0,
+        ("kafka.network.request.count", (("type", "Produce"), ("version", "9"))): 42.0,
+        ("kafka.request.count", (("type", "produce"),)): 30.0,
+        ("kafka.purgatory.size", (("type", "Fetch"),)): 3.0,
+        ("kafka.consumer_group.lag_sum", (("group", "g"), ("topic", "a"))): 7.0,
+    }
