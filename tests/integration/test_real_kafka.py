@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from relay import mapping
-from relay.sources.prometheus import parse
+from relay.sources.exposition import parse_families
 from tests.kafka.harness import EXPORTER_CONFIGS, Broker, Jars, jolokia_read
 from tests.procs import Ingest, Relay, relay_config, wait_until
 
@@ -245,7 +245,7 @@ def _jolokia_beans(broker: Broker) -> list[str]:
 
 def _exposed(url: str) -> set[str]:
     with urllib.request.urlopen(url, timeout=30) as r:
-        return {s.name for fam in parse(r.read().decode(), False) for s in fam.samples}
+        return {s.name for fam, _ in parse_families(r.read().decode(), False) for s in fam.samples}
 
 
 def test_coverage_every_rule_matches_the_real_broker_or_says_what_provides_it(
@@ -253,8 +253,8 @@ def test_coverage_every_rule_matches_the_real_broker_or_says_what_provides_it(
     beans = _jolokia_beans(real_kafka)
     assert len(beans) > 1000  # per-partition, KRaft controller, raft, socket-server and quota beans
     series = {"exporter": _exposed(real_kafka.exporter_url), "confluent": _exposed(real_kafka_confluent.exporter_url)}
-    corpus = {s.name for fam in parse((FIX / "datadog_amazon_msk_jmx_metrics_EXCERPT.prom.txt").read_text(), False)
-              for s in fam.samples}
+    msk_text = (FIX / "datadog_amazon_msk_jmx_metrics_EXCERPT.prom.txt").read_text()
+    corpus = {s.name for fam, _ in parse_families(msk_text, False) for s in fam.samples}
     report, unexplained, wrongly_explained = [], [], []
     for name in ("kafka", "kraft", "jvm"):
         mf = mapping.load_mapping_file(mapping.rule_file(name, mapping.default_dir()))
