@@ -75,7 +75,7 @@ class Shipper:
         self.stats = stats
         self.shutdown_timeout = shutdown_timeout
         self.instance = sequence.spool_instance(spool.dir)  # X-Relay-Instance
-        self.state = DestinationState(settings.name, settings.endpoint or "")
+        self.state = DestinationState(settings.name, settings.target)
         self._workers: dict[Signal, asyncio.Task[None]] = {}
         self._data: dict[Signal, asyncio.Event] = {}
         self._stopping = asyncio.Event()
@@ -109,7 +109,7 @@ class Shipper:
     def _proxy(self) -> tuple[str | None, aiohttp.BasicAuth | None]:
         """The explicit proxy for this destination, unless NO_PROXY exempts its host."""
         url = self.settings.proxy_url
-        host = urllib.parse.urlsplit(self.settings.endpoint).hostname or ""
+        host = urllib.parse.urlsplit(self.settings.endpoint or "").hostname or ""
         if not url or urllib.request.proxy_bypass(host):
             return None, None
         auth = None
