@@ -19,22 +19,19 @@ from pathlib import Path
 from typing import Any
 
 from relay import config
-from relay.cli.common import EXIT_FAIL, EXIT_OK, escape_strings, format_bytes, format_utc
-from relay.export.signing import KeyStore, SigningKey
+from relay.cli.common import EXIT_FAIL, EXIT_OK, CommandError, escape_strings, format_bytes, format_utc
 
 
 def run(args: argparse.Namespace) -> int:
-    return _show(args)
-
-
-def relay_keys(cfg: config.Config) -> list[SigningKey]:
-    """This relay's signing keys: the current one and every retired one still on disk."""
-    store = KeyStore(config.key_dir(cfg), cfg.signing.rotation_overlap)
-    # now=0: list every retired key kept, and delete none (showing changes nothing).
-    return [store.current(), *store.retired(now=0.0)]
+    if args.bundle_command == "show":
+        return _show(args)
+    if args.bundle_command == "export":
+        return _export(args)
+    return _confirm(args)
 
 
 def _show(args: argparse.Namespace) -> int:
+    from relay.export.backlog import relay_keys
     from relay.export.bundle import open_bundle
     from relay.ingest.bundle_import import check
 
@@ -93,3 +90,33 @@ def _describe(doc: dict[str, Any]) -> list[str]:
 
 def _when(ts: Any) -> str:
     return format_utc(float(ts)) if isinstance(ts, int | float) else "-"
+
+
+def _export(args: argparse.Namespace) -> int:
+    from relay.export.backlog import ExportError, export, parse_since
+
+    try:
+        since = parse_since(args.since) if args.since else None
+        done = export(config.load_settings(args.config), args.destination, Path(args.out), since)
+    except ExportError as e:
+        raise CommandError(str(e)) from None
+    ranges = "; ".join(f"{s} {a}-{b}" for s, (a, b) in done.ranges.items())
+    print(f"wrote bundle {done.path} ({done.bundle}): {done.requests} requests, {done.items} items, "
+          f"spool entries {ranges}")
+    if done.stopped_at:
+        print(f"  stopped short: {done.stopped_at}")
+    print(f"  NOT delivered yet: destination {args.destination} still ships them if it comes back. Once the "
+          f"vendor has the bundle: telemetry-relay bundle confirm {done.path}")
+    return EXIT_OK
+
+
+def _confirm(args: argparse.Namespace) -> int:
+    from relay.export.backlog import ExportError, confirm
+
+    try:
+        done = confirm(config.load_settings(args.config), Path(args.file))
+    except ExportError as e:
+        raise CommandError(str(e)) from None
+    for signal, (last, what) in done.signals.items():
+        print(f"{done.bundle}: {signal} entries up to {last} of destination {done.destination}: {what}")
+    return EXIT_OK

@@ -107,6 +107,15 @@ def parser() -> argparse.ArgumentParser:
     bs.add_argument("file", help="a bundle file (.bundle)")
     bs.add_argument("--config", default=config.DEFAULT_CONFIG_PATH, help="path to relay.yaml")
     bs.add_argument("--json", action="store_true", help="the manifest and the checks, as JSON")
+    be = bun_sub.add_parser("export", help="write what waits for a destination into a bundle (not yet delivered)")
+    be.add_argument("--destination", required=True, help="the destination whose backlog to export")
+    be.add_argument("--since", help="only entries spooled from then on: a Unix time, or an ISO 8601 time")
+    be.add_argument("--out", required=True, help="the bundle file to write")
+    be.add_argument("--config", default=config.DEFAULT_CONFIG_PATH, help="path to relay.yaml")
+    bc = bun_sub.add_parser("confirm", help="the vendor has the bundle: its entries count as delivered "
+                                            "(with the relay stopped)")
+    bc.add_argument("file", help="a bundle file written by bundle export")
+    bc.add_argument("--config", default=config.DEFAULT_CONFIG_PATH, help="path to relay.yaml")
 
     sub.add_parser("version", help="print the version")
     return p

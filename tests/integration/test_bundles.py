@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from relay.export.bundle import sign_manifest
 from relay.export.signing import KeyStore, Signer, SigningKey, key_id
 from relay.otlp import MetricsBuilder, from_json
-from tests.procs import CLI, Relay, relay_config, wait_until
+from tests.procs import CLI, Ingest, Relay, relay_config, wait_until
 
 QUIET = {"host": {"enabled": False}, "internal": {"enabled": False}}
 METRIC = "test.bundle"
@@ -229,3 +229,81 @@ def check_tampering(tmp_path: Path, bundle: Path, trusted: Path, relay: Relay) -
     p = cli("bundle", "show", str(tmp_path / "tampered-0.bundle"), "--config", str(relay.config_path))
     assert p.returncode == 1 and "requests/000002" in p.stdout and "PROBLEM: requests/000002: not what the" \
         in p.stdout and "PROBLEMS FOUND" in p.stdout
+
+
+# -- export and confirm ------------------------------------------------------------------------------
+
+
+def push_spooled(relay: Relay, values: range) -> None:
+    """Pushes the relay acknowledges (spooled) while its destination is down."""
+    for v in values:
+        b = MetricsBuilder({"service.name": "bundle-test"}, "test")
+        b.point(b.gauge(METRIC, "1"), float(v), time.time_ns())
+        req = urllib.request.Request(relay.otlp_url + "/v1/metrics", data=b.finish().SerializeToString(),
+                                     headers={"Content-Type": "application/x-protobuf"}, method="POST")
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.status == 200
+
+
+def test_export_and_confirm_carry_a_down_destinations_backlog_out_and_lose_nothing(tmp_path: Path) -> None:
+    ingest = Ingest(tmp_path, extra=[])
+    cfg = relay_config(tmp_path, ingest.url, sources=QUIET)
+    relay = Relay(tmp_path, cfg)
+    relay.keys("init")
+    trusted = tmp_path / "trusted"
+    relay.keys("export", "--out", str(trusted))
+    ingest.args += ["--trusted-keys", str(trusted)]
+    config = ["--config", str(relay.config_path)]
+    imported = tmp_path / "imported"
+    relay.start()
+    try:
+        # The vendor is unreachable: five points wait in the spool.
+        push_spooled(relay, range(0, 5))
+        wait_until(lambda: relay.destination()["backlog_items"] == 5, what="the backlog")
+        first = tmp_path / "out" / "first.bundle"
+        p = cli("bundle", "export", "--destination", "vendor", "--out", str(first), *config)
+        assert p.returncode == 0, p.stderr
+        assert "NOT delivered yet" in p.stdout and "metrics 1-5" in p.stdout
+        (record,) = (tmp_path / "state" / "bundle-exports").glob("*.json")
+        p = cli("bundle", "confirm", str(first), *config)
+        assert p.returncode == 1 and "the relay is running" in p.stderr
+        assert relay.destination()["backlog_items"] == 5  # exported is not delivered
+        shown = cli("bundle", "show", str(first), *config)
+        assert shown.returncode == 0 and "export of destination vendor" in shown.stdout, shown.stdout
+        code, report = import_bundle(first, trusted, imported)
+        assert code == 0 and report["items_stored"] == 5
+        # Without a confirm nothing is lost: restarted, and with the vendor back, all of it ships.
+        relay.terminate()
+        relay.start()
+        ingest.start()
+        wait_until(lambda: sorted(stored_values(ingest.store)) == [float(v) for v in range(5)],
+                   what="the backlog to ship live")
+        wait_until(lambda: relay.destination()["backlog_items"] == 0, what="the backlog to drain")
+        assert record.exists()
+
+        # With a confirm, the backlog leaves the spool as delivered.
+        ingest.terminate()
+        push_spooled(relay, range(5, 10))
+        wait_until(lambda: relay.destination()["backlog_items"] == 5, what="a second backlog")
+        second = tmp_path / "out" / "second.bundle"
+        assert cli("bundle", "export", "--destination", "vendor", "--out", str(second), *config).returncode == 0
+        relay.terminate()
+        p = cli("bundle", "confirm", str(second), *config)
+        assert p.returncode == 0, p.stderr
+        assert "metrics entries up to 10 of destination vendor: confirmed" in p.stdout
+        # Confirming what was delivered meanwhile is harmless.
+        p = cli("bundle", "confirm", str(first), *config)
+        assert p.returncode == 0 and "metrics entries up to 5 of destination vendor: delivered already" in p.stdout
+        assert not list((tmp_path / "state" / "bundle-exports").glob("*.json"))
+        relay.start()
+        ingest.start()
+        assert relay.destination()["backlog_items"] == 0
+        push_spooled(relay, range(10, 11))
+        wait_until(lambda: 10.0 in stored_values(ingest.store), what="new data to ship")
+        assert sorted(stored_values(ingest.store)) == [float(v) for v in (*range(5), 10)]
+        code, report = import_bundle(second, trusted, imported)
+        assert code == 0 and report["items_stored"] == 5
+        assert sorted(stored_values(imported)) == [float(v) for v in range(10)]
+    finally:
+        relay.terminate()
+        ingest.terminate()

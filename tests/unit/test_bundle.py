@@ -136,3 +136,16 @@ def test_a_bundle_destination_needs_a_directory_and_no_network_settings(tmp_path
         tmp_path, "signing: {enabled: false}\n" + MINIMAL + "    kind: bundle\n    directory: b\n")
     assert "bundle_max_age must be between 1s and 7d" in error(
         tmp_path, MINIMAL + "    kind: bundle\n    directory: b\n    bundle_max_age: 0s\n")
+
+
+def test_export_batches_as_the_shipper_leases_and_reads_since_as_unix_or_iso() -> None:
+    from relay.export.backlog import ExportError, _batches, parse_since
+    from relay.spool import Entry
+
+    entries = [Entry(seq, b"x" * size, 1, 0.0) for seq, size in ((1, 400), (2, 400), (3, 400), (4, 2000))]
+    assert [[e.seq for e in b] for b in _batches(entries, 1000)] == [[1, 2], [3], [4]]
+    assert parse_since("1700000000") == 1700000000.0
+    assert parse_since("2023-11-14T22:13:20") == 1700000000.0  # UTC unless it says otherwise
+    assert parse_since("2023-11-14T23:13:20+01:00") == 1700000000.0
+    with pytest.raises(ExportError, match="--since"):
+        parse_since("yesterday")
