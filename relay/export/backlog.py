@@ -208,6 +208,7 @@ def _relay_running(cfg: config.Config) -> bool:
 def _become_spool_owner(cfg: config.Config) -> None:
     st = Path(cfg.state_dir).stat()
     if os.geteuid() == 0 and st.st_uid != 0:
+        os.setgroups([])
         os.setgid(st.st_gid)
         os.setuid(st.st_uid)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import shutil
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -83,15 +84,19 @@ class BundleDestination(Shipper):
     # -- on the bundle thread ----------------------------------------------------------------------
 
     def _recover(self) -> None:
-        """Close what a crash left open: every request in it was acknowledged."""
+        """Close what a crash left open: every request in it was acknowledged. One that cannot
+        be closed now (a full disk) stays the open bundle, to be closed later."""
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         for partial in open_bundles(self.directory):
+            if not (partial / "bundle.json").exists():  # cut short as it began: it holds no request
+                shutil.rmtree(partial, ignore_errors=True)
+                continue
             self._bundle = BundleBuilder.resume(partial)
             log.warning("%s: closing bundle %s, left open by an earlier run (%d requests)",
                         self.name, self._bundle.id, len(self._bundle.heads))
             self._close_open_bundle()
             if self._bundle is not None:
-                raise OSError(f"cannot close the bundle left open in {partial}")
+                return
 
     def _add(self, signal: Signal, url: str, headers: Mapping[str, str], wire: bytes, lease: Lease,
              created: tuple[float, float], counts: Mapping[tuple[str, str], int]) -> None:

@@ -9,6 +9,8 @@ max_bytes_per_second), backoff, supervision and the destination's status.
 forever with capped, fully jittered exponential backoff (honouring Retry-After): no retry
 deadline ever drops data.
 A 413 splits the batch; other 4xx/5xx dead-letter it.
+Another kind of destination keeps all of this and replaces the transport: _open, _close
+and _send (export/bundle_destination.py writes into offline bundles).
 """
 
 from __future__ import annotations

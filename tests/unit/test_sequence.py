@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from multidict import CIMultiDict
 
 from relay.export import sequence
 from relay.export.signing import Signer, SigningKey, content_digest, key_id
@@ -55,6 +56,11 @@ def test_the_sequence_headers_must_be_signed_when_present() -> None:
     with pytest.raises(Rejected) as e:
         verifier.verify_archived("POST", URL, {**h, sequence.SEQUENCE_HEADER: "1-3"}, body)
     assert e.value.reason == "bad_signature"
+    # Each comes once: a second line could carry another range than the one checked.
+    for name in sequence.headers("instance-0001", 1, 4):
+        with pytest.raises(Rejected) as e:
+            verifier.verify("POST", URL, CIMultiDict([*h.items(), (name, "1-1")]), body)
+        assert e.value.reason == "duplicate_field"
     # Added after signing: refused as uncovered, each of the two.
     for name, value in sequence.headers("instance-0001", 1, 4).items():
         h = dict(base)
