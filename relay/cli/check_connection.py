@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -69,13 +70,27 @@ def _chosen(loaded: LoadedConfig, name: str | None) -> list[DestinationSettings]
 
 
 def _check(loaded: LoadedConfig, d: DestinationSettings) -> dict[str, Any]:
+    if d.kind == "bundle":
+        step = _bundle_directory(d)
+        return {"name": d.name, "endpoint": d.target, "ok": step.status != "fail",
+                "steps": probe_result.steps_as_dicts([step])}
     configuration, target = _configuration(loaded, d)
     if target is None:
         steps = [configuration, *(probe_result.skipped_after("configuration", n) for n in NETWORK_STEPS)]
     else:
         steps = [configuration, *probe.check(target)]
-    return {"name": d.name, "endpoint": redact(d.endpoint), "ok": all(s.status != "fail" for s in steps),
+    return {"name": d.name, "endpoint": redact(d.target), "ok": all(s.status != "fail" for s in steps),
             "steps": probe_result.steps_as_dicts(steps)}
+
+
+def _bundle_directory(d: DestinationSettings) -> Step:
+    """A bundle destination has no network path: what it needs is a directory it can write."""
+    directory = Path(str(d.directory))
+    probe_dir = directory if directory.is_dir() else directory.parent
+    if os.access(probe_dir, os.W_OK | os.X_OK):
+        return Step("bundle", "ok", f"bundles are written to {directory} (no network path to check)")
+    return Step("bundle", "fail", f"{probe_dir} is not writable by this user",
+                "run check-connection as the service user or root, and give the service user that directory")
 
 
 def _configuration(loaded: LoadedConfig, d: DestinationSettings) -> tuple[Step, Target | None]:

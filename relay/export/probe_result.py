@@ -22,7 +22,8 @@ Verdict = Literal["ok", "warn", "fail", "skipped"]
 # The steps after the configuration, in the order they run, and how the output names them.
 NETWORK_STEPS = ("dns", "tcp", "proxy", "tls", "http", "clock", "api_key", "signature")
 LABELS = {"configuration": "configuration", "dns": "DNS", "tcp": "TCP", "proxy": "proxy", "tls": "TLS",
-          "http": "HTTP", "clock": "clock", "api_key": "API key", "signature": "signature"}
+          "http": "HTTP", "clock": "clock", "api_key": "API key", "signature": "signature",
+          "bundle": "bundle directory"}
 
 
 @dataclass

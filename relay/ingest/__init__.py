@@ -2,7 +2,9 @@
 
 - server.py: the HTTP ingest (verify, decompress, decode, store, /stats);
 - verify.py: the signature, digest and replay checks every request passes first;
-- replay.py: the nonces seen within the window, kept across restarts.
+- replay.py: the nonces seen within the window, kept across restarts;
+- store.py: the JSON-lines store, and the sequence ranges stored already;
+- bundle_import.py: `ingest import`, an offline bundle checked and stored.
 """
 
 from relay.ingest.server import Ingest, serve

@@ -1,4 +1,5 @@
-"""Offline inspection of a spool for the CLI (`telemetry-relay spool`, `policy test --from-spool`).
+"""Offline inspection of a spool for the CLI (`telemetry-relay spool`, `policy test --from-spool`,
+`bundle export`).
 
 Owns: reading a spool directory without writing to it, while the relay may be running
 beside it (SQLite lets a `mode=ro` reader in beside the writer; see queue.ReadOnlyStore).
@@ -7,6 +8,8 @@ The record format is decoded by the queue module, not here, so both read it one 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,3 +46,17 @@ def oldest_entries(state_dir: str | Path, signal: Signal, limit: int) -> list[En
             return []
         found = (read_entry(store, seq) for seq in range(s.head, min(s.next_seq, s.head + limit)))
         return [entry for _, entry in filter(None, found)]
+
+
+@contextlib.contextmanager
+def backlog(state_dir: str | Path, signal: Signal, destination: str) -> Iterator[Iterator[Entry]]:
+    """The entries of one signal's queue that `destination` has not accepted yet, oldest
+    first, read lazily within one read transaction: a consistent view while the relay runs."""
+    with open_readonly(Path(state_dir) / "spool" / signal) as store:
+        s = load_state(store) if store is not None else None
+        cursor = s.cursors.get(destination) if s is not None else None
+        if store is None or s is None or cursor is None:
+            yield iter(())
+            return
+        found = (read_entry(store, seq) for seq in range(max(cursor.seq + 1, s.head), s.next_seq))
+        yield (entry for _, entry in filter(None, found))

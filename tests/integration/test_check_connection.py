@@ -349,3 +349,16 @@ def test_the_status_page_shows_the_last_self_test(tmp_path: Path) -> None:
     finally:
         driver.quit()
         relay.terminate()
+
+
+def test_a_bundle_destination_has_no_network_path_and_passes_on_a_writable_directory(tmp_path: Path) -> None:
+    cfg = relay_config(tmp_path, "http://127.0.0.1:1", sources={"host": {"enabled": False}})
+    cfg["destinations"] = [{"name": "offline", "kind": "bundle", "directory": str(tmp_path / "bundles")}]
+    relay = Relay(tmp_path, cfg)
+    relay.keys("init")
+    rc, doc, text = check_connection(relay)
+    assert rc == 0, text
+    (dest,) = doc["destinations"]
+    assert dest["endpoint"] == f"bundle:{tmp_path / 'bundles'}"
+    assert [(s["name"], s["status"]) for s in dest["steps"]] == [("bundle", "ok")]
+    assert "no network path" in text
