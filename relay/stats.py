@@ -154,6 +154,13 @@ class _Mirrored:
         """`by` for one label: {value of `label`: sum}, over the series whose labels include `match`."""
         return {key[0]: v for key, v in self.by(label, **match).items()}
 
+    def remove(self, **labels: str) -> None:
+        """Forget the one series with exactly these labels, here and in /metrics."""
+        key = tuple(labels[n] for n in self.definition.labels)
+        with self._lock:
+            if self._values.pop(key, None) is not None:
+                self._prom.remove(*key)
+
     def collect(self) -> Any:
         """prometheus_client's own samples, as /metrics exposes them (the tests hold the mirror to them)."""
         return self._prom.collect()
@@ -268,6 +275,10 @@ class Stats:
                 metric = Histogram(d.prom_name, d.help, d.labels, buckets=d.buckets, registry=r)
             setattr(self, d.attr, metric)
 
+    def forget_source(self, name: str) -> None:
+        """Drop a source's series (a discovered one whose process is gone: see SourceRunners.retire)."""
+        for counter in (self.points_collected, self.source_runs, self.source_errors):
+            counter.remove(source=name)
 
 
 def _check_table_matches_attributes() -> None:

@@ -168,3 +168,10 @@ class SourceRunners:
 
     async def stop(self, runner: SourceRunner) -> None:
         await runner.stop()
+
+    async def retire(self, runner: SourceRunner) -> None:
+        """Stop a discovered source whose JVM is gone. Its self-metric series are named after
+        that process (its pid), which will never run again: keeping them would grow /metrics
+        and the self-metrics with every broker restart."""
+        await runner.stop()
+        self.stats.forget_source(runner.source.name)

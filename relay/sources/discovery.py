@@ -144,6 +144,9 @@ class RunnerPool(Protocol):
 
     async def stop(self, runner: SourceRunner) -> None: ...
 
+    async def retire(self, runner: SourceRunner) -> None:
+        """Stop it for good: its JVM is gone, and so is everything named after it."""
+
 
 class Discovery:
     """Keeps one set of source runners per discovered JVM, in step with what the scan finds."""
@@ -189,12 +192,18 @@ class Discovery:
                 d, runners = self.active.pop(key)
                 log.info("discovery: %s is gone (%s); its sources stop", d.url, d.reason)
                 for r in runners:
-                    await self.pool.stop(r)
+                    await self.pool.retire(r)
         for key, d in current.items():
             if key in self.active:
                 continue
+            try:
+                sources = self.make_sources(d)
+            except Exception as e:  # a broken rule file, say: this JVM waits, the others go on
+                self.last_error = f"cannot collect from {d.url} ({d.reason}): {e.__class__.__name__}: {e}"
+                log.error("discovery: %s", self.last_error)
+                continue
             log.info("discovery: found %s -> %s %s", d.reason, d.protocol, d.url)
-            runners = [self.pool.start(s) for s in self.make_sources(d)]
+            runners = [self.pool.start(s) for s in sources]
             self.active[key] = (d, runners)
 
     def snapshot(self) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.jvm import FakeBroker, JavaBuild
-from tests.procs import Ingest, Relay, free_port, relay_config, wait_until
+from tests.procs import Ingest, Relay, free_port, http_get, relay_config, wait_until
 
 FIX = Path(__file__).parents[1] / "fixtures"
 QUIET = {"host": {"enabled": False}, "internal": {"enabled": False}}
@@ -106,10 +106,15 @@ def test_discovery_finds_a_broker_follows_it_away_and_back_on_another_port(tmp_p
         res = procs[0][0]
         assert res["process.pid"] == str(broker.pid) and res["process.executable.name"] == "java"
         assert "process.command_line" not in res, "the command line is not sent by default"
+        assert f'source="jolokia pid {broker.pid}"' in http_get(relay.status_url + "/metrics")[1].decode()
 
         broker.kill9()
         wait_until(lambda: not [f for f in relay.status()["discovery"]["found"] if f["pid"] == broker.pid],
                    timeout=30, what="the broker to be forgotten")
+        # Its self-metric series were named after its pid, which never comes back: they go too.
+        gone = (f'source="jolokia pid {broker.pid}"', f'source="process {broker.pid}"')
+        wait_until(lambda: not any(g in http_get(relay.status_url + "/metrics")[1].decode() for g in gone),
+                   what="the gone broker's series to leave /metrics")
         broker2 = FakeBroker(java, tmp_path, topics=2, broker_id=5, name="broker2")
         broker2.start()
         found = wait_until(lambda: [f for f in relay.status()["discovery"]["found"] if f["pid"] == broker2.pid],

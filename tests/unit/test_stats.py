@@ -153,3 +153,19 @@ def test_the_registry_holds_exactly_the_table_in_its_order() -> None:
     text = generate_latest(s.registry).decode()
     assert "# HELP relay_export_latency_seconds Time from sending a request to its answer.\n" in text
     assert 'relay_spool_bytes 0.0\n' in text
+
+
+def test_forgetting_a_source_removes_its_series_from_the_copy_and_from_metrics() -> None:
+    s = Stats()
+    for name in ("host", "jolokia pid 41"):
+        s.source_runs.labels(name).inc(3)
+        s.source_errors.labels(name).inc()
+        s.points_collected.labels(name).inc(10)
+    s.forget_source("jolokia pid 41")
+    s.forget_source("never seen")  # nothing to forget: no error
+    exposed = generate_latest(s.registry).decode()
+    assert 'source="jolokia pid 41"' not in exposed and 'source="host"' in exposed
+    for counter in (s.source_runs, s.source_errors, s.points_collected):
+        assert counter.by_label("source") == {"host": counter.value(source="host")}
+    s.source_runs.labels("jolokia pid 41").inc()  # should the name come back, it starts afresh
+    assert s.source_runs.value(source="jolokia pid 41") == 1
