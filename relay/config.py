@@ -226,7 +226,14 @@ class TLSSettings:
 @dataclass(frozen=True)
 class DestinationSettings:
     name: str
-    endpoint: HttpUrl
+    # https: POST to endpoint. bundle: write the same signed requests into offline bundle
+    # files in `directory` instead, for sites with no network path out (relay/export/bundle.py).
+    kind: Literal["https", "bundle"] = "https"
+    endpoint: HttpUrl | None = None
+    directory: str | None = None
+    # A bundle is closed (and a new one begun) once it holds this much, or is this old.
+    bundle_max_bytes: ByteSize = ByteSize(64 * MiB)
+    bundle_max_age: Duration = Duration(3600.0)
     api_key_file: str | None = None
     api_key_env: str | None = None
     compression: Literal["zstd", "gzip", "none"] = "zstd"
@@ -251,7 +258,13 @@ class DestinationSettings:
     # This destination's own redaction policy; default: policy.file.
     policy_file: str | None = None
 
+    @property
+    def target(self) -> str:
+        """Where this destination's requests go, for people: the endpoint, or bundle:<directory>."""
+        return self.endpoint if self.kind == "https" and self.endpoint else f"bundle:{self.directory}"
+
     def validate(self) -> None:
+        self._validate_kind()
         if self.proxy_password_file and not self.proxy_username:
             raise ValueError("proxy_password_file needs proxy_username")
         if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
@@ -266,6 +279,23 @@ class DestinationSettings:
             raise ValueError("timeout must be positive")
         if not 0 <= self.linger <= 60:
             raise ValueError("linger must be between 0s and 60s")
+
+    def _validate_kind(self) -> None:
+        if self.kind == "https":
+            if not self.endpoint:
+                raise ValueError("endpoint is required (or kind: bundle, with a directory)")
+            if self.directory:
+                raise ValueError("directory is for kind: bundle; an https destination has an endpoint")
+            return
+        if not self.directory:
+            raise ValueError("a bundle destination needs a directory to write its bundles to")
+        network = [k for k in ("endpoint", "api_key_file", "api_key_env", "proxy_url") if getattr(self, k)]
+        if network:
+            raise ValueError(f"{', '.join(network)}: not used by a bundle destination (it sends nothing)")
+        if not self.max_request_bytes <= self.bundle_max_bytes <= 4096 * MiB:
+            raise ValueError("bundle_max_bytes must be between max_request_bytes and 4GiB")
+        if not 1 <= self.bundle_max_age <= 7 * 86400:
+            raise ValueError("bundle_max_age must be between 1s and 7d")
 
 
 @dataclass(frozen=True)
@@ -311,6 +341,10 @@ class Config:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"destinations: names must be unique, repeated: {', '.join(dupes)}")
+        bundles = [d.name for d in self.destinations if d.kind == "bundle"]
+        if bundles and not self.signing.enabled:
+            # The vendor imports only what it can verify: an unsigned bundle would be refused whole.
+            raise ValueError(f"destinations {', '.join(bundles)}: a bundle destination needs signing.enabled")
 
 
 @dataclass(frozen=True)
@@ -357,9 +391,11 @@ def _finish(cfg: Config, lines: dict[str, int], path: str) -> LoadedConfig:
 
 
 def _resolve_state_paths(cfg: Config, base: Path) -> Config:
-    """Make the state directory, key directory and policy files absolute (relative to relay.yaml)."""
+    """Make the state directory, key directory, bundle directories and policy files absolute
+    (relative to relay.yaml)."""
     dests = tuple(replace(d, policy_file=str(base / d.policy_file))
                   if d.policy_file and not Path(d.policy_file).is_absolute() else d for d in cfg.destinations)
+    dests = tuple(replace(d, directory=str(base / d.directory)) if d.directory else d for d in dests)
     cfg = replace(cfg, destinations=dests)
     state = Path(cfg.state_dir)
     if not state.is_absolute():

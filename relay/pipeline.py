@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from relay.config import LoadedConfig, policy_file
+from relay.export.bundle_destination import BundleDestination
 from relay.export.outbox import Outbox
 from relay.export.shipper import Shipper
 from relay.export.signing import Signer
@@ -90,9 +91,10 @@ def build(loaded: LoadedConfig, shared: Shared, signer: Signer | None, policies:
     (unless handed the sources to run again); raises SchemaError when one does not load."""
     cfg, spool, stats = loaded.config, shared.spool, shared.stats
     shippers = [
-        Shipper(d, loaded.api_keys.get(d.name), spool, stats, cfg.shutdown_timeout, signer=signer,
-                proxy_password=loaded.proxy_passwords.get(d.name), policy=policies[policy_file(cfg, d)],
-                outbox=shared.outbox)
+        (BundleDestination if d.kind == "bundle" else Shipper)(
+            d, loaded.api_keys.get(d.name), spool, stats, cfg.shutdown_timeout, signer=signer,
+            proxy_password=loaded.proxy_passwords.get(d.name), policy=policies[policy_file(cfg, d)],
+            outbox=shared.outbox)
         for d in cfg.destinations
     ]
     if sources is None:

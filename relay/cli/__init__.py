@@ -1,6 +1,7 @@
 """The `telemetry-relay` command line, one module per command.
 
-Commands: run, status, check-config, ingest, keys, policy, spool, outbox, version.
+Commands: run, status, check-config, ingest (and ingest import), keys, policy, spool, outbox,
+bundle, version.
 `relay.cli:main` is the console entry point; `python -m relay.cli` runs the same.
 """
 

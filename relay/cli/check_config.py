@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     paths = dict.fromkeys(config.policy_file(cfg, d) for d in cfg.destinations)  # each file once, in order
     policies = {path: load_policy(path, _CHECK_KEY) for path in paths}
     state_files = _state_files(cfg)
-    dests = ", ".join(f"{d.name} -> {d.endpoint}" for d in cfg.destinations)
+    dests = ", ".join(f"{d.name} -> {d.target}" for d in cfg.destinations)
     print(escape_controls(f"{args.config}: OK ({len(cfg.destinations)} destinations: {dests})"))
     for path, policy in policies.items():
         print(escape_controls(f"{path}: OK (policy sha256 {policy.sha256[:12]})"))

@@ -1,19 +1,23 @@
-"""`telemetry-relay ingest`: the reference vendor ingest, run in the foreground.
+"""`telemetry-relay ingest`: the reference vendor ingest, run in the foreground, and
+`ingest import`, which stores an offline bundle's requests as if they had come live.
 
 Owns: turning the command line into the ingest's settings (API key, body cap, trusted
-relay keys, TLS) and serving until SIGTERM or SIGINT.
+relay keys, TLS) and serving until SIGTERM or SIGINT; for an import, reporting what was
+stored, what was there already, and what was refused and why (exit 1 when anything was).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import time
+from pathlib import Path
 
 from relay import logs
-from relay.cli.common import EXIT_FAIL, EXIT_OK
+from relay.cli.common import EXIT_FAIL, EXIT_OK, CommandError, escape_controls
 from relay.schema import SchemaError, parse_size
 from relay.secrets import read_secret
 
@@ -21,6 +25,8 @@ log = logging.getLogger("relay.cli")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.ingest_command == "import":
+        return _import(args)
     from relay.ingest import Ingest, serve
 
     logs.setup("info")
@@ -65,3 +71,43 @@ def run(args: argparse.Namespace) -> int:
         log.error("cannot start the ingest on %s: %s", args.listen, e)
         return EXIT_FAIL
     return EXIT_OK
+
+
+def _import(args: argparse.Namespace) -> int:
+    from relay.export.bundle import BundleError
+    from relay.ingest.bundle_import import import_bundle
+    from relay.ingest.verify import load_trusted_keys
+
+    try:
+        max_body = parse_size(args.max_body)
+    except ValueError as e:
+        raise SchemaError("command line", None, "--max-body", str(e)) from None
+    trusted = load_trusted_keys(args.trusted_keys)
+    try:
+        report = import_bundle(Path(args.file), trusted, Path(args.store), max_body)
+    except BundleError as e:
+        raise CommandError(f"{e} ({e.reason})") from None
+    doc = {
+        "bundle": report.bundle, "manifest_signed_by": report.manifest_key,
+        "refused": f"{report.refused.reason}: {report.refused}" if report.refused else None,
+        "stored": [c.name for c in report.stored], "overlapping": [c.name for c in report.overlapping],
+        "duplicates": [c.name for c in report.duplicates], "items_stored": report.items_stored,
+        "flagged": [{"reason": r, "message": m} for r, m in report.flagged],
+    }
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    elif report.refused:
+        print(escape_controls(f"bundle {args.file} refused, nothing stored: {doc['refused']}"))
+    else:
+        print(escape_controls(
+            f"bundle {report.bundle} (manifest signed by {report.manifest_key}): {len(report.stored)} requests "
+            f"stored ({report.items_stored} items), {len(report.duplicates)} already stored (not stored again), "
+            f"{len(report.flagged)} refused"))
+        for c in report.overlapping:
+            print(escape_controls(f"  overlap: {c.name}: seqs {c.first}-{c.last} were partly stored already; "
+                                  "stored again (at least once)"))
+        for c in report.duplicates:
+            print(escape_controls(f"  duplicate: {c.name}: seqs {c.first}-{c.last} are stored already"))
+        for reason, message in report.flagged:
+            print(escape_controls(f"  refused ({reason}): {message}"))
+    return EXIT_FAIL if report.refused or report.flagged else EXIT_OK

@@ -30,6 +30,7 @@ COMMAND_MODULES = {
     "outbox": "outbox",
     "check-connection": "check_connection",
     "support-bundle": "support_bundle",
+    "bundle": "bundle",
 }
 
 
@@ -64,6 +65,13 @@ def parser() -> argparse.ArgumentParser:
     ing.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM)")
     ing.add_argument("--tls-key", help="private key of --tls-cert")
     ing.add_argument("--client-ca", help="require client certificates signed by this CA (mTLS)")
+    ing_sub = ing.add_subparsers(dest="ingest_command", metavar="ACTION")
+    imp = ing_sub.add_parser("import", help="verify an offline bundle's requests and store those that pass")
+    imp.add_argument("file", help="a bundle file (.bundle)")
+    imp.add_argument("--trusted-keys", required=True, help="directory of relay public keys (*.pem)")
+    imp.add_argument("--store", required=True, help="the ingest's store directory (JSON lines)")
+    imp.add_argument("--max-body", default="64MiB", help="largest decompressed body accepted")
+    imp.add_argument("--json", action="store_true", help="machine-readable report")
 
     keys = sub.add_parser("keys", help="manage the Ed25519 request-signing keys")
     keys.add_argument("action", choices=["init", "show", "rotate", "export"],
@@ -110,6 +118,13 @@ def parser() -> argparse.ArgumentParser:
     sb.add_argument("--log-file", help="the relay's log file, when it does not log to journald")
     sb.add_argument("--with-payloads", action="store_true",
                     help="also the last payloads shipped (the outbox, after redaction); off by default")
+
+    bun = sub.add_parser("bundle", help="offline bundles: show one, export a destination's backlog, confirm one")
+    bun_sub = bun.add_subparsers(dest="bundle_command", metavar="ACTION", required=True)
+    bs = bun_sub.add_parser("show", help="what a bundle holds, and whether it checks out against this relay's keys")
+    bs.add_argument("file", help="a bundle file (.bundle)")
+    bs.add_argument("--config", default=config.DEFAULT_CONFIG_PATH, help="path to relay.yaml")
+    bs.add_argument("--json", action="store_true", help="the manifest and the checks, as JSON")
 
     sub.add_parser("version", help="print the version")
     return p

@@ -2,8 +2,9 @@
 
 Owns: per destination and signal, a worker that leases the oldest spooled entries (up to
 max_request_bytes), has them prepared (export/prepare.py; again only if the policy changes),
-POSTs them, acts on the verdict (export/response.py) and acknowledges strictly in order;
-pacing (linger, max_bytes_per_second), backoff, supervision and the destination's status.
+POSTs them with the range of entries they carry (export/sequence.py), acts on the verdict
+(export/response.py) and acknowledges strictly in order; pacing (linger,
+max_bytes_per_second), backoff, supervision and the destination's status.
 429/502/503/504, 401/403/407, redirects (never followed) and connection errors are retried
 forever with capped, fully jittered exponential backoff (honouring Retry-After): no retry
 deadline ever drops data.
@@ -26,6 +27,7 @@ import aiohttp
 from google.protobuf.message import DecodeError
 
 from relay.config import DestinationSettings
+from relay.export import sequence
 from relay.export.outbox import Outbox
 from relay.export.prepare import PreparedRequest, prepare
 from relay.export.response import Accepted, Reject, Retry, Split, Verdict, classify, classify_error
@@ -72,7 +74,8 @@ class Shipper:
         self.spool = spool
         self.stats = stats
         self.shutdown_timeout = shutdown_timeout
-        self.state = DestinationState(settings.name, settings.endpoint)
+        self.instance = sequence.spool_instance(spool.dir)  # X-Relay-Instance
+        self.state = DestinationState(settings.name, settings.target)
         self._workers: dict[Signal, asyncio.Task[None]] = {}
         self._data: dict[Signal, asyncio.Event] = {}
         self._stopping = asyncio.Event()
@@ -87,6 +90,13 @@ class Shipper:
     # -- lifecycle ---------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        await self._open()
+        self.spool.add_listener(self._on_data)
+        for signal in self.spool.signals():
+            self._start_worker(signal)
+
+    async def _open(self) -> None:
+        """Make ready to send: the HTTP session (a bundle destination opens its directory instead)."""
         if self.settings.tls.insecure_skip_verify:
             log.warning("%s: TLS CERTIFICATE VERIFICATION IS OFF (tls.insecure_skip_verify): anyone on the path "
                         "can read and alter what this relay sends", self.name)
@@ -95,14 +105,11 @@ class Shipper:
         # trust_env: HTTPS_PROXY / NO_PROXY apply when no explicit proxy_url is configured.
         self._session = aiohttp.ClientSession(timeout=timeout, connector=connector, trust_env=True)
         self._proxy_url, self._proxy_auth = self._proxy()
-        self.spool.add_listener(self._on_data)
-        for signal in self.spool.signals():
-            self._start_worker(signal)
 
     def _proxy(self) -> tuple[str | None, aiohttp.BasicAuth | None]:
         """The explicit proxy for this destination, unless NO_PROXY exempts its host."""
         url = self.settings.proxy_url
-        host = urllib.parse.urlsplit(self.settings.endpoint).hostname or ""
+        host = urllib.parse.urlsplit(self.settings.endpoint or "").hostname or ""
         if not url or urllib.request.proxy_bypass(host):
             return None, None
         auth = None
@@ -122,6 +129,9 @@ class Shipper:
             for t in pending:
                 t.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        await self._close()
+
+    async def _close(self) -> None:
         if self._session:
             await self._session.close()
 
@@ -236,7 +246,7 @@ class Shipper:
                     self._count_redactions(prepared.outcome)
                     return  # counted per rule, and nothing to send
             await self._rate_limit(len(prepared.wire))
-            verdict = await self._post(lease, prepared)
+            verdict = await self._send(lease, prepared)
             if isinstance(verdict, Retry):
                 self._record_failure(verdict.reason, verdict.detail)
                 await self._back_off(attempt, verdict.after)
@@ -296,14 +306,15 @@ class Shipper:
         if start > now and not await self._sleep_unless_stopping(start - now):
             raise _Stopping()
 
-    async def _post(self, lease: Lease, prepared: PreparedRequest) -> Verdict:
-        """One attempt: sign, POST, and the verdict on what came back."""
-        assert self._session is not None
+    async def _send(self, lease: Lease, prepared: PreparedRequest) -> Verdict:
+        """One attempt: sign, POST, and the verdict on what came back. The one step a
+        destination kind replaces (export/bundle.py writes the request to a file instead)."""
+        assert self._session is not None and self.settings.endpoint
         url = self.settings.endpoint + SIGNAL_INFO[lease.signal].path
         self.state.last_attempt = start = time.time()
         try:
             async with self._session.post(
-                url, data=prepared.wire, headers=self._headers(url, prepared),
+                url, data=prepared.wire, headers=self._headers(url, lease, prepared),
                 proxy=self._proxy_url, proxy_auth=self._proxy_auth,
                 allow_redirects=False,  # a 3xx is reported, not followed: see response.classify
             ) as resp:
@@ -314,14 +325,19 @@ class Shipper:
         self.stats.export_latency.labels(self.name).observe(time.time() - start)
         return classify(status, headers, body, lease.signal, can_split=len(lease.entries) > 1)
 
-    def _headers(self, url: str, prepared: PreparedRequest) -> dict[str, str]:
-        h = prepared.headers()
+    def _headers(self, url: str, lease: Lease, prepared: PreparedRequest) -> dict[str, str]:
+        h = self._request_headers(lease, prepared)
         if self.api_key:
             h["Authorization"] = f"Bearer {self.api_key}"
         if self.signer and prepared.digest:
             # Signed per attempt: the replay window needs a fresh `created` and nonce.
             self.signer.sign("POST", url, h)
         return h
+
+    def _request_headers(self, lease: Lease, prepared: PreparedRequest) -> dict[str, str]:
+        """What describes the request, before credentials and the signature: the body's
+        headers and the spool entries it carries (the same on every retry)."""
+        return {**prepared.headers(), **sequence.headers(self.instance, lease.first, lease.last)}
 
     # -- bookkeeping -------------------------------------------------------------------------------
 

@@ -36,10 +36,11 @@ log = logging.getLogger("relay.signing")
 
 TAG = "telemetry-relay"
 # What every relay signature covers, and what it covers whenever the request carries it
-# (content-encoding when the body is encoded, the policy hash once a policy is in force).
+# (content-encoding when the body is encoded, the policy hash once a policy is in force,
+# the spool entries it carries and the spool they come from: export/sequence.py).
 # The verifier requires exactly this.
 COVERED_COMPONENTS = ("@method", "@target-uri", "content-type", "content-digest")
-COVERED_WHEN_PRESENT = ("content-encoding", "x-relay-policy-sha256")
+COVERED_WHEN_PRESENT = ("content-encoding", "x-relay-policy-sha256", "x-relay-sequence", "x-relay-instance")
 
 
 # -- keys ------------------------------------------------------------------------------------------

@@ -4,8 +4,8 @@ Owns: accepting OTLP/HTTP protobuf on /v1/{metrics,logs,traces}, verifying each 
 RFC 9421 signature and Content-Digest against trusted keys with the `Verifier` (which
 records the nonce in its replay state before the answer; 401/400 otherwise, counted by
 reason, never stored), bounded decompression (413 above the cap), decoding, proper OTLP
-responses, and storing each accepted request, with the key id that signed it, as one JSON
-line (OTLP JSON) in <store>/<signal>-YYYY-MM-DD.jsonl. /stats reports counts.
+responses, and storing each accepted request, with the key id that signed it and the
+relay instance and sequence range it carried (relay/ingest/store.py). /stats reports counts.
 POST /v1/verify takes a relay's connection probe (`telemetry-relay check-connection`):
 an OTLP metrics request, checked as data is (key, content type, size, signature with its
 nonce, encoding, decoding), answered with the status data would get and a JSON account of
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 import ssl
 import time
@@ -28,8 +27,10 @@ from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, status_pb2
 
 from relay.compression import BadEncoding, BodyTooLarge, decompress
+from relay.export import sequence
+from relay.ingest import store
 from relay.ingest.verify import Rejected, Verifier
-from relay.otlp import SIGNAL_INFO, SIGNALS, Signal, count_items, to_json_dict
+from relay.otlp import SIGNAL_INFO, SIGNALS, Signal, count_items
 from relay.schema import split_host_port
 
 log = logging.getLogger("relay.ingest")
@@ -107,6 +108,10 @@ class Ingest:
             except Rejected as e:
                 return self._reject(e.reason, e.status, str(e))
         try:
+            _check_sequence(request.headers)
+        except ValueError as e:
+            return self._reject("bad_sequence", 400, str(e))
+        try:
             body = decompress(wire, request.headers.get("Content-Encoding", ""), self.max_body)
         except BodyTooLarge as e:
             return self._reject("too_large", 413, str(e))
@@ -180,18 +185,12 @@ class Ingest:
 
     async def _store(self, signal: Signal, msg: Message, request: web.Request, key_id: str | None) -> None:
         assert self.store is not None
-        record = {
-            "received_at": time.time(),
-            "user_agent": request.headers.get("User-Agent", ""),
-            "key_id": key_id,
-            "policy_sha256": request.headers.get("X-Relay-Policy-SHA256"),
-            "request": None,
-        }
+        record = store.record(request.headers, key_id, "live")
         # JSON-encoding a large request is CPU work: keep it off the loop.
-        line = await asyncio.to_thread(_encode_line, record, msg)
-        path = self.store / f"{signal}-{time.strftime('%Y-%m-%d', time.gmtime())}.jsonl"
+        line = await asyncio.to_thread(store.encode_line, record, msg)
+        path = store.path_for(self.store, signal)
         async with self._write_lock:
-            await asyncio.to_thread(_append, path, line)
+            await asyncio.to_thread(store.append, path, line)
 
     async def _stats(self, _: web.Request) -> web.Response:
         return web.json_response({"signals": self.counts, "rejected": self.rejected, "probes": self.probes})
@@ -200,15 +199,13 @@ class Ingest:
         return web.json_response({"status": "alive"})
 
 
-def _encode_line(record: dict[str, Any], msg: Message) -> str:
-    record["request"] = to_json_dict(msg)
-    return json.dumps(record, separators=(",", ":")) + "\n"
-
-
-def _append(path: Path, line: str) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(line)
-        f.flush()
+def _check_sequence(headers: Any) -> None:
+    """The sequence headers, when a request carries them, in their form (ValueError otherwise)."""
+    for name, parse in ((sequence.SEQUENCE_HEADER, sequence.parse_range),
+                        (sequence.INSTANCE_HEADER, sequence.parse_instance)):
+        value = headers.get(name)
+        if value is not None:
+            parse(value)
 
 
 async def serve(listen: str, ingest: Ingest, stop: asyncio.Event, tls: ssl.SSLContext | None = None) -> None:

@@ -3,7 +3,8 @@
 Owns: the verifier the reference ingest (and a vendor) applies, in the order
 docs/wire-protocol.md gives: single-instance fields, a tagged signature by a registered
 key, required coverage, freshness (±window, both ways) and the digest judged on the very
-signature that verified, and its nonce checked against a replay store (relay/ingest/replay.py).
+signature that verified, and its nonce checked against a replay store (relay/ingest/replay.py);
+for a request kept in a bundle, the same checks but freshness and the nonce (verify_archived).
 What it requires is what relay/export/signing.py signs.
 """
 
@@ -94,6 +95,28 @@ class Verifier:
         `headers` may hold repeated field lines (an aiohttp request's headers do): every
         line is looked at, so a repeat cannot hide behind first-wins or last-wins."""
         now = time.time() if now is None else now
+        result = self._verified(method, url, headers)
+        # From here on only what the library verified is used: its parameters, its signed values.
+        verified = result.parameters
+        created, nonce = verified["created"], verified["nonce"]
+        self._check_fresh(created, verified.get("expires"), now)
+        _check_digest(result.covered_components, body)
+        # Remembered as long as this signature could still pass the freshness check.
+        if not self.nonces.add(nonce, created + self.window, now):
+            raise Rejected(401, "replay", "nonce already seen within the replay window")
+        return str(verified["keyid"])
+
+    def verify_archived(self, method: str, url: str, headers: Mapping[str, str], body: bytes) -> str:
+        """verify() for a request kept in a bundle, imported long after it was signed: the
+        same checks but freshness and the nonce. What stands in for them (a signed manifest,
+        the (instance, signal, sequence) check against what was stored) is the importer's
+        (relay/ingest/bundle_import.py; docs/wire-protocol.md, "Bundles")."""
+        result = self._verified(method, url, headers)
+        _check_digest(result.covered_components, body)
+        return str(result.parameters["keyid"])
+
+    def _verified(self, method: str, url: str, headers: Mapping[str, str]) -> Any:
+        """The one signature that verified, after every check of form and coverage."""
         fields = _single_fields(headers)
         if "signature" not in fields or "signature-input" not in fields:
             raise Rejected(401, "missing_signature", "request is not signed (no Signature / Signature-Input)")
@@ -112,19 +135,12 @@ class Verifier:
             raise Rejected(401, "bad_signature", f"signature does not verify: {e}") from None
         except (CryptoInvalidSignature, ValueError, KeyError) as e:
             raise Rejected(401, "bad_signature", f"signature does not verify: {e.__class__.__name__}") from None
-        # From here on only what the library verified is used: its parameters, its signed values.
         verified = result.parameters
-        created, nonce = verified.get("created"), verified.get("nonce")
-        if result.label != label or not isinstance(created, int) or not isinstance(nonce, str):
+        if result.label != label or not isinstance(verified.get("created"), int) \
+                or not isinstance(verified.get("nonce"), str):
             # Cannot happen while both parse the one field line; refuse rather than trust it.
             raise Rejected(401, "malformed_signature", "the verified signature is not the one selected")
-        self._check_fresh(created, verified.get("expires"), now)
-        if not _digest_matches(result.covered_components['"content-digest"'], body):
-            raise Rejected(400, "bad_digest", "Content-Digest does not match the body")
-        # Remembered as long as this signature could still pass the freshness check.
-        if not self.nonces.add(nonce, created + self.window, now):
-            raise Rejected(401, "replay", "nonce already seen within the replay window")
-        return str(verified["keyid"])
+        return result
 
     def _select(self, fields: Mapping[str, str]) -> tuple[str, set[str]]:
         """The first tagged signature whose key is registered, with its parameters checked
@@ -207,6 +223,12 @@ def _sf_dict(value: str) -> dict[str, Any]:
     (the parser would otherwise let the last one win, silently)."""
     parsed: Any = http_sf.parse(value.encode(), tltype="dictionary", on_duplicate_key=_refuse_repeat)
     return dict(parsed)
+
+
+def _check_digest(covered: Mapping[str, str], body: bytes) -> None:
+    """The Content-Digest value the signature covered must match the body."""
+    if not _digest_matches(covered['"content-digest"'], body):
+        raise Rejected(400, "bad_digest", "Content-Digest does not match the body")
 
 
 def _digest_matches(value: str, body: bytes) -> bool:
