@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _chosen(loaded: LoadedConfig, name: str | None) -> list[DestinationSettings]:
-    dests = list(loaded.config.destinations)
+    # A bundle destination sends nothing over a network: there is no way to test.
+    dests = [d for d in loaded.config.destinations if d.kind == "https"]
     if name is None:
         return dests
     chosen = [d for d in dests if d.name == name]
@@ -74,7 +75,7 @@ def _check(loaded: LoadedConfig, d: DestinationSettings) -> dict[str, Any]:
         steps = [configuration, *(probe_result.skipped_after("configuration", n) for n in NETWORK_STEPS)]
     else:
         steps = [configuration, *probe.check(target)]
-    return {"name": d.name, "endpoint": redact(d.endpoint), "ok": all(s.status != "fail" for s in steps),
+    return {"name": d.name, "endpoint": redact(d.target), "ok": all(s.status != "fail" for s in steps),
             "steps": probe_result.steps_as_dicts(steps)}
 
 

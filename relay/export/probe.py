@@ -89,7 +89,7 @@ class _Probe:
     def __init__(self, target: Target) -> None:
         self.t = target
         s = target.settings
-        self.url = urllib.parse.urlsplit(s.endpoint)
+        self.url = urllib.parse.urlsplit(s.endpoint or "")
         self.https = self.url.scheme == "https"
         self.host = self.url.hostname or ""
         self.port = self.url.port or (443 if self.https else 80)
@@ -251,7 +251,7 @@ class _Probe:
     def http(self) -> tuple[Verdict, str]:
         assert self.sock is not None
         s = self.t.settings
-        base = s.endpoint.rstrip("/")
+        base = (s.endpoint or "").rstrip("/")
         url = base + VERIFY_PATH
         prepared = prepare_blocking("metrics", [b""], None, s.compression, sign=True)
         headers = prepared.headers()
@@ -452,7 +452,7 @@ def _read_connect_answer(sock: socket.socket) -> tuple[int, str]:
 def _proxy_for(s: DestinationSettings) -> str | None:
     """The proxy the shipper uses: proxy_url, else HTTPS_PROXY/HTTP_PROXY; none when NO_PROXY
     exempts the endpoint's host."""
-    url = urllib.parse.urlsplit(s.endpoint)
+    url = urllib.parse.urlsplit(s.endpoint or "")
     if urllib.request.proxy_bypass(url.hostname or ""):
         return None
     return s.proxy_url or urllib.request.getproxies().get(url.scheme) or None
