@@ -223,12 +223,19 @@ def test_ingest_killed_mid_stream_loses_nothing_and_fleet_reports_the_duplicates
     ingest = kafka_ingest(tmp_path, broker, trusted, prefix="kill")
     # One answer lost on its way back (a lost 200), so there is always a retry of data Kafka has.
     with Forwarder(ingest.url, decide=lambda i, path, h: "lose_answer" if i == 3 else "forward") as hop:
-        relay.cfg["destinations"][0].update(endpoint=hop.url, in_flight=2)
+        relay.cfg["destinations"][0].update(endpoint=hop.url, in_flight=2, linger="0s")
         relay.write_config(relay.cfg)
         ingest.start()
         relay.start()
-        total = 200
-        pusher = threading.Thread(target=push, args=(relay, range(total), "kafka.test.kill"))
+        stop, pushed = threading.Event(), [0]
+
+        def stream() -> None:  # a steady stream of pushes, paced, until told to stop
+            while not stop.is_set():
+                push(relay, range(pushed[0], pushed[0] + 1), "kafka.test.kill")
+                pushed[0] += 1
+                stop.wait(0.02)
+
+        pusher = threading.Thread(target=stream)
         pusher.start()
         try:
             for _ in range(2):  # kill -9 twice while requests stream through, restart at once
@@ -236,7 +243,11 @@ def test_ingest_killed_mid_stream_loses_nothing_and_fleet_reports_the_duplicates
                 wait_until(lambda s=seen: len(hop.seen) >= s + 5, timeout=30, what="requests flowing")
                 ingest.kill9()
                 ingest.start()
-            pusher.join(60)
+            seen = len(hop.seen)
+            wait_until(lambda s=seen: len(hop.seen) >= s + 3, timeout=30, what="requests flowing again")
+            stop.set()
+            pusher.join(30)
+            total = pushed[0]
             wait_until(lambda: relay.destination()["shipped_points"] >= total, timeout=60, what="all shipped")
             msgs = records(broker, "kill_metrics")
             got = values_of(msgs, "kafka.test.kill")
@@ -254,6 +265,7 @@ def test_ingest_killed_mid_stream_loses_nothing_and_fleet_reports_the_duplicates
             assert row["duplicates"]["requests"] >= 1
             assert row["gaps"]["missing"] == 0 and row["sequences_received"] == len(entries)
         finally:
+            stop.set()
             pusher.join(10)
             relay.terminate()
             ingest.terminate()
