@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         tls = server_context(ListenerTLSSettings(args.tls_cert, args.tls_key, args.client_ca))
     publisher, ledger, fleet = _kafka(args)
     ingest = Ingest(None if args.no_store else args.store, api_key, max_body, verifier, publisher, fleet, ledger,
-                    args.retry_after)
+                    args.retry_after, args.rate_limit)
 
     async def serve_until_signalled() -> None:
         stop = asyncio.Event()

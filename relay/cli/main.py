@@ -78,7 +78,9 @@ def parser() -> argparse.ArgumentParser:
                      help="keep the replay state in this Redis (redis://host:port/db), shared by every replica")
     ing.add_argument("--fleet-destination", action="append", default=[], metavar="NAME",
                      help="the relays' destination name for this ingest: only its drops explain gaps (default: all)")
-    ing.add_argument("--retry-after", type=int, default=5, help="Retry-After seconds of a 503")
+    ing.add_argument("--retry-after", type=int, default=5, help="Retry-After seconds of a 503 or 429")
+    ing.add_argument("--rate-limit", type=float, default=0.0, metavar="REQUESTS_PER_S",
+                     help="requests per second accepted on the data paths; above it 429 (default: no limit)")
     ing_sub = ing.add_subparsers(dest="ingest_command", metavar="ACTION")
     imp = ing_sub.add_parser("import", help="verify an offline bundle's requests and store those that pass")
     imp.add_argument("file", help="a bundle file (.bundle)")

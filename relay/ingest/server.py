@@ -12,8 +12,8 @@ nonce, encoding, decoding), answered with the status data would get and a JSON a
 each check; it is never stored or counted as data.
 With a Kafka publisher (relay/ingest/kafka.py) each accepted request also goes into Kafka,
 and is answered 200 only once Kafka acknowledged it (503 with Retry-After while Kafka or the
-shared replay state is unavailable, nothing stored); GET /fleet is the fleet view
-(relay/ingest/fleet.py), as a page or JSON.
+shared replay state is unavailable, nothing stored); above --rate-limit requests per second,
+429 with Retry-After. GET /fleet is the fleet view (relay/ingest/fleet.py), as a page or JSON.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ class Ingest:
         self, store: str | None, api_key: str | None = None, max_body: int = 64 * 1024 * 1024,
         verifier: Verifier | None = None, publisher: kafka.KafkaPublisher | None = None,
         fleet: fleet_view.Fleet | None = None, ledger: kafka.KafkaLedger | None = None, retry_after: int = 5,
+        rate_limit: float = 0.0,
     ) -> None:
         self.store = Path(store) if store else None
         self.api_key = api_key
@@ -74,6 +75,9 @@ class Ingest:
         self.fleet_fed_here = ledger is None
         self.retry_after = retry_after
         self.unavailable: dict[str, int] = {}
+        # Requests per second on the data paths (0: no limit); above it, 429 with Retry-After.
+        self.rate_limit = rate_limit
+        self._tokens, self._refilled = rate_limit, time.monotonic()
         if self.store:
             self.store.mkdir(parents=True, exist_ok=True)
 
@@ -109,7 +113,23 @@ class Ingest:
         auth = request.headers.get("Authorization", "")
         return hmac.compare_digest(auth.encode(), f"Bearer {self.api_key}".encode())
 
+    def _within_rate(self) -> bool:
+        """A token bucket holding one second's worth of requests."""
+        if not self.rate_limit:
+            return True
+        now = time.monotonic()
+        self._tokens = min(self.rate_limit, self._tokens + (now - self._refilled) * self.rate_limit)
+        self._refilled = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
     async def receive(self, signal: Signal, request: web.Request) -> web.Response:
+        if not self._within_rate():
+            self.unavailable["rate_limited"] = self.unavailable.get("rate_limited", 0) + 1
+            return web.Response(status=429, body=_status_body(code_pb2.RESOURCE_EXHAUSTED, "over the request rate"),
+                                content_type=PROTOBUF, headers={"Retry-After": str(self.retry_after)})
         if not self._authorized(request):
             return self._reject("unauthenticated", 401, "missing or wrong bearer token")
         ctype = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
