@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # The tests also need a JVM and Debian's Jolokia (the real protocol, for the Kafka sources),
 # Maven (it fetches the real Kafka broker and its agents, tests/kafka/pom.xml), and Chromium
 # with its driver (the status page is tested in a real browser).
-TEST_APT := default-jdk-headless libjolokia-core-java maven chromium chromium-driver rpm rpmlint debootstrap
+TEST_APT := default-jdk-headless libjolokia-core-java maven chromium chromium-driver rpm rpmlint debootstrap redis-server
 
 .PHONY: all setup run test test-faults test-packaging deb rpm lint bench fuzz clean kafka
 

@@ -11,7 +11,10 @@ Figures (each beside a baseline measured in this run, as a ratio):
   same ingest (export loop only);
 - the relay's peak RSS (VmHWM);
 - a real Kafka broker with 2,000 partitions (bench/kafka_scale.py): series, CPU and peak RSS
-  per scrape through each agent, beside Jolokia's and the JMX exporter's own response times.
+  per scrape through each agent, beside Jolokia's and the JMX exporter's own response times;
+- the vendor's ingest into a real Kafka broker (bench/ingest_kafka.py): verified requests/s and
+  points/s beside the same ingest writing nothing, and about 200 simulated relays draining a
+  backlog through one rate-limited ingest (peak arrivals against the limit, time to drain).
 Prints a table and writes bench/results.json.
 """
 
@@ -32,7 +35,7 @@ from typing import Any
 import psutil
 import yaml
 
-from bench import kafka_scale, overhead
+from bench import ingest_kafka, kafka_scale, overhead
 from bench.common import CLI, DEFAULT_POLICY, HERE, WORK, peak_rss
 from bench.common import free_port as _free_port
 from bench.common import get_json as _get
@@ -350,6 +353,8 @@ def main() -> None:
         catch = overhead.bench_catch_up(ingest.url, ingest.items, reqs[:60], points_per_request())
         print("bench: a real Kafka broker with 2,000 partitions, through each agent...", flush=True)
         kafka = kafka_scale.bench_kafka_scale(ingest.url)
+        print("bench: the ingest into a real Kafka broker, and 200 relays catching up through it...", flush=True)
+        vendor = ingest_kafka.bench_ingest_kafka()
     finally:
         ingest.stop()
 
@@ -453,6 +458,7 @@ def main() -> None:
          "baseline": "-", "ratio": "-", "target": "-", "result": "-"},
     ]
     rows += kafka_scale.rows(kafka)
+    rows += ingest_kafka.rows(vendor)
     print()
     print(table(rows))
     results = {
@@ -471,6 +477,7 @@ def main() -> None:
         "push_10k": push,
         "catch_up": catch,
         "kafka_2000_partitions": kafka,
+        "ingest_kafka": vendor,
         "ratios": {"throughput": throughput_ratio, "cpu_per_point": cpu_ratio},
         "table": rows,
     }

@@ -2,7 +2,8 @@
 `ingest import`, which stores an offline bundle's requests as if they had come live.
 
 Owns: turning the command line into the ingest's settings (API key, body cap, trusted
-relay keys, TLS) and serving until SIGTERM or SIGINT; for an import, reporting what was
+relay keys, the replay store, TLS, the Kafka publisher and the fleet view) and serving until
+SIGTERM or SIGINT; for an import, reporting what was
 stored, what was there already, and what was refused and why (exit 1 when anything was).
 """
 
@@ -15,11 +16,17 @@ import logging
 import signal
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from relay import logs
 from relay.cli.common import EXIT_FAIL, EXIT_OK, CommandError, escape_controls
 from relay.schema import SchemaError, parse_size
 from relay.secrets import read_secret
+
+if TYPE_CHECKING:
+    from relay.ingest.fleet import Fleet
+    from relay.ingest.kafka import KafkaLedger, KafkaPublisher
+    from relay.ingest.replay import NonceStore
 
 log = logging.getLogger("relay.cli")
 
@@ -30,8 +37,8 @@ def run(args: argparse.Namespace) -> int:
     from relay.ingest import Ingest, serve
 
     logs.setup("info")
-    if not args.store and not args.no_store:
-        raise SchemaError("command line", None, "--store", "give --store DIR, or --no-store")
+    if not args.store and not args.no_store and not args.kafka_bootstrap:
+        raise SchemaError("command line", None, "--store", "give --store DIR, --kafka-bootstrap, or --no-store")
     api_key = read_secret(args.api_key_file, None, "API key file") if args.api_key_file else None
     try:
         max_body = parse_size(args.max_body)
@@ -39,12 +46,17 @@ def run(args: argparse.Namespace) -> int:
         raise SchemaError("command line", None, "--max-body", str(e)) from None
     verifier = None
     if args.trusted_keys:
-        from relay.ingest.replay import FileNonces, MemoryNonces, NonceStore
+        from relay.ingest.replay import FileNonces, MemoryNonces
         from relay.ingest.verify import Verifier, load_trusted_keys
 
         state_dir = args.state_dir or (None if args.no_store else args.store)
-        nonces: NonceStore = FileNonces(state_dir, args.window, time.time()) if state_dir else MemoryNonces(args.window)
-        if not state_dir:
+        nonces: NonceStore
+        if args.replay_redis:
+            nonces = _redis_nonces(args.replay_redis)
+        elif state_dir:
+            nonces = FileNonces(state_dir, args.window, time.time())
+        else:
+            nonces = MemoryNonces(args.window)
             log.warning("replay state in memory only: a restart forgets the nonces seen (give --state-dir)")
         verifier = Verifier(load_trusted_keys(args.trusted_keys), window=args.window, nonces=nonces)
     tls = None
@@ -56,7 +68,9 @@ def run(args: argparse.Namespace) -> int:
 
         # With --client-ca, a client certificate is required (mTLS).
         tls = server_context(ListenerTLSSettings(args.tls_cert, args.tls_key, args.client_ca))
-    ingest = Ingest(None if args.no_store else args.store, api_key, max_body, verifier)
+    publisher, ledger, fleet = _kafka(args)
+    ingest = Ingest(None if args.no_store else args.store, api_key, max_body, verifier, publisher, fleet, ledger,
+                    args.retry_after, args.rate_limit)
 
     async def serve_until_signalled() -> None:
         stop = asyncio.Event()
@@ -71,6 +85,44 @@ def run(args: argparse.Namespace) -> int:
         log.error("cannot start the ingest on %s: %s", args.listen, e)
         return EXIT_FAIL
     return EXIT_OK
+
+
+def _redis_nonces(url: str) -> NonceStore:
+    from relay.ingest.replay import NoncesUnavailable, RedisNonces
+
+    nonces = RedisNonces(url)
+    try:
+        nonces.ping()
+    except NoncesUnavailable as e:
+        # Started anyway: every request gets 503 until Redis answers, as it would mid-run.
+        log.warning("%s; requests get 503 until it answers", e)
+    return nonces
+
+
+def _kafka(args: argparse.Namespace) -> tuple[KafkaPublisher | None, KafkaLedger | None, Fleet]:
+    """The Kafka publisher and the ledger that feeds the fleet view from the topics, when asked for."""
+    from relay.ingest.fleet import Fleet
+    from relay.ingest.kafka import DEFAULT_TOPICS, KafkaLedger, KafkaPublisher
+
+    if not args.kafka_bootstrap:
+        return None, None, Fleet(args.fleet_destination)
+    topics = dict(DEFAULT_TOPICS)
+    for item in args.kafka_topic:
+        signal_name, _, topic = item.partition("=")
+        if signal_name not in topics or not topic:
+            raise SchemaError("command line", None, "--kafka-topic", f"expected SIGNAL=TOPIC with a signal of "
+                              f"{', '.join(topics)}, got {item!r}")
+        topics[signal_name] = topic
+    try:
+        max_message = parse_size(args.kafka_max_message)
+    except ValueError as e:
+        raise SchemaError("command line", None, "--kafka-max-message", str(e)) from None
+    publisher = KafkaPublisher(args.kafka_bootstrap, topics, timeout=args.kafka_timeout, max_message=max_message,
+                               partitions=args.kafka_partitions)
+    ledger: KafkaLedger | None = None
+    fleet = Fleet(args.fleet_destination, count_from_one=lambda: not (ledger and ledger.retention_trimmed))
+    ledger = KafkaLedger(args.kafka_bootstrap, topics, fleet.observe)
+    return publisher, ledger, fleet
 
 
 def _import(args: argparse.Namespace) -> int:

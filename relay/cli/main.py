@@ -65,6 +65,22 @@ def parser() -> argparse.ArgumentParser:
     ing.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM)")
     ing.add_argument("--tls-key", help="private key of --tls-cert")
     ing.add_argument("--client-ca", help="require client certificates signed by this CA (mTLS)")
+    ing.add_argument("--kafka-bootstrap", metavar="HOST:PORT[,...]",
+                     help="publish every verified request to Kafka (a topic per signal); 200 only once Kafka has it")
+    ing.add_argument("--kafka-topic", action="append", default=[], metavar="SIGNAL=TOPIC",
+                     help="topic of a signal (default: metrics=otlp_metrics, logs=otlp_logs, traces=otlp_spans)")
+    ing.add_argument("--kafka-timeout", type=float, default=10.0,
+                     help="seconds Kafka has to acknowledge a record before the request gets 503")
+    ing.add_argument("--kafka-max-message", default="1000000",
+                     help="largest record (the producer's message.max.bytes); a larger request gets 413")
+    ing.add_argument("--kafka-partitions", type=int, default=6, help="partitions of a topic the ingest creates")
+    ing.add_argument("--replay-redis", metavar="URL",
+                     help="keep the replay state in this Redis (redis://host:port/db), shared by every replica")
+    ing.add_argument("--fleet-destination", action="append", default=[], metavar="NAME",
+                     help="the relays' destination name for this ingest: only its drops explain gaps (default: all)")
+    ing.add_argument("--retry-after", type=int, default=5, help="Retry-After seconds of a 503 or 429")
+    ing.add_argument("--rate-limit", type=float, default=0.0, metavar="REQUESTS_PER_S",
+                     help="requests per second accepted on the data paths; above it 429 (default: no limit)")
     ing_sub = ing.add_subparsers(dest="ingest_command", metavar="ACTION")
     imp = ing_sub.add_parser("import", help="verify an offline bundle's requests and store those that pass")
     imp.add_argument("file", help="a bundle file (.bundle)")

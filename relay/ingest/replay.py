@@ -1,8 +1,10 @@
 """Replay state for the verifier: the signature nonces seen within the freshness window.
 
 Owns: the `NonceStore` interface the `Verifier` checks a nonce against (record it, or say
-it was seen), and two stores behind it: `MemoryNonces` (forgotten on restart) and
-`FileNonces` (append-only files in a state directory, so a restart remembers them).
+it was seen), and three stores behind it: `MemoryNonces` (forgotten on restart),
+`FileNonces` (append-only files in a state directory, so a restart remembers them) and
+`RedisNonces` (one Redis shared by every ingest replica: a nonce accepted by one is a
+replay to all of them, and to any of them after a restart).
 
 Nonces are kept in slices by expiry time, one slice per window length. A whole slice is
 dropped (and its file deleted) once every nonce in it has expired, so pruning never walks
@@ -22,13 +24,23 @@ log = logging.getLogger("relay.replay")
 
 
 class NonceStore(Protocol):
+    # True when `add` waits on the network: the ingest then verifies in a worker thread.
+    blocking: bool
+
     def add(self, nonce: str, expires: float, now: float) -> bool:
-        """Remember `nonce` until `expires`. False if it is already remembered (a replay)."""
+        """Remember `nonce` until `expires`. False if it is already remembered (a replay).
+        Raises NoncesUnavailable when the store cannot say (the ingest answers 503)."""
         ...
+
+
+class NoncesUnavailable(Exception):
+    """The replay state cannot be read or written just now: nothing may be accepted."""
 
 
 class MemoryNonces:
     """Nonces in memory, in slices by expiry. Safe to call from several threads."""
+
+    blocking = False
 
     def __init__(self, window: float) -> None:
         self.slice_seconds = max(window, 1.0)
@@ -127,3 +139,43 @@ class FileNonces(MemoryNonces):
             for fd in self._files.values():
                 os.close(fd)
             self._files.clear()
+
+
+class RedisNonces:
+    """Nonces in a Redis shared by every ingest replica, one key per nonce:
+    `SET <prefix><nonce> 1 NX EXAT <expires>`. NX makes check-and-record one atomic step,
+    so two replicas handed the same request at the same instant cannot both accept it;
+    EXAT makes Redis forget the nonce when its signature could no longer pass the
+    freshness check anyway, so nothing here ever prunes.
+
+    Durability is Redis's: with `appendonly yes` (`appendfsync everysec`) a Redis restart
+    loses at most the last second of nonces; the ingests themselves keep nothing, so an
+    ingest restart loses none. Redis unreachable or failing: NoncesUnavailable, and the
+    ingest refuses with 503 rather than accept a request it cannot check."""
+
+    blocking = True
+
+    def __init__(self, url: str, prefix: str = "relay:nonce:", timeout: float = 2.0) -> None:
+        import redis
+
+        self.prefix = prefix
+        self._redis = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        self._errors: tuple[type[Exception], ...] = (redis.RedisError, OSError)
+
+    def add(self, nonce: str, expires: float, now: float) -> bool:
+        if expires <= now:
+            return True  # already outside its window: the freshness check refuses it first
+        try:
+            return bool(self._redis.set(self.prefix + nonce, b"1", nx=True, exat=math.ceil(expires)))
+        except self._errors as e:
+            raise NoncesUnavailable(f"the shared replay state (Redis) is unavailable: {e}") from None
+
+    def ping(self) -> None:
+        """Raises NoncesUnavailable unless Redis answers (checked once at start)."""
+        try:
+            self._redis.ping()
+        except self._errors as e:
+            raise NoncesUnavailable(f"the shared replay state (Redis) is unavailable: {e}") from None
+
+    def close(self) -> None:
+        self._redis.close()

@@ -10,6 +10,10 @@ POST /v1/verify takes a relay's connection probe (`telemetry-relay check-connect
 an OTLP metrics request, checked as data is (key, content type, size, signature with its
 nonce, encoding, decoding), answered with the status data would get and a JSON account of
 each check; it is never stored or counted as data.
+With a Kafka publisher (relay/ingest/kafka.py) each accepted request also goes into Kafka,
+and is answered 200 only once Kafka acknowledged it (503 with Retry-After while Kafka or the
+shared replay state is unavailable, nothing stored); above --rate-limit requests per second,
+429 with Retry-After. GET /fleet is the fleet view (relay/ingest/fleet.py), as a page or JSON.
 """
 
 from __future__ import annotations
@@ -28,12 +32,16 @@ from google.rpc import code_pb2, status_pb2
 
 from relay.compression import BadEncoding, BodyTooLarge, decompress
 from relay.export import sequence
-from relay.ingest import store
+from relay.ingest import fleet as fleet_view
+from relay.ingest import kafka, store
+from relay.ingest.replay import NoncesUnavailable
 from relay.ingest.verify import Rejected, Verifier
 from relay.otlp import SIGNAL_INFO, SIGNALS, Signal, count_items
 from relay.schema import split_host_port
 
 log = logging.getLogger("relay.ingest")
+
+_FLEET_PAGE = (Path(__file__).parent / "fleet.html").read_text(encoding="utf-8")
 
 PROTOBUF = "application/x-protobuf"
 
@@ -45,7 +53,9 @@ def _status_body(code: int, message: str) -> bytes:
 class Ingest:
     def __init__(
         self, store: str | None, api_key: str | None = None, max_body: int = 64 * 1024 * 1024,
-        verifier: Verifier | None = None,
+        verifier: Verifier | None = None, publisher: kafka.KafkaPublisher | None = None,
+        fleet: fleet_view.Fleet | None = None, ledger: kafka.KafkaLedger | None = None, retry_after: int = 5,
+        rate_limit: float = 0.0,
     ) -> None:
         self.store = Path(store) if store else None
         self.api_key = api_key
@@ -58,6 +68,16 @@ class Ingest:
         self.rejected: dict[str, int] = {}
         self.probes = {"received": 0, "passed": 0}  # connection probes on /v1/verify: never data
         self._write_lock = asyncio.Lock()
+        self.publisher = publisher
+        # Fed here unless a Kafka ledger feeds it from the topics (then it sees every replica's records).
+        self.fleet = fleet or fleet_view.Fleet()
+        self.ledger = ledger
+        self.fleet_fed_here = ledger is None
+        self.retry_after = retry_after
+        self.unavailable: dict[str, int] = {}
+        # Requests per second on the data paths (0: no limit); above it, 429 with Retry-After.
+        self.rate_limit = rate_limit
+        self._tokens, self._refilled = rate_limit, time.monotonic()
         if self.store:
             self.store.mkdir(parents=True, exist_ok=True)
 
@@ -68,6 +88,8 @@ class Ingest:
             app.router.add_post(SIGNAL_INFO[signal].path, self._handler(signal))
         app.router.add_post("/v1/verify", self._verify_probe)
         app.router.add_get("/stats", self._stats)
+        app.router.add_get("/fleet", self._fleet)
+        app.router.add_get("/fleet.json", self._fleet_json)
         app.router.add_get("/healthz", self._healthz)
         return app
 
@@ -91,7 +113,23 @@ class Ingest:
         auth = request.headers.get("Authorization", "")
         return hmac.compare_digest(auth.encode(), f"Bearer {self.api_key}".encode())
 
+    def _within_rate(self) -> bool:
+        """A token bucket holding one second's worth of requests."""
+        if not self.rate_limit:
+            return True
+        now = time.monotonic()
+        self._tokens = min(self.rate_limit, self._tokens + (now - self._refilled) * self.rate_limit)
+        self._refilled = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
     async def receive(self, signal: Signal, request: web.Request) -> web.Response:
+        if not self._within_rate():
+            self.unavailable["rate_limited"] = self.unavailable.get("rate_limited", 0) + 1
+            return web.Response(status=429, body=_status_body(code_pb2.RESOURCE_EXHAUSTED, "over the request rate"),
+                                content_type=PROTOBUF, headers={"Retry-After": str(self.retry_after)})
         if not self._authorized(request):
             return self._reject("unauthenticated", 401, "missing or wrong bearer token")
         ctype = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
@@ -104,9 +142,15 @@ class Ingest:
         key_id = None
         if self.verifier is not None:
             try:
-                key_id = self.verifier.verify(request.method, str(request.url), request.headers, wire)
+                if self.verifier.nonces.blocking:  # a shared replay store: its round trip stays off the loop
+                    key_id = await asyncio.to_thread(
+                        self.verifier.verify, request.method, str(request.url), request.headers, wire)
+                else:
+                    key_id = self.verifier.verify(request.method, str(request.url), request.headers, wire)
             except Rejected as e:
                 return self._reject(e.reason, e.status, str(e))
+            except NoncesUnavailable as e:
+                return self._unavailable("replay_state", str(e))
         try:
             _check_sequence(request.headers)
         except ValueError as e:
@@ -123,6 +167,16 @@ class Ingest:
         except DecodeError as e:
             return self._reject("bad_protobuf", 400, f"cannot decode {signal} request: {e}")
         items = count_items(signal, msg)
+        headers = kafka.record_headers(request.headers, key_id, items, *fleet_view.request_facts(signal, msg))
+        if self.publisher is not None:
+            try:
+                await self.publisher.publish(signal, body, key_id or "", list(headers.items()))
+            except kafka.RecordTooLarge as e:
+                return self._reject("too_large", 413, str(e))
+            except kafka.KafkaUnavailable as e:
+                return self._unavailable("kafka", str(e))
+        if self.fleet_fed_here:
+            self.fleet.observe(signal, {k: v.decode() for k, v in headers.items()}, time.time())
         if self.store:
             await self._store(signal, msg, request, key_id)
         c = self.counts[signal]
@@ -192,8 +246,34 @@ class Ingest:
         async with self._write_lock:
             await asyncio.to_thread(store.append, path, line)
 
+    def _unavailable(self, what: str, message: str) -> web.Response:
+        """Nothing was stored: the relay keeps the data and retries after Retry-After."""
+        self.unavailable[what] = self.unavailable.get(what, 0) + 1
+        log.warning("answered 503 (%s): %s", what, message)
+        return web.Response(status=503, body=_status_body(code_pb2.UNAVAILABLE, message), content_type=PROTOBUF,
+                            headers={"Retry-After": str(self.retry_after)})
+
+    async def _fleet(self, request: web.Request) -> web.Response:
+        if "text/html" in request.headers.get("Accept", ""):
+            return web.Response(text=_FLEET_PAGE, content_type="text/html", headers={
+                "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
+                "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; "
+                                           "style-src 'unsafe-inline'; connect-src 'self'"})
+        return await self._fleet_json(request)
+
+    async def _fleet_json(self, _: web.Request) -> web.Response:
+        doc = self.fleet.view()
+        doc["source"] = "kafka" if not self.fleet_fed_here else "this ingest"
+        if self.ledger is not None:
+            doc["ledger"] = self.ledger.stats()
+        return web.json_response(doc, headers={"Cache-Control": "no-store"})
+
     async def _stats(self, _: web.Request) -> web.Response:
-        return web.json_response({"signals": self.counts, "rejected": self.rejected, "probes": self.probes})
+        doc: dict[str, Any] = {"signals": self.counts, "rejected": self.rejected, "probes": self.probes,
+                               "unavailable": self.unavailable}
+        if self.publisher is not None:
+            doc["kafka"] = self.publisher.stats()
+        return web.json_response(doc)
 
     async def _healthz(self, _: web.Request) -> web.Response:
         return web.json_response({"status": "alive"})
@@ -209,6 +289,10 @@ def _check_sequence(headers: Any) -> None:
 
 
 async def serve(listen: str, ingest: Ingest, stop: asyncio.Event, tls: ssl.SSLContext | None = None) -> None:
+    if ingest.publisher is not None:
+        ingest.publisher.start()
+        if ingest.ledger is not None:
+            ingest.ledger.start(ingest.publisher.ensure_topics)
     runner = web.AppRunner(ingest.app(), access_log=None)
     await runner.setup()
     host, port = split_host_port(listen)
@@ -223,3 +307,7 @@ async def serve(listen: str, ingest: Ingest, stop: asyncio.Event, tls: ssl.SSLCo
         await stop.wait()
     finally:
         await runner.cleanup()
+        if ingest.ledger is not None:
+            ingest.ledger.close()
+        if ingest.publisher is not None:
+            await asyncio.to_thread(ingest.publisher.close)
