@@ -23,6 +23,7 @@ import hmac
 import logging
 import ssl
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,28 @@ PROTOBUF = "application/x-protobuf"
 
 def _status_body(code: int, message: str) -> bytes:
     return bytes(status_pb2.Status(code=code, message=message).SerializeToString())
+
+
+# The checks a request passes, in the order _admit runs them (the probe's answer names them).
+PROBE_CHECKS = ("api_key", "content_type", "signature", "sequence", "body")
+
+
+class _Refusal(Exception):
+    """A request failed one check: which one (PROBE_CHECKS), and the answer it gets. An
+    unavailable refusal (the shared replay state is down) is a 503: the relay retries."""
+
+    def __init__(self, check: str, status: int, reason: str, message: str, unavailable: bool = False) -> None:
+        super().__init__(message)
+        self.check, self.status, self.reason, self.message = check, status, reason, message
+        self.unavailable = unavailable
+
+
+@dataclass
+class _Admitted:
+    wire: bytes  # as received (compressed)
+    body: bytes  # decompressed
+    key_id: str | None
+    msg: Message
 
 
 class Ingest:
@@ -125,20 +148,18 @@ class Ingest:
         self._tokens -= 1
         return True
 
-    async def receive(self, signal: Signal, request: web.Request) -> web.Response:
-        if not self._within_rate():
-            self.unavailable["rate_limited"] = self.unavailable.get("rate_limited", 0) + 1
-            return web.Response(status=429, body=_status_body(code_pb2.RESOURCE_EXHAUSTED, "over the request rate"),
-                                content_type=PROTOBUF, headers={"Retry-After": str(self.retry_after)})
+    async def _admit(self, signal: Signal, request: web.Request) -> _Admitted:
+        """Every check a request passes before anything of it is kept or published, in order.
+        Live requests and connection probes both come through here. Raises _Refusal."""
         if not self._authorized(request):
-            return self._reject("unauthenticated", 401, "missing or wrong bearer token")
+            raise _Refusal("api_key", 401, "unauthenticated", "missing or wrong bearer token")
         ctype = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if ctype != PROTOBUF:
-            return self._reject("content_type", 415, f"unsupported Content-Type {ctype!r}")
+            raise _Refusal("content_type", 415, "content_type", f"unsupported Content-Type {ctype!r}")
         try:
             wire = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            return self._reject("too_large", 413, "request body too large")
+            raise _Refusal("body", 413, "too_large", "request body too large") from None
         key_id = None
         if self.verifier is not None:
             try:
@@ -148,24 +169,37 @@ class Ingest:
                 else:
                     key_id = self.verifier.verify(request.method, str(request.url), request.headers, wire)
             except Rejected as e:
-                return self._reject(e.reason, e.status, str(e))
+                raise _Refusal("signature", e.status, e.reason, str(e)) from None
             except NoncesUnavailable as e:
-                return self._unavailable("replay_state", str(e))
+                raise _Refusal("signature", 503, "replay_state", str(e), unavailable=True) from None
         try:
             _check_sequence(request.headers)
         except ValueError as e:
-            return self._reject("bad_sequence", 400, str(e))
+            raise _Refusal("sequence", 400, "bad_sequence", str(e)) from None
         try:
             body = decompress(wire, request.headers.get("Content-Encoding", ""), self.max_body)
         except BodyTooLarge as e:
-            return self._reject("too_large", 413, str(e))
+            raise _Refusal("body", 413, "too_large", str(e)) from None
         except BadEncoding as e:
-            return self._reject("bad_encoding", 400, str(e))
+            raise _Refusal("body", 400, "bad_encoding", str(e)) from None
         msg = SIGNAL_INFO[signal].request()
         try:
             msg.ParseFromString(body)
         except DecodeError as e:
-            return self._reject("bad_protobuf", 400, f"cannot decode {signal} request: {e}")
+            raise _Refusal("body", 400, "bad_protobuf", f"cannot decode {signal} request: {e}") from None
+        return _Admitted(wire, body, key_id, msg)
+
+    async def receive(self, signal: Signal, request: web.Request) -> web.Response:
+        if not self._within_rate():
+            self.unavailable["rate_limited"] = self.unavailable.get("rate_limited", 0) + 1
+            return web.Response(status=429, body=_status_body(code_pb2.RESOURCE_EXHAUSTED, "over the request rate"),
+                                content_type=PROTOBUF, headers={"Retry-After": str(self.retry_after)})
+        try:
+            a = await self._admit(signal, request)
+        except _Refusal as e:
+            return self._unavailable(e.reason, e.message) if e.unavailable else self._reject(e.reason, e.status,
+                                                                                             e.message)
+        wire, body, key_id, msg = a.wire, a.body, a.key_id, a.msg
         items = count_items(signal, msg)
         headers = kafka.record_headers(request.headers, key_id, items, *fleet_view.request_facts(signal, msg))
         if self.publisher is not None:
@@ -192,50 +226,36 @@ class Ingest:
         return web.Response(body=resp.SerializeToString(), content_type=PROTOBUF)
 
     async def _verify_probe(self, request: web.Request) -> web.Response:
-        """A connection probe, checked as data is checked; the first failing check ends it."""
-        checks: dict[str, dict[str, Any]] = {}
+        """A connection probe, checked as data is checked (by _admit); the first failing check
+        ends it. The answer accounts for each check; nothing is stored or published."""
         self.probes["received"] += 1
-
-        def answer(status: int, failed: tuple[str, str, str] | None = None) -> web.Response:
-            if failed:
-                check, reason, message = failed
-                checks[check] = {"passed": False, "reason": reason, "detail": message}
-                log.warning("connection probe failed its %s check (%s): %s", check, reason, message)
-            else:
-                self.probes["passed"] += 1
-            doc = {"checks": checks, "stored": False, "window_seconds": self.verifier.window if self.verifier else None,
-                   "failed": {"check": failed[0], "reason": failed[1], "message": failed[2]} if failed else None}
-            return web.json_response(doc, status=status)
-
-        if not self._authorized(request):
-            return answer(401, ("api_key", "unauthenticated", "missing or wrong bearer token"))
-        checks["api_key"] = {"passed": True, "detail": "accepted" if self.api_key else "none required"}
-        ctype = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
-        if ctype != PROTOBUF:
-            return answer(415, ("content_type", "content_type", f"unsupported Content-Type {ctype!r}"))
+        no_signatures = {"passed": False, "detail": "this ingest verifies no signatures (no --trusted-keys)"}
         try:
-            wire = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return answer(413, ("body", "too_large", "request body too large"))
-        if self.verifier is None:
-            checks["signature"] = {"passed": False, "detail": "this ingest verifies no signatures (no --trusted-keys)"}
-        else:
-            try:
-                key_id = self.verifier.verify(request.method, str(request.url), request.headers, wire)
-            except Rejected as e:
-                return answer(e.status, ("signature", e.reason, str(e)))
-            checks["signature"] = {"passed": True, "key_id": key_id, "detail": f"verified, key id {key_id}"}
-        try:
-            body = decompress(wire, request.headers.get("Content-Encoding", ""), self.max_body)
-            SIGNAL_INFO["metrics"].request().ParseFromString(body)
-        except BodyTooLarge as e:
-            return answer(413, ("body", "too_large", str(e)))
-        except BadEncoding as e:
-            return answer(400, ("body", "bad_encoding", str(e)))
-        except DecodeError as e:
-            return answer(400, ("body", "bad_protobuf", f"cannot decode a metrics request: {e}"))
-        checks["body"] = {"passed": True, "detail": f"{len(wire)} bytes, decoded as an OTLP metrics request"}
-        return answer(200)
+            a = await self._admit("metrics", request)
+        except _Refusal as e:
+            # What ran before the failing check passed.
+            passed = PROBE_CHECKS[:PROBE_CHECKS.index(e.check)] if e.check in PROBE_CHECKS else ()
+            checks: dict[str, dict[str, Any]] = {c: {"passed": True, "detail": "passed"} for c in passed}
+            if "signature" in passed and self.verifier is None:
+                checks["signature"] = no_signatures
+            checks[e.check] = {"passed": False, "reason": e.reason, "detail": e.message}
+            log.warning("connection probe failed its %s check (%s): %s", e.check, e.reason, e.message)
+            return self._probe_answer(e.status, checks, (e.check, e.reason, e.message))
+        self.probes["passed"] += 1
+        return self._probe_answer(200, {
+            "api_key": {"passed": True, "detail": "accepted" if self.api_key else "none required"},
+            "content_type": {"passed": True, "detail": PROTOBUF},
+            "signature": no_signatures if a.key_id is None else
+            {"passed": True, "key_id": a.key_id, "detail": f"verified, key id {a.key_id}"},
+            "sequence": {"passed": True, "detail": "well formed or absent"},
+            "body": {"passed": True, "detail": f"{len(a.wire)} bytes, decoded as an OTLP metrics request"},
+        }, None)
+
+    def _probe_answer(self, status: int, checks: dict[str, dict[str, Any]],
+                      failed: tuple[str, str, str] | None) -> web.Response:
+        doc = {"checks": checks, "stored": False, "window_seconds": self.verifier.window if self.verifier else None,
+               "failed": {"check": failed[0], "reason": failed[1], "message": failed[2]} if failed else None}
+        return web.json_response(doc, status=status)
 
     async def _store(self, signal: Signal, msg: Message, request: web.Request, key_id: str | None) -> None:
         assert self.store is not None
