@@ -295,8 +295,8 @@ def bench_catch_up(ingest_url: str, ingest_items: Any, requests: list[bytes],
     """24 h at the reference load (one ~5,000-series read every 30 s = 2,880 requests) spooled,
     then a relay with no sources drains it to the ingest."""
     from relay.config import SpoolSettings
+    from relay.selfmetrics import SelfMetrics
     from relay.spool import Spool
-    from relay.stats import Stats
 
     state = WORK / "catchup-state"
     shutil.rmtree(state, ignore_errors=True)
@@ -304,7 +304,7 @@ def bench_catch_up(ingest_url: str, ingest_items: Any, requests: list[bytes],
     entries = 2880
 
     async def fill(state: Path, entries: int) -> None:
-        spool = Spool(state, SpoolSettings(max_bytes=4 << 30), ["ingest"], Stats())
+        spool = Spool(state, SpoolSettings(max_bytes=4 << 30), ["ingest"], SelfMetrics())
         await spool.open()
         for i in range(entries):
             await spool.append("metrics", requests[i % len(requests)], points_per_request)

@@ -42,8 +42,8 @@ from bench.common import get_json as _get
 from bench.common import wait as _wait
 from bench.workload import otlp_requests, points_per_request
 from relay.config import SpoolSettings
+from relay.selfmetrics import SelfMetrics
 from relay.spool import Spool
-from relay.stats import Stats
 
 REQUESTS = int(os.environ.get("BENCH_REQUESTS", "600"))
 
@@ -54,7 +54,7 @@ def _cpu() -> float:
 
 
 async def _append_all(state: Path, reqs: list[bytes], items: int) -> None:
-    spool = Spool(state, SpoolSettings(max_bytes=4 << 30, fsync="always"), ["ingest"], Stats())
+    spool = Spool(state, SpoolSettings(max_bytes=4 << 30, fsync="always"), ["ingest"], SelfMetrics())
     await spool.open()
     # Several writers at once, as several sources or pushing clients would be.
     queue = list(reqs)
@@ -266,7 +266,7 @@ def bench_policy(reqs: list[bytes]) -> dict[str, Any]:
     from relay.policy import Policy
     from relay.policy import load_policy as load
     from relay.policy.schema import PolicyFile
-    from relay.schema import load_text
+    from relay.strict_yaml import load_text
 
     secret = b"bench" * 8
     default = load(DEFAULT_POLICY, secret)

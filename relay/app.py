@@ -26,12 +26,12 @@ from relay.export.signing import KeyStore, Signer, SigningKeyError
 from relay.identity import base_resource, instance_id
 from relay.pipeline import Pipeline, Shared, build
 from relay.policy import PolicyHolder, load_secret
-from relay.schema import SchemaError
+from relay.selfmetrics import SelfMetrics
 from relay.server import StatusServer
 from relay.sources.base import SourceRunner
 from relay.spool import Spool
-from relay.stats import Stats
 from relay.status import HISTORY_INTERVAL, Snapshots, StatusModel
+from relay.strict_yaml import SchemaError
 
 log = logging.getLogger("relay.app")
 
@@ -45,7 +45,7 @@ RESTART_ONLY = ("state_dir", "server.listen", "sources.otlp.listen", "spool", "d
 class Relay:
     def __init__(self, loaded: LoadedConfig) -> None:
         self.loaded = loaded
-        self.stats = Stats()
+        self.stats = SelfMetrics()
         self.status = StatusModel(self.snapshots)
         self.spool: Spool | None = None
         self.shared: Shared | None = None  # what every pipeline generation writes to

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from relay import mapping, secrets
-from relay.schema import ByteSize, Duration, HostPort, HttpUrl, SchemaError, load_file, load_text
+from relay.strict_yaml import ByteSize, Duration, HostPort, HttpUrl, SchemaError, load_file, load_text
 
 DEFAULT_CONFIG_PATH = "/etc/telemetry-relay/relay.yaml"
 OTLP_MAX_REQUEST_BYTES = 64 * 1024 * 1024  # the OTLP/HTTP cap most receivers enforce

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from relay.schema import split_host_port
-from relay.stats import Stats
+from relay.selfmetrics import SelfMetrics
+from relay.strict_yaml import split_host_port
 
 log = logging.getLogger("relay.listener")
 
@@ -93,7 +93,7 @@ class Listener:
 
     name labels relay_http_refused_total and the log; check_host turns the Host check on."""
 
-    def __init__(self, name: str, app: web.Application, listen: str, limits: ListenerLimits, stats: Stats,
+    def __init__(self, name: str, app: web.Application, listen: str, limits: ListenerLimits, stats: SelfMetrics,
                  check_host: bool, ssl_context: ssl.SSLContext | None = None) -> None:
         self.name = name
         self.limits = limits

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from relay.schema import SchemaError, load_file, load_text
+from relay.strict_yaml import SchemaError, load_file, load_text
 
 MetricType = Literal["counter", "updowncounter", "gauge"]
 

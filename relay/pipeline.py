@@ -19,12 +19,12 @@ from relay.export.outbox import Outbox
 from relay.export.shipper import Shipper
 from relay.export.signing import Signer
 from relay.policy import PolicyHolder
+from relay.selfmetrics import SelfMetrics
 from relay.sources.base import Source, SourceRunner, SourceRunners
 from relay.sources.build import build_sources, sources_for
 from relay.sources.discovery import Discovery
 from relay.sources.otlp_receiver import OtlpReceiver
 from relay.spool import Spool
-from relay.stats import Stats
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class Shared:
     """What every pipeline generation writes to and reports through; a reload keeps it."""
 
     spool: Spool
-    stats: Stats
+    stats: SelfMetrics
     resource: dict[str, Any]
     outbox: Outbox
 

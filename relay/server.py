@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from relay.export.outbox import Outbox
 from relay.listener import Listener, ListenerLimits
 from relay.secrets import redact
-from relay.stats import Stats
+from relay.selfmetrics import SelfMetrics
 from relay.status import StatusModel
 
 log = logging.getLogger("relay.server")
@@ -40,7 +40,7 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 
 class StatusServer:
-    def __init__(self, listen: str, model: StatusModel, stats: Stats, outbox: Outbox | None = None) -> None:
+    def __init__(self, listen: str, model: StatusModel, stats: SelfMetrics, outbox: Outbox | None = None) -> None:
         self._outbox = outbox
         self.listen = listen
         self._model = model

@@ -1,5 +1,5 @@
 """Writes docs/metrics.md from the tables the code itself builds its metrics from (the METRICS of
-relay/sources/host.py and process.py, relay.stats.SELF_METRICS) and the shipped mapping rules, so
+relay/sources/host.py and process.py, relay.selfmetrics.SELF_METRICS) and the shipped mapping rules, so
 the list of what the relay emits cannot drift from what it does. docs/metrics-kafka.md (the
 real-broker findings, written by hand) is included as it is.
 `python scripts/gen_metrics_doc.py > docs/metrics.md`; tests/unit/test_metrics_doc.py fails when the
@@ -14,8 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from relay import mapping
 from relay.otlp import MetricSpec
+from relay.selfmetrics import SELF_METRICS
 from relay.sources import host, process
-from relay.stats import SELF_METRICS
 
 KIND = {"counter": "Sum (monotonic, cumulative)", "updowncounter": "Sum (non-monotonic, cumulative)",
         "gauge": "Gauge"}

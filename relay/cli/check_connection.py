@@ -24,8 +24,8 @@ from relay.export import probe, probe_result
 from relay.export.probe import Target
 from relay.export.probe_result import LABELS, NETWORK_STEPS, Step
 from relay.export.signing import KeyStore, Signer, SigningKeyError
-from relay.schema import SchemaError
 from relay.secrets import SecretError, redact
+from relay.strict_yaml import SchemaError
 
 _MARK = {"ok": "ok", "warn": "WARN", "fail": "FAIL"}
 

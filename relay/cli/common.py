@@ -16,9 +16,9 @@ import urllib.request
 from typing import Any
 
 from relay.export.signing import SigningKeyError
-from relay.schema import SchemaError
 from relay.secrets import SecretError
 from relay.spool import UnsafeSpoolDirectory
+from relay.strict_yaml import SchemaError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 DEFAULT_STATUS_URL = "http://127.0.0.1:8788"

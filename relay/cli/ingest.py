@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 
 from relay import logs
 from relay.cli.common import EXIT_FAIL, EXIT_OK, CommandError, escape_controls
-from relay.schema import SchemaError, parse_size
 from relay.secrets import read_secret
+from relay.strict_yaml import SchemaError, parse_size
 
 if TYPE_CHECKING:
     from relay.ingest.fleet import Fleet

@@ -18,7 +18,7 @@ from pathlib import Path
 from relay import config
 from relay.cli.common import EXIT_OK, CommandError
 from relay.export.signing import KeyStore, public_pem
-from relay.schema import SchemaError
+from relay.strict_yaml import SchemaError
 
 
 def run(args: argparse.Namespace) -> int:

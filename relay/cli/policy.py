@@ -22,8 +22,8 @@ from relay import config
 from relay.cli.common import EXIT_FAIL, CommandError, escape_controls
 from relay.otlp import SIGNALS, Signal, from_json, parse_request, to_json_dict
 from relay.policy import SECRET_FILE, existing_secret, load_policy
-from relay.schema import SchemaError
 from relay.spool.inspect import oldest_entries
+from relay.strict_yaml import SchemaError
 
 
 def run(args: argparse.Namespace) -> int:

@@ -39,8 +39,8 @@ from relay.config import Config
 from relay.export.probe_result import load_result
 from relay.export.signing import KeyStore, SigningKeyError
 from relay.policy import existing_secret
-from relay.schema import SchemaError, split_host_port
 from relay.secrets import SecretError, mask, redact
+from relay.strict_yaml import SchemaError, split_host_port
 
 # user:password@ in any URL (a proxy's, say), wherever it turns up.
 _URL_CREDENTIALS = re.compile(r"(?<=://)[^/\s:@]+:[^/\s@]+@")

@@ -237,10 +237,10 @@ def confirm(cfg: config.Config, path: Path) -> Confirmed:
 
 
 async def _acknowledge(cfg: config.Config, dest: str, sequences: dict[str, Any]) -> dict[str, tuple[int, str]]:
+    from relay.selfmetrics import SelfMetrics
     from relay.spool import Spool
-    from relay.stats import Stats
 
-    spool = Spool(cfg.state_dir, cfg.spool, [d.name for d in cfg.destinations], Stats())
+    spool = Spool(cfg.state_dir, cfg.spool, [d.name for d in cfg.destinations], SelfMetrics())
     await spool.open()
     done: dict[str, tuple[int, str]] = {}
     try:

@@ -37,8 +37,8 @@ from relay.export.signing import Signer
 from relay.otlp import SIGNAL_INFO, Signal
 from relay.policy import Outcome, PolicyHolder
 from relay.secrets import redact
+from relay.selfmetrics import SelfMetrics
 from relay.spool import Lease, Spool
-from relay.stats import Stats
 from relay.tls import client_context
 
 log = logging.getLogger("relay.export")
@@ -63,7 +63,7 @@ class DestinationState:
 
 class Shipper:
     def __init__(
-        self, settings: DestinationSettings, api_key: str | None, spool: Spool, stats: Stats,
+        self, settings: DestinationSettings, api_key: str | None, spool: Spool, stats: SelfMetrics,
         shutdown_timeout: float, signer: Signer | None = None, proxy_password: str | None = None,
         policy: PolicyHolder | None = None, outbox: Outbox | None = None,
     ) -> None:

@@ -38,7 +38,7 @@ from relay.ingest import kafka, store
 from relay.ingest.replay import NoncesUnavailable
 from relay.ingest.verify import Rejected, Verifier
 from relay.otlp import SIGNAL_INFO, SIGNALS, Signal, count_items
-from relay.schema import split_host_port
+from relay.strict_yaml import split_host_port
 
 log = logging.getLogger("relay.ingest")
 

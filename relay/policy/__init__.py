@@ -16,8 +16,8 @@ from typing import Any
 
 from relay.policy.engine import Outcome, Policy
 from relay.policy.schema import PolicyFile
-from relay.schema import SchemaError, load_text
 from relay.secrets import SecretError, check_private_file, register
+from relay.strict_yaml import SchemaError, load_text
 
 log = logging.getLogger("relay.policy")
 

@@ -21,9 +21,9 @@ from google.protobuf.message import Message
 from relay.config import ScrapeTargetSettings
 from relay.otlp import Signal, count_items
 from relay.secrets import redact
+from relay.selfmetrics import SelfMetrics
 from relay.sources.scrape_http import ScrapeSession
 from relay.spool import Spool, SpoolError
-from relay.stats import Stats
 
 log = logging.getLogger("relay.sources")
 
@@ -66,7 +66,7 @@ class ScrapeSource(Source):
 
 
 class SourceRunner:
-    def __init__(self, source: Source, spool: Spool, stats: Stats) -> None:
+    def __init__(self, source: Source, spool: Spool, stats: SelfMetrics) -> None:
         self.source = source
         self.spool = spool
         self.stats = stats
@@ -157,7 +157,7 @@ class SourceRunner:
 class SourceRunners:
     """Starts runners that spool into one spool, and stops them (discovery's pool too)."""
 
-    def __init__(self, spool: Spool, stats: Stats) -> None:
+    def __init__(self, spool: Spool, stats: SelfMetrics) -> None:
         self.spool = spool
         self.stats = stats
 

@@ -16,7 +16,7 @@ import psutil
 
 from relay import mapping
 from relay.config import Config, ScrapeTargetSettings
-from relay.schema import HttpUrl
+from relay.selfmetrics import SelfMetrics
 from relay.sources.base import Source
 from relay.sources.discovery import Discovered
 from relay.sources.host import HostSource
@@ -24,12 +24,12 @@ from relay.sources.internal import InternalSource
 from relay.sources.jolokia import JolokiaSource
 from relay.sources.process import ProcessSource
 from relay.sources.prometheus import PrometheusSource
-from relay.stats import Stats
+from relay.strict_yaml import HttpUrl
 
 log = logging.getLogger("relay.sources")
 
 
-def build_sources(config: Config, resource: dict[str, Any], stats: Stats,
+def build_sources(config: Config, resource: dict[str, Any], stats: SelfMetrics,
                   passwords: Mapping[str, str | None]) -> list[Source]:
     """The configured sources; `passwords` are the scrape targets' passwords by URL.
     Raises SchemaError naming the file when a mapping rule file does not load."""

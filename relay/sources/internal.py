@@ -1,7 +1,7 @@
 """The relay's own metrics as OTLP (`relay.*`), shipped like any other source.
 
-Owns: converting the self-metrics registry (relay.stats) to one OTLP request per run,
-under the OTLP names and units of relay.stats.SELF_METRICS: counters become monotonic
+Owns: converting the self-metrics registry (relay.selfmetrics) to one OTLP request per run,
+under the OTLP names and units of relay.selfmetrics.SELF_METRICS: counters become monotonic
 cumulative sums, gauges stay gauges, histograms become OTLP histograms with de-cumulated
 bucket counts. It reads the registry, not the plain copies, so it ships what /metrics shows.
 """
@@ -16,8 +16,8 @@ from google.protobuf.message import Message
 
 from relay import __version__
 from relay.otlp import MetricsBuilder, cumulative_buckets
+from relay.selfmetrics import BY_PROM_NAME, SelfMetrics
 from relay.sources.base import Source
-from relay.stats import BY_PROM_NAME, Stats
 
 SCOPE = "telemetry-relay/self"
 
@@ -25,7 +25,7 @@ SCOPE = "telemetry-relay/self"
 class InternalSource(Source):
     name = "internal"
 
-    def __init__(self, interval: float, resource: dict[str, Any], stats: Stats) -> None:
+    def __init__(self, interval: float, resource: dict[str, Any], stats: SelfMetrics) -> None:
         self.interval = interval
         self.resource = resource
         self.stats = stats

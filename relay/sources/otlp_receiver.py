@@ -25,11 +25,11 @@ from relay.compression import BadEncoding, BodyTooLarge, decompress
 from relay.config import OtlpReceiverSettings
 from relay.listener import Listener, ListenerLimits, is_loopback_host
 from relay.otlp import SIGNAL_INFO, SIGNALS, BadJson, Signal, count_items, from_json, parse_request
-from relay.schema import split_host_port
 from relay.secrets import redact
+from relay.selfmetrics import SelfMetrics
 from relay.sources.otlp_body import BodyRefused, ByteBudget, HeldBody, read_body
 from relay.spool import Spool, SpoolError
-from relay.stats import Stats
+from relay.strict_yaml import split_host_port
 from relay.tls import server_context
 
 log = logging.getLogger("relay.receiver")
@@ -43,7 +43,7 @@ RETRY_AFTER_BUSY = "1"
 class OtlpReceiver:
     name = "otlp"
 
-    def __init__(self, settings: OtlpReceiverSettings, token: str | None, spool: Spool, stats: Stats,
+    def __init__(self, settings: OtlpReceiverSettings, token: str | None, spool: Spool, stats: SelfMetrics,
                  when_full: Literal["block", "drop_oldest"]) -> None:
         self.settings = settings
         self.token = token

@@ -13,8 +13,8 @@ import logging
 from collections.abc import Mapping
 
 from relay.otlp import Signal
+from relay.selfmetrics import SelfMetrics
 from relay.spool.queue import SignalQueue
-from relay.stats import Stats
 
 log = logging.getLogger("relay.spool")
 
@@ -24,7 +24,7 @@ def total_bytes(queues: Mapping[Signal, SignalQueue]) -> int:
 
 
 class Eviction:
-    def __init__(self, max_bytes: int, stats: Stats) -> None:
+    def __init__(self, max_bytes: int, stats: SelfMetrics) -> None:
         self.max_bytes = max_bytes
         self.stats = stats
         # Per (destination, signal): the newest seq leased, and the entries evicted while leased.

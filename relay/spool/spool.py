@@ -39,12 +39,12 @@ import diskcache
 
 from relay.config import SpoolSettings
 from relay.otlp import SIGNALS, Signal
+from relay.selfmetrics import SelfMetrics
 from relay.spool import recovery
 from relay.spool.deadletter import DeadLetters
 from relay.spool.eviction import Eviction, total_bytes
 from relay.spool.queue import DISK_ERRORS, Cursor, Lease, QueueState, SignalQueue
 from relay.spool.reserve import Reserve, free_bytes, is_no_space
-from relay.stats import Stats
 
 log = logging.getLogger("relay.spool")
 
@@ -62,7 +62,7 @@ class SpoolError(Exception):
 class Spool:
     """The async face of the spool. Every disk operation runs on the spool thread."""
 
-    def __init__(self, state_dir: str | Path, settings: SpoolSettings, destinations: Sequence[str], stats: Stats):
+    def __init__(self, state_dir: str | Path, settings: SpoolSettings, destinations: Sequence[str], stats: SelfMetrics):
         self.dir = Path(state_dir) / "spool"
         self.settings = settings
         self.destinations = list(destinations)

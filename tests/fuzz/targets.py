@@ -21,11 +21,11 @@ from relay.ingest import verify
 from relay.otlp import SIGNALS, BadJson, from_json, parse_request
 from relay.policy.engine import Policy
 from relay.policy.schema import PolicyFile
-from relay.schema import SchemaError, load_text
 from relay.sources import jolokia
 from relay.sources.exposition import ExpositionLimits
 from relay.sources.prometheus import ExpositionError, map_exposition
 from relay.sources.scrape_bounds import ScrapeLimitExceeded
+from relay.strict_yaml import SchemaError, load_text
 
 MAPPINGS = mapping.load(["kafka", "jvm"])
 JOLOKIA_SENT = jolokia.bulk_request(MAPPINGS)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from relay import config
-from relay.schema import SchemaError
+from relay.strict_yaml import SchemaError
 from tests.fuzz.targets import TARGETS
 
 REGRESSIONS = Path(__file__).with_name("regressions")

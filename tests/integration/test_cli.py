@@ -22,8 +22,8 @@ import yaml
 
 from relay.config import SpoolSettings
 from relay.otlp import MetricsBuilder
+from relay.selfmetrics import SelfMetrics
 from relay.spool import Spool
-from relay.stats import Stats
 from tests.procs import CLI, PASS_THROUGH_POLICY, free_port, json_server
 
 # A variable no test environment sets: the config names it, so a full load must fail.
@@ -58,7 +58,7 @@ def spool_one_request(state_dir: Path, attrs: dict[str, str], rejected_with: str
     b.point(m, 5, 1_800_000_000_000_000_000, 1_799_000_000_000_000_000, attrs)
 
     async def append() -> None:
-        spool = Spool(state_dir, SpoolSettings(), ["vendor"], Stats())
+        spool = Spool(state_dir, SpoolSettings(), ["vendor"], SelfMetrics())
         await spool.open()
         await spool.append("metrics", b.finish().SerializeToString(), 1)
         if rejected_with is not None:

@@ -19,7 +19,7 @@ from relay.export.prepare import prepare_blocking
 from relay.export.signing import Signer, SigningKey, key_id
 from relay.ingest.bundle_import import check
 from relay.otlp import MetricsBuilder
-from relay.schema import SchemaError
+from relay.strict_yaml import SchemaError
 
 
 def key() -> SigningKey:

@@ -15,7 +15,7 @@ from relay import config
 from relay.cli import main
 from relay.cli.common import escape_controls, escape_strings, format_ago, format_bytes, format_duration
 from relay.cli.status import format_status
-from relay.schema import SchemaError
+from relay.strict_yaml import SchemaError
 from tests.procs import free_port, json_server
 
 

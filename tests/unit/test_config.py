@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from relay import config
-from relay.schema import SchemaError, field_docs, parse_duration, parse_size
+from relay.strict_yaml import SchemaError, field_docs, parse_duration, parse_size
 
 MINIMAL = "destinations:\n  - name: vendor\n    endpoint: https://ingest.example.com\n"
 

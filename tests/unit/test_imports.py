@@ -21,8 +21,8 @@ PACKAGE = ROOT / "relay"
 
 # Lowest first. An entry names a module, or a package and everything in it.
 FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("helpers", ("relay", "relay.schema", "relay.secrets", "relay.otlp", "relay.wire", "relay.compression",
-                 "relay.mapping", "relay.stats", "relay.logs", "relay.identity", "relay.allocator",
+    ("helpers", ("relay", "relay.strict_yaml", "relay.secrets", "relay.otlp", "relay.wire", "relay.compression",
+                 "relay.mapping", "relay.selfmetrics", "relay.logs", "relay.identity", "relay.allocator",
                  "relay.systemd", "relay.listener")),
     # TLS contexts are built from the settings' own types.
     ("settings", ("relay.config", "relay.tls")),

@@ -12,9 +12,9 @@ import pytest
 
 from relay import mapping
 from relay.otlp import attributes_dict, count_items
-from relay.schema import SchemaError
 from relay.sources.jolokia import JolokiaError, bulk_request, map_response
 from relay.sources.prometheus import ExpositionError, map_exposition
+from relay.strict_yaml import SchemaError
 
 FIX = Path(__file__).parents[1] / "fixtures"
 

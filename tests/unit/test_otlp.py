@@ -6,9 +6,9 @@ from __future__ import annotations
 import math
 
 from relay.otlp import MetricsBuilder, attributes_dict, count_items, cumulative_buckets
+from relay.selfmetrics import SelfMetrics
 from relay.sources.internal import InternalSource
 from relay.sources.prometheus import map_exposition
-from relay.stats import Stats
 
 INF = math.inf
 
@@ -81,7 +81,7 @@ def _only_histogram_point(req: object) -> object:
 
 def test_relay_histogram_gets_one_count_per_bucket_and_no_extra_bucket() -> None:
     # prometheus_client always writes +Inf: nothing is implied, and the sum is set even at 0.
-    stats = Stats()
+    stats = SelfMetrics()
     for seconds in (0.001, 0.02, 0.02, 3.0, 100.0):
         stats.export_latency.labels("vendor").observe(seconds)
     dp = _only_histogram_point(InternalSource(10, {}, stats).build())
@@ -90,7 +90,7 @@ def test_relay_histogram_gets_one_count_per_bucket_and_no_extra_bucket() -> None
     assert list(dp.bucket_counts) == [1, 0, 2, 0, 0, 0, 0, 0, 0, 1, 0, 0, 1]  # type: ignore[attr-defined]
     assert dp.count == 5 and abs(dp.sum - 103.041) < 1e-9  # type: ignore[attr-defined]
 
-    zero = Stats()
+    zero = SelfMetrics()
     zero.export_latency.labels("vendor").observe(0.0)
     assert _only_histogram_point(InternalSource(10, {}, zero).build()).HasField("sum")  # type: ignore[attr-defined]
 

@@ -16,8 +16,8 @@ from relay import mapping
 from relay.otlp import SIGNAL_INFO, MetricsBuilder, attributes_dict, set_attributes
 from relay.policy import Policy, load_policy
 from relay.policy.schema import PolicyFile
-from relay.schema import SchemaError, load_text
 from relay.sources.jolokia import bulk_request, map_response
+from relay.strict_yaml import SchemaError, load_text
 
 ROOT = Path(__file__).parents[2]
 SECRET = b"0123456789abcdef0123456789abcdef"

@@ -25,7 +25,7 @@ from relay.otlp import SIGNAL_INFO, MetricsBuilder, attributes_dict
 from relay.policy import Policy
 from relay.policy.engine import NAME_MAX
 from relay.policy.schema import PolicyFile
-from relay.schema import load_text
+from relay.strict_yaml import load_text
 
 ROOT = Path(__file__).parents[2]
 SHIPPED = ROOT / "configs" / "policy.yaml"

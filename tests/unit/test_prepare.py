@@ -15,7 +15,7 @@ from relay.export.signing import content_digest
 from relay.otlp import SIGNAL_INFO, MetricsBuilder, Signal, attributes_dict
 from relay.policy import Outcome, Policy
 from relay.policy.schema import PolicyFile
-from relay.schema import load_text
+from relay.strict_yaml import load_text
 
 SECRET = b"0123456789abcdef0123456789abcdef"
 SHA = "ab" * 32

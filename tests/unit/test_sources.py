@@ -4,9 +4,9 @@ import psutil
 
 from relay.identity import base_resource
 from relay.otlp import attributes_dict
+from relay.selfmetrics import SelfMetrics
 from relay.sources.host import HostSource
 from relay.sources.internal import InternalSource
-from relay.stats import Stats
 
 
 def metrics_by_name(req: object) -> dict[str, object]:
@@ -57,7 +57,7 @@ def test_host_source_uses_hostmetrics_names_and_boot_start_time() -> None:
 
 
 def test_internal_source_maps_counters_gauges_and_histograms() -> None:
-    stats = Stats()
+    stats = SelfMetrics()
     stats.points_shipped.labels("vendor").inc(42)
     stats.spool_bytes.set(1234)
     stats.export_latency.labels("vendor").observe(0.02)

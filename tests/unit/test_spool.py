@@ -7,8 +7,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from relay.config import SpoolSettings
+from relay.selfmetrics import SelfMetrics
 from relay.spool import Spool
-from relay.stats import Stats
 
 MiB = 1024 * 1024
 
@@ -17,8 +17,8 @@ def run(fn: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(fn())  # type: ignore[arg-type]
 
 
-async def opened(path: Path, dests: list[str], stats: Stats | None = None, **settings: object) -> Spool:
-    spool = Spool(path, SpoolSettings(**settings), dests, stats or Stats())  # type: ignore[arg-type]
+async def opened(path: Path, dests: list[str], stats: SelfMetrics | None = None, **settings: object) -> Spool:
+    spool = Spool(path, SpoolSettings(**settings), dests, stats or SelfMetrics())  # type: ignore[arg-type]
     await spool.open()
     return spool
 
@@ -69,7 +69,7 @@ def test_entry_leaves_only_when_every_destination_accepted(tmp_path: Path) -> No
 
 
 def test_byte_cap_evicts_oldest_and_counts_exactly(tmp_path: Path) -> None:
-    stats = Stats()
+    stats = SelfMetrics()
 
     async def main() -> None:
         s = await opened(tmp_path, ["a"], stats, max_bytes=MiB)
@@ -91,7 +91,7 @@ def test_byte_cap_evicts_oldest_and_counts_exactly(tmp_path: Path) -> None:
 
 
 def test_max_age_drops_old_entries(tmp_path: Path) -> None:
-    stats = Stats()
+    stats = SelfMetrics()
 
     async def main() -> None:
         s = await opened(tmp_path, ["a"], stats, max_age=3600)
@@ -107,7 +107,7 @@ def test_max_age_drops_old_entries(tmp_path: Path) -> None:
 
 
 def test_concurrent_appends_are_all_durable(tmp_path: Path) -> None:
-    stats = Stats()
+    stats = SelfMetrics()
 
     async def main() -> None:
         s = await opened(tmp_path, ["a"], stats)
@@ -135,7 +135,7 @@ def test_large_values_stay_inside_sqlite(tmp_path: Path) -> None:
 
 
 def test_dead_letter_keeps_the_batch_with_its_reason(tmp_path: Path) -> None:
-    stats = Stats()
+    stats = SelfMetrics()
 
     async def main() -> None:
         s = await opened(tmp_path, ["a"], stats)
@@ -198,7 +198,7 @@ def test_refusing_when_full_never_evicts_what_was_accepted(tmp_path: Path) -> No
     keeps the spool hovering at its cap, so the writers cross it again and again."""
     from relay.spool import SpoolError
 
-    stats = Stats()
+    stats = SelfMetrics()
 
     async def main() -> None:
         s = await opened(tmp_path, ["a"], stats, max_bytes=MiB)

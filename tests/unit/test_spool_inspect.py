@@ -7,9 +7,9 @@ import hashlib
 from pathlib import Path
 
 from relay.config import SpoolSettings
+from relay.selfmetrics import SelfMetrics
 from relay.spool import Spool
 from relay.spool.inspect import oldest_entries, summary
-from relay.stats import Stats
 
 MiB = 1024 * 1024
 Files = dict[str, tuple[str, int, int]]
@@ -30,7 +30,7 @@ def files(state_dir: Path) -> Files:
 
 async def filled(state_dir: Path) -> Spool:
     """A spool with a backlog for two destinations, one delivery and one dead-letter record."""
-    s = Spool(state_dir, SpoolSettings(), ["a", "b"], Stats())
+    s = Spool(state_dir, SpoolSettings(), ["a", "b"], SelfMetrics())
     await s.open()
     for i in range(6):
         await s.append("metrics", f"metrics-{i}".encode(), i + 1)

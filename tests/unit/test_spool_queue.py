@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from relay.config import SpoolSettings
+from relay.selfmetrics import SelfMetrics
 from relay.spool import Cursor, Spool
 from relay.spool.queue import SignalQueue, open_readonly, read_header
-from relay.stats import Stats
 
 MiB = 1024 * 1024
 
@@ -68,7 +68,7 @@ def test_a_failed_transaction_rolls_back_the_state_and_leaves_the_header_as_it_w
 
 
 def test_lease_halves_carry_their_true_cursors_and_dead_letter_as_batches(tmp_path: Path) -> None:
-    stats = Stats()
+    stats = SelfMetrics()
 
     async def main() -> None:
         s = Spool(tmp_path, SpoolSettings(), ["a"], stats)

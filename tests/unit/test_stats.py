@@ -8,7 +8,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from relay.stats import SELF_METRICS, SelfCounter, SelfGauge, Stats
+from relay.selfmetrics import SELF_METRICS, SelfCounter, SelfGauge, SelfMetrics
 
 
 def _registry_total(counter: SelfCounter, **match: str) -> float:
@@ -26,8 +26,8 @@ def _registry_by_label(counter: SelfCounter, label: str, **match: str) -> dict[s
     return out
 
 
-def _busy_stats() -> Stats:
-    s = Stats()
+def _busy_stats() -> SelfMetrics:
+    s = SelfMetrics()
     s.points_dropped.labels("vendor", "max_age").inc(3)
     s.points_dropped.labels("vendor", "max_bytes").inc(5)
     s.points_dropped.labels("backup", "max_bytes").inc(7)
@@ -94,7 +94,7 @@ def test_every_counter_and_gauge_copy_agrees_with_metrics_exposition() -> None:
 
 
 def test_a_negative_increment_is_refused_and_moves_neither_copy() -> None:
-    s = Stats()
+    s = SelfMetrics()
     s.points_shipped.labels("vendor").inc(2)
     with pytest.raises(ValueError):
         s.points_shipped.labels("vendor").inc(-1)
@@ -102,14 +102,14 @@ def test_a_negative_increment_is_refused_and_moves_neither_copy() -> None:
 
 
 def test_wrong_labels_are_refused_as_prometheus_client_refuses_them() -> None:
-    s = Stats()
+    s = SelfMetrics()
     with pytest.raises(ValueError):
         s.points_dropped.labels("vendor")  # two labels declared
     assert s.points_dropped.by("reason") == {}
 
 
 def test_counts_from_many_threads_add_up_while_status_reads() -> None:
-    s = Stats()
+    s = SelfMetrics()
     per_thread, threads = 2000, 4
     stop = threading.Event()
     errors: list[BaseException] = []
@@ -140,7 +140,7 @@ def test_counts_from_many_threads_add_up_while_status_reads() -> None:
 
 
 def test_the_registry_holds_exactly_the_table_in_its_order() -> None:
-    s = Stats()
+    s = SelfMetrics()
     families = [f for f in s.registry.collect()]
     assert [f.name for f in families] == [d.prom_name for d in SELF_METRICS]
     for fam, d in zip(families, SELF_METRICS, strict=True):
@@ -156,7 +156,7 @@ def test_the_registry_holds_exactly_the_table_in_its_order() -> None:
 
 
 def test_forgetting_a_source_removes_its_series_from_the_copy_and_from_metrics() -> None:
-    s = Stats()
+    s = SelfMetrics()
     for name in ("host", "jolokia pid 41"):
         s.source_runs.labels(name).inc(3)
         s.source_errors.labels(name).inc()

@@ -25,7 +25,7 @@ LabelValues = tuple[str, ...]
 
 @dataclass(frozen=True)
 class MetricDef:
-    """One self-metric. `attr` is its attribute on Stats; `prom_name` has no `_total` suffix."""
+    """One self-metric. `attr` is its attribute on SelfMetrics; `prom_name` has no `_total` suffix."""
 
     attr: str
     prom_name: str
@@ -226,11 +226,11 @@ class _GaugeSeries:
         self._gauge._set(self._key, self._child, value)
 
 
-# The class each kind of table entry becomes, as the Stats annotations below name it.
+# The class each kind of table entry becomes, as the SelfMetrics annotations below name it.
 _MADE_BY_KIND = {"counter": "SelfCounter", "gauge": "SelfGauge", "histogram": "Histogram"}
 
 
-class Stats:
+class SelfMetrics:
     """All self-metrics, in a registry of their own (so tests can run several relays).
 
     The attributes below are the table's `attr` names, typed for the callers; a check at
@@ -282,10 +282,10 @@ class Stats:
 
 
 def _check_table_matches_attributes() -> None:
-    declared = {name: kind for name, kind in Stats.__annotations__.items()}
+    declared = {name: kind for name, kind in SelfMetrics.__annotations__.items()}
     made = {d.attr: _MADE_BY_KIND[d.kind] for d in SELF_METRICS}
     if declared != made:
-        raise RuntimeError(f"Stats attributes and SELF_METRICS disagree: {declared.items() ^ made.items()}")
+        raise RuntimeError(f"SelfMetrics attributes and SELF_METRICS disagree: {declared.items() ^ made.items()}")
 
 
 _check_table_matches_attributes()
