@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import ssl
 
-from relay.config import ListenerTLSSettings, TLSSettings
+from relay.config import TLSSettings
+from relay.source_settings import ListenerTLSSettings
 
 __all__ = ["client_context", "server_context"]
 

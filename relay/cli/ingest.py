@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     if args.tls_cert or args.tls_key:
         if not (args.tls_cert and args.tls_key):
             raise SchemaError("command line", None, "--tls-cert", "--tls-cert and --tls-key go together")
-        from relay.config import ListenerTLSSettings
+        from relay.source_settings import ListenerTLSSettings
         from relay.tls import server_context
 
         # With --client-ca, a client certificate is required (mTLS).

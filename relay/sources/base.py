@@ -18,10 +18,10 @@ from urllib.parse import urlsplit
 
 from google.protobuf.message import Message
 
-from relay.config import ScrapeTargetSettings
 from relay.otlp import Signal, count_items
 from relay.secrets import redact
 from relay.selfmetrics import SelfMetrics
+from relay.source_settings import ScrapeTargetSettings
 from relay.sources.scrape_http import ScrapeSession
 from relay.spool import Spool, SpoolError
 

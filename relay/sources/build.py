@@ -15,8 +15,9 @@ from typing import Any
 import psutil
 
 from relay import mapping
-from relay.config import Config, ScrapeTargetSettings
+from relay.config import Config
 from relay.selfmetrics import SelfMetrics
+from relay.source_settings import ScrapeTargetSettings
 from relay.sources.base import Source
 from relay.sources.discovery import Discovered
 from relay.sources.host import HostSource

@@ -23,9 +23,9 @@ import aiohttp
 from google.protobuf.message import Message
 
 from relay import __version__
-from relay.config import JolokiaSettings, ScrapeTargetSettings
 from relay.mapping import Mappings, parse_props
 from relay.otlp import MetricsBuilder
+from relay.source_settings import JolokiaSettings, ScrapeTargetSettings
 from relay.sources.base import ScrapeSource
 from relay.sources.scrape_bounds import Deadline, ScrapeLimitExceeded, excerpt, read_body, short
 

@@ -22,11 +22,11 @@ from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, status_pb2
 
 from relay.compression import BadEncoding, BodyTooLarge, decompress
-from relay.config import OtlpReceiverSettings
 from relay.listener import Listener, ListenerLimits, is_loopback_host
 from relay.otlp import SIGNAL_INFO, SIGNALS, BadJson, Signal, count_items, from_json, parse_request
 from relay.secrets import redact
 from relay.selfmetrics import SelfMetrics
+from relay.source_settings import OtlpReceiverSettings
 from relay.sources.otlp_body import BodyRefused, ByteBudget, HeldBody, read_body
 from relay.spool import Spool, SpoolError
 from relay.strict_yaml import split_host_port

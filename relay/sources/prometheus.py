@@ -33,9 +33,9 @@ import aiohttp
 from google.protobuf.message import Message
 
 from relay import __version__
-from relay.config import PrometheusSettings, ScrapeTargetSettings
 from relay.mapping import Mappings
 from relay.otlp import MetricsBuilder, cumulative_buckets, set_attributes
+from relay.source_settings import PrometheusSettings, ScrapeTargetSettings
 from relay.sources.base import ScrapeSource
 from relay.sources.exposition import ExpositionError, ExpositionLimits, parse_families
 from relay.sources.scrape_bounds import Deadline, ScrapeLimitExceeded, read_body, short

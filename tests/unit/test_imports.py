@@ -25,7 +25,7 @@ FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
                  "relay.mapping", "relay.selfmetrics", "relay.logs", "relay.identity", "relay.allocator",
                  "relay.systemd", "relay.listener")),
     # TLS contexts are built from the settings' own types.
-    ("settings", ("relay.config", "relay.tls")),
+    ("settings", ("relay.config", "relay.source_settings", "relay.tls")),
     ("policy", ("relay.policy",)),
     ("spool", ("relay.spool",)),
     ("sources", ("relay.sources",)),

@@ -20,7 +20,6 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
-from relay.config import ListenerTLSSettings
 from relay.export.response import (
     Accepted,
     Reject,
@@ -31,6 +30,7 @@ from relay.export.response import (
     error_detail,
     parse_retry_after,
 )
+from relay.source_settings import ListenerTLSSettings
 from relay.tls import server_context
 from tests.certs import PKI
 

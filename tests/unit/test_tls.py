@@ -14,7 +14,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from relay.config import ListenerTLSSettings, TLSSettings
+from relay.config import TLSSettings
+from relay.source_settings import ListenerTLSSettings
 from relay.sources.scrape_http import ScrapeSession
 from relay.tls import client_context, server_context
 from tests.certs import PKI, Pair
