@@ -6,15 +6,14 @@ the connection before the answer (a lost 200: the relay retries what the ingest 
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import aiohttp
 from aiohttp import web
 
+from tests.loopback import LoopbackApp
 from tests.procs import free_port
 
 Action = Literal["forward", "swallow", "lose_answer"]
@@ -22,7 +21,7 @@ HOP_BY_HOP = {"content-length", "transfer-encoding", "connection", "keep-alive"}
 
 
 @dataclass
-class Forwarder:
+class Forwarder(LoopbackApp):
     target: str  # the ingest's base URL
     decide: Callable[[int, str, dict[str, str]], Action] = lambda i, path, headers: "forward"
     port: int = field(default_factory=free_port)
@@ -32,53 +31,30 @@ class Forwarder:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> Forwarder:
-        self._loop = asyncio.new_event_loop()
-        started = threading.Event()
+    async def on_start(self) -> None:
+        self._session = aiohttp.ClientSession(auto_decompress=False, timeout=aiohttp.ClientTimeout(total=30))
 
-        async def handle(request: web.Request) -> web.StreamResponse:
-            wire = await request.read()
-            headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
-            action = self.decide(len(self.seen), request.path, headers)
-            self.seen.append((request.path, headers.get("X-Relay-Sequence", ""), action))
-            if action == "swallow":
-                return web.Response(status=200, body=b"", content_type="application/x-protobuf")
-            try:
-                async with self._session.post(self.target + request.path, data=wire, headers=headers) as r:
-                    body = await r.read()
-                    answer = web.Response(status=r.status, body=body, headers={
-                        k: v for k, v in r.headers.items() if k.lower() not in HOP_BY_HOP | {"content-encoding"}})
-            except aiohttp.ClientError:
-                answer = web.Response(status=502, body=b"the ingest did not answer")
-            if action == "lose_answer" and request.transport is not None:
-                request.transport.close()
-                raise ConnectionResetError("the answer was lost on the way back")
-            return answer
+    async def on_stop(self) -> None:
+        await self._session.close()
 
-        async def main() -> None:
-            self._session = aiohttp.ClientSession(auto_decompress=False,
-                                                  timeout=aiohttp.ClientTimeout(total=30))
-            app = web.Application(client_max_size=128 << 20, handler_args={"auto_decompress": False})
-            app.router.add_post("/{path:.*}", handle)
-            self._runner = web.AppRunner(app, access_log=None)
-            await self._runner.setup()
-            await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-            started.set()
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post("/{path:.*}", self._handle)
 
-        def run() -> None:
-            self._loop.run_until_complete(main())
-            self._loop.run_forever()
-
-        self._thread = threading.Thread(target=run, daemon=True)
-        self._thread.start()
-        assert started.wait(10)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        async def stop() -> None:
-            await self._runner.cleanup()
-            await self._session.close()
-
-        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        wire = await request.read()
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        action = self.decide(len(self.seen), request.path, headers)
+        self.seen.append((request.path, headers.get("X-Relay-Sequence", ""), action))
+        if action == "swallow":
+            return web.Response(status=200, body=b"", content_type="application/x-protobuf")
+        try:
+            async with self._session.post(self.target + request.path, data=wire, headers=headers) as r:
+                body = await r.read()
+                answer = web.Response(status=r.status, body=body, headers={
+                    k: v for k, v in r.headers.items() if k.lower() not in HOP_BY_HOP | {"content-encoding"}})
+        except aiohttp.ClientError:
+            answer = web.Response(status=502, body=b"the ingest did not answer")
+        if action == "lose_answer" and request.transport is not None:
+            request.transport.close()
+            raise ConnectionResetError("the answer was lost on the way back")
+        return answer

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from aiohttp import web
 
 from relay.compression import decompress
 from relay.otlp import count_items, parse_request
+from tests.loopback import LoopbackApp
 from tests.procs import free_port
 
 
@@ -33,7 +32,7 @@ Responder = Callable[[int, Arrival], tuple[int, dict[str, str], bytes]]
 
 
 @dataclass
-class Vendor:
+class Vendor(LoopbackApp):
     responder: Responder
     port: int = field(default_factory=free_port)
     arrivals: list[Arrival] = field(default_factory=list)
@@ -42,52 +41,28 @@ class Vendor:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> Vendor:
-        self._loop = asyncio.new_event_loop()
-        started = threading.Event()
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1/metrics", self._handle)
 
-        async def handle(request: web.Request) -> web.Response:
-            wire = await request.read()
-            body = decompress(wire, request.headers.get("Content-Encoding", ""), 64 << 20)
-            msg = parse_request("metrics", body)
-            arrival = Arrival(time.monotonic(), request.path, dict(request.headers),
-                              hashlib.sha256(body).hexdigest(), count_items("metrics", msg), 0, body)
-            status, headers, resp = self.responder(len(self.arrivals), arrival)
-            if status == -1:  # drop the connection without an answer
-                if request.transport is not None:
-                    request.transport.close()
-                self.arrivals.append(arrival)
-                raise ConnectionResetError("vendor dropped the connection")
-            if status >= 1000:  # answer slowly: status + 1000 * seconds
-                await asyncio.sleep((status // 1000) / 10)
-                status %= 1000
-            arrival.status = status
+    async def _handle(self, request: web.Request) -> web.Response:
+        wire = await request.read()
+        body = decompress(wire, request.headers.get("Content-Encoding", ""), 64 << 20)
+        msg = parse_request("metrics", body)
+        arrival = Arrival(time.monotonic(), request.path, dict(request.headers),
+                          hashlib.sha256(body).hexdigest(), count_items("metrics", msg), 0, body)
+        status, headers, resp = self.responder(len(self.arrivals), arrival)
+        if status == -1:  # drop the connection without an answer
+            if request.transport is not None:
+                request.transport.close()
             self.arrivals.append(arrival)
-            return web.Response(status=status, headers=headers, body=resp,
-                                content_type="application/x-protobuf")
-
-        async def main() -> None:
-            app = web.Application(client_max_size=128 << 20, handler_args={"auto_decompress": False})
-            app.router.add_post("/v1/metrics", handle)
-            self._runner = web.AppRunner(app, access_log=None)
-            await self._runner.setup()
-            await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-            started.set()
-
-        def run() -> None:
-            self._loop.run_until_complete(main())
-            self._loop.run_forever()
-
-        self._thread = threading.Thread(target=run, daemon=True)
-        self._thread.start()
-        assert started.wait(10)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        fut = asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop)
-        fut.result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
+            raise ConnectionResetError("vendor dropped the connection")
+        if status >= 1000:  # answer slowly: status + 1000 * seconds
+            await asyncio.sleep((status // 1000) / 10)
+            status %= 1000
+        arrival.status = status
+        self.arrivals.append(arrival)
+        return web.Response(status=status, headers=headers, body=resp,
+                            content_type="application/x-protobuf")
 
     def accepted(self) -> list[Arrival]:
         return [a for a in self.arrivals if 200 <= a.status < 300]
