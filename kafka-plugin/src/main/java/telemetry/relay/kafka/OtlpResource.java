@@ -15,7 +15,7 @@ import java.util.Set;
  * of the ResourceMetrics as it came. Everything else is copied byte for byte. Malformed input
  * raises IllegalArgumentException (the forwarder drops and counts it).
  */
-final class OtlpResource {
+public final class OtlpResource {
     // Field numbers (opentelemetry/proto/metrics/v1/metrics.proto, resource/v1, common/v1).
     private static final int METRICS_DATA_RESOURCE_METRICS = 1;
     private static final int RESOURCE_METRICS_RESOURCE = 1;
@@ -29,7 +29,7 @@ final class OtlpResource {
     }
 
     /** The KeyValue fields (as Resource.attributes entries) for string attributes; null values are left out. */
-    static byte[] attributes(Map<String, String> attrs) {
+    public static byte[] attributes(Map<String, String> attrs) {
         ByteArrayOutputStream out = new ByteArrayOutputStream(64 * attrs.size());
         for (Map.Entry<String, String> e : attrs.entrySet()) {
             if (e.getValue() == null) {
@@ -50,7 +50,7 @@ final class OtlpResource {
     }
 
     /** MetricsData with {@code extra} (from {@link #attributes}) in every ResourceMetrics' Resource. */
-    static byte[] addAttributes(byte[] data, byte[] extra, Set<String> keys) {
+    public static byte[] addAttributes(byte[] data, byte[] extra, Set<String> keys) {
         ByteArrayOutputStream out = new ByteArrayOutputStream(data.length + 4 * extra.length + 16);
         Reader r = new Reader(data, 0, data.length);
         while (r.more()) {
