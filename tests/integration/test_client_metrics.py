@@ -8,6 +8,7 @@ plugin and the subscription. One 4.4 and one 4.1 broker serve the whole module."
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -213,6 +214,45 @@ def test_the_plugin_adds_resource_attributes_by_hand_encoded_protobuf(tmp_path: 
     for bad in (req.SerializeToString()[:-3], b"\x0a\xff\xff\xff\xff\x0f", b"\x0b\x00"):
         p = run(bad)
         assert p.returncode == 3 and "refused" in p.stdout, (bad, p.stdout, p.stderr)
+
+
+def test_policy_test_shows_what_the_shipped_policy_does_to_a_labelled_push(tmp_path: Path) -> None:
+    identity = {"kafka.client.instance.id": "46_KjyvJSWaYkvJMaYvtWw", "kafka.client.id": "orders-producer",
+                "kafka.client.software.name": "apache-kafka-java", "kafka.client.software.version": "4.4.0",
+                "kafka.client.principal": "User:alice", "kafka.client.listener": "INTERNAL",
+                "kafka.client.security.protocol": "SASL_SSL", "kafka.client.address": "10.1.2.3",
+                "kafka.cluster.id": "dunxN-8iSCaUl5VRIXXX4w", "kafka.broker.id": "1", "group_id": "billing"}
+    req = ms.ExportMetricsServiceRequest()
+    rm = req.resource_metrics.add()
+    rm.resource.attributes.extend(common_pb2.KeyValue(key=k, value=common_pb2.AnyValue(string_value=v))
+                                  for k, v in identity.items())
+    m = rm.scope_metrics.add().metrics.add(name="org.apache.kafka.producer.record.send.total")
+    m.sum.aggregation_temporality, m.sum.is_monotonic = metrics_pb2.AGGREGATION_TEMPORALITY_DELTA, True
+    m.sum.data_points.add(as_double=20, attributes=[common_pb2.KeyValue(
+        key="node_id", value=common_pb2.AnyValue(string_value="node-1"))])
+    (tmp_path / "push.pb").write_bytes(req.SerializeToString())
+    (tmp_path / "relay.yaml").write_text(f"state_dir: {tmp_path / 'state'}\npolicy: {{file: {SHIPPED_POLICY}}}\n"
+                                         "destinations: [{name: vendor, endpoint: 'http://127.0.0.1:9'}]\n")
+
+    def policy_test(*extra: str) -> str:
+        p = subprocess.run([*CLI, "policy", "test", "--config", str(tmp_path / "relay.yaml"), "--input",
+                            str(tmp_path / "push.pb"), *extra], capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        return p.stdout
+
+    summary = policy_test()
+    for key in ("kafka.client.id", "kafka.client.principal", "kafka.client.address", "kafka.client.listener",
+                "group_id"):
+        assert re.search(rf"resource_attributes:{re.escape(key)} +hashed 1", summary), summary
+    out = json.loads(policy_test("--json"))
+    (left,) = out[0]["request"]["resourceMetrics"]
+    res = {a["key"]: a["value"]["stringValue"] for a in left["resource"]["attributes"]}
+    for key in ("kafka.client.instance.id", "kafka.client.software.name", "kafka.client.software.version",
+                "kafka.client.security.protocol", "kafka.cluster.id", "kafka.broker.id"):
+        assert res[key] == identity[key], key
+    assert all(HASHED.match(res[k]) for k in ("kafka.client.id", "kafka.client.principal", "group_id"))
+    point = left["scopeMetrics"][0]["metrics"][0]["sum"]["dataPoints"][0]
+    assert point["attributes"] == [{"key": "node_id", "value": {"stringValue": "node-1"}}]
 
 
 # -- the new interface (Kafka 4.4) ------------------------------------------------------------------
