@@ -177,13 +177,13 @@ def test_the_plugin_adds_resource_attributes_by_hand_encoded_protobuf(tmp_path: 
     clients_jar = next(jars.lib.glob("kafka-clients-*.jar"))
     kv = common_pb2.KeyValue
     req = ms.ExportMetricsServiceRequest()
-    for i in range(3):
+    for i in (0, 1, 2, 0):  # the last comes with the same Resource and schema URL as the first
         rm = req.resource_metrics.add(schema_url=f"https://schema/{i}")
-        if i < 2:  # the last one comes without a Resource at all
+        if i < 2:  # the third comes without a Resource at all
             rm.resource.attributes.extend([kv(key="service.name", value=common_pb2.AnyValue(string_value="app")),
                                            kv(key="kafka.client.id", value=common_pb2.AnyValue(string_value="own"))])
             rm.resource.dropped_attributes_count = 2
-        m = rm.scope_metrics.add().metrics.add(name=f"org.apache.kafka.producer.m{i}")
+        m = rm.scope_metrics.add().metrics.add(name=f"org.apache.kafka.producer.m{len(req.resource_metrics)}")
         m.sum.aggregation_temporality = metrics_pb2.AGGREGATION_TEMPORALITY_DELTA
         m.sum.is_monotonic = True
         m.sum.data_points.add(as_double=1.5 * i, time_unix_nano=1_800_000_000_000_000_000 + i)
@@ -201,7 +201,10 @@ def test_the_plugin_adds_resource_attributes_by_hand_encoded_protobuf(tmp_path: 
     p = run(req.SerializeToString())
     assert p.returncode == 0, p.stdout + p.stderr
     got = ms.ExportMetricsServiceRequest.FromString(out.read_bytes())
+    # The Java client sends one ResourceMetrics per metric: those of one Resource become one.
     assert len(got.resource_metrics) == 3
+    first = req.resource_metrics[0].scope_metrics
+    assert list(got.resource_metrics[0].scope_metrics) == [*first, *req.resource_metrics[3].scope_metrics]
     for i, rm in enumerate(got.resource_metrics):
         res = {a.key: a.value.string_value for a in rm.resource.attributes}
         # The client's own attribute of a key the plugin sets is replaced, not duplicated.
@@ -209,7 +212,8 @@ def test_the_plugin_adds_resource_attributes_by_hand_encoded_protobuf(tmp_path: 
         assert res == ({"service.name": "app"} if i < 2 else {}) | attrs
         assert rm.resource.dropped_attributes_count == (2 if i < 2 else 0)
         assert rm.schema_url == f"https://schema/{i}"
-        assert rm.scope_metrics == req.resource_metrics[i].scope_metrics  # the metrics as they came
+        if i:
+            assert rm.scope_metrics == req.resource_metrics[i].scope_metrics  # the metrics as they came
     # Truncated or garbage bytes are refused, never half-rewritten.
     for bad in (req.SerializeToString()[:-3], b"\x0a\xff\xff\xff\xff\x0f", b"\x0b\x00"):
         p = run(bad)

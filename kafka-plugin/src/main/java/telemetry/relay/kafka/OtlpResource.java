@@ -1,7 +1,9 @@
 package telemetry.relay.kafka;
 
 import java.io.ByteArrayOutputStream;
+import java.nio.ByteBuffer;
 import java.nio.charset.StandardCharsets;
+import java.util.LinkedHashMap;
 import java.util.Map;
 import java.util.Set;
 
@@ -11,14 +13,15 @@ import java.util.Set;
  * dependency to lean on, and the wire format needed here is four messages deep at most.
  *
  * <p>Each ResourceMetrics is rewritten as: its Resource (the client's own attributes, minus any
- * whose key we set, then ours, then the Resource's other fields), followed by every other field
- * of the ResourceMetrics as it came. Everything else is copied byte for byte. Malformed input
- * raises IllegalArgumentException (the forwarder drops and counts it).
+ * whose key we set, and the Resource's other fields, then our attributes), its other fields
+ * (schema URL) as they came, then its ScopeMetrics, byte for byte. Malformed input raises
+ * IllegalArgumentException (the forwarder drops and counts it).
  */
 public final class OtlpResource {
     // Field numbers (opentelemetry/proto/metrics/v1/metrics.proto, resource/v1, common/v1).
     private static final int METRICS_DATA_RESOURCE_METRICS = 1;
     private static final int RESOURCE_METRICS_RESOURCE = 1;
+    private static final int RESOURCE_METRICS_SCOPE_METRICS = 2;
     private static final int RESOURCE_ATTRIBUTES = 1;
     private static final int KEY_VALUE_KEY = 1;
     private static final int KEY_VALUE_VALUE = 2;
@@ -49,29 +52,66 @@ public final class OtlpResource {
         return out.toByteArray();
     }
 
-    /** MetricsData with {@code extra} (from {@link #attributes}) in every ResourceMetrics' Resource. */
+    /**
+     * MetricsData with {@code extra} (from {@link #attributes}) in every ResourceMetrics' Resource.
+     * ResourceMetrics that came with the same Resource and schema URL become one (their
+     * ScopeMetrics concatenated, in order): the Java client sends one per metric, and the same
+     * added attributes on each of eighty would make a push six times its size.
+     */
     public static byte[] addAttributes(byte[] data, byte[] extra, Set<String> keys) {
-        ByteArrayOutputStream out = new ByteArrayOutputStream(data.length + 4 * extra.length + 16);
+        Map<ByteBuffer, ResourceGroup> groups = new LinkedHashMap<>();
+        ByteArrayOutputStream tail = new ByteArrayOutputStream();
         Reader r = new Reader(data, 0, data.length);
         while (r.more()) {
             int start = r.pos;
             int tag = r.varint32();
             if (tag >>> 3 == METRICS_DATA_RESOURCE_METRICS && (tag & 7) == LEN) {
                 int len = r.length();
-                byte[] rm = resourceMetrics(data, r.pos, len, extra, keys);
-                writeLen(out, METRICS_DATA_RESOURCE_METRICS, rm, 0, rm.length);
+                ResourceGroup rm = resourceMetrics(data, r.pos, len, keys);
+                ResourceGroup into = groups.putIfAbsent(rm.key(), rm);
+                if (into != null) {
+                    into.scopes.write(rm.scopes.toByteArray(), 0, rm.scopes.size());
+                }
                 r.pos += len;
             } else {
                 r.skip(tag);
-                out.write(data, start, r.pos - start);
+                tail.write(data, start, r.pos - start);
             }
         }
+        ByteArrayOutputStream out = new ByteArrayOutputStream(data.length + groups.size() * (extra.length + 16));
+        for (ResourceGroup g : groups.values()) {
+            byte[] rm = g.encode(extra);
+            writeLen(out, METRICS_DATA_RESOURCE_METRICS, rm, 0, rm.length);
+        }
+        out.write(tail.toByteArray(), 0, tail.size());
         return out.toByteArray();
     }
 
-    private static byte[] resourceMetrics(byte[] data, int off, int len, byte[] extra, Set<String> keys) {
-        ByteArrayOutputStream resource = new ByteArrayOutputStream(extra.length + 256);
-        ByteArrayOutputStream rest = new ByteArrayOutputStream(len);
+    /** One ResourceMetrics taken apart: its Resource (less our keys), its other fields, its ScopeMetrics. */
+    private record ResourceGroup(byte[] resource, byte[] rest, ByteArrayOutputStream scopes) {
+        ByteBuffer key() {
+            ByteBuffer k = ByteBuffer.allocate(4 + resource.length + rest.length);
+            k.putInt(resource.length).put(resource).put(rest).flip();
+            return k;
+        }
+
+        byte[] encode(byte[] extra) {
+            ByteArrayOutputStream res = new ByteArrayOutputStream(resource.length + extra.length);
+            res.write(resource, 0, resource.length);
+            res.write(extra, 0, extra.length);
+            byte[] resBytes = res.toByteArray();
+            ByteArrayOutputStream out = new ByteArrayOutputStream(resBytes.length + rest.length + scopes.size() + 8);
+            writeLen(out, RESOURCE_METRICS_RESOURCE, resBytes, 0, resBytes.length);
+            out.write(rest, 0, rest.length);
+            out.write(scopes.toByteArray(), 0, scopes.size());
+            return out.toByteArray();
+        }
+    }
+
+    private static ResourceGroup resourceMetrics(byte[] data, int off, int len, Set<String> keys) {
+        ByteArrayOutputStream resource = new ByteArrayOutputStream(256);
+        ByteArrayOutputStream rest = new ByteArrayOutputStream(64);
+        ByteArrayOutputStream scopes = new ByteArrayOutputStream(len);
         Reader r = new Reader(data, off, len);
         while (r.more()) {
             int start = r.pos;
@@ -83,16 +123,10 @@ public final class OtlpResource {
                 r.pos += rlen;
             } else {
                 r.skip(tag);
-                rest.write(data, start, r.pos - start);
+                (tag >>> 3 == RESOURCE_METRICS_SCOPE_METRICS ? scopes : rest).write(data, start, r.pos - start);
             }
         }
-        resource.write(extra, 0, extra.length);
-        ByteArrayOutputStream out = new ByteArrayOutputStream(resource.size() + rest.size() + 8);
-        byte[] res = resource.toByteArray();
-        writeLen(out, RESOURCE_METRICS_RESOURCE, res, 0, res.length);
-        byte[] restBytes = rest.toByteArray();
-        out.write(restBytes, 0, restBytes.length);
-        return out.toByteArray();
+        return new ResourceGroup(resource.toByteArray(), rest.toByteArray(), scopes);
     }
 
     /** The Resource's fields, less the attributes whose key is one of ours. */
