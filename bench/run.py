@@ -11,7 +11,10 @@ Figures (each beside a baseline measured in this run, as a ratio):
   same ingest (export loop only);
 - the relay's peak RSS (VmHWM);
 - a real Kafka broker with 2,000 partitions (bench/kafka_scale.py): series, CPU and peak RSS
-  per scrape through each agent, beside Jolokia's and the JMX exporter's own response times.
+  per scrape through each agent, beside Jolokia's and the JMX exporter's own response times;
+- Kafka client metrics (bench/client_metrics.py): the KIP-714 plugin's cost per exportMetrics
+  call on the broker's request thread beside a no-op exporter's, and the relay's CPU per 1,000
+  client pushes at the rate of 1,000 clients pushing every 60 s beside its idle CPU.
 Prints a table and writes bench/results.json.
 """
 
@@ -32,7 +35,7 @@ from typing import Any
 import psutil
 import yaml
 
-from bench import kafka_scale, overhead
+from bench import client_metrics, kafka_scale, overhead
 from bench.common import CLI, DEFAULT_POLICY, HERE, WORK, peak_rss
 from bench.common import free_port as _free_port
 from bench.common import get_json as _get
@@ -350,6 +353,9 @@ def main() -> None:
         catch = overhead.bench_catch_up(ingest.url, ingest.items, reqs[:60], points_per_request())
         print("bench: a real Kafka broker with 2,000 partitions, through each agent...", flush=True)
         kafka = kafka_scale.bench_kafka_scale(ingest.url)
+        print("bench: Kafka client metrics: the plugin's exportMetrics, and 1,000 pushes through the relay...",
+              flush=True)
+        clients = client_metrics.run(ingest.url, ingest.items)
     finally:
         ingest.stop()
 
@@ -453,6 +459,7 @@ def main() -> None:
          "baseline": "-", "ratio": "-", "target": "-", "result": "-"},
     ]
     rows += kafka_scale.rows(kafka)
+    rows += client_metrics.rows(clients)
     print()
     print(table(rows))
     results = {
@@ -471,6 +478,7 @@ def main() -> None:
         "push_10k": push,
         "catch_up": catch,
         "kafka_2000_partitions": kafka,
+        "client_metrics": clients,
         "ratios": {"throughput": throughput_ratio, "cpu_per_point": cpu_ratio},
         "table": rows,
     }
