@@ -96,6 +96,9 @@ final class SubscriptionWatcher implements Runnable {
     public void run() {
         Admin admin = null;
         try {
+            // The broker calls for the exporter before its listeners serve: a first read now
+            // would only log connection warnings.
+            Thread.sleep(Math.min(settings.subscriptionCheckMs, 5000));
             while (running) {
                 try {
                     if (admin == null) {
@@ -115,6 +118,8 @@ final class SubscriptionWatcher implements Runnable {
                     return;
                 }
             }
+        } catch (InterruptedException e) {
+            // stop() before the first read
         } finally {
             if (admin != null) {
                 admin.close(java.time.Duration.ofSeconds(2));
