@@ -24,6 +24,7 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as ms
 from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.metrics.v1 import metrics_pb2
 
+from relay import status
 from tests.kafka.harness import HERE, Broker, Jars, fetch, jolokia_read, plugin_jar
 from tests.procs import CLI, Ingest, Proc, Relay, free_port, relay_config, wait_until
 
@@ -288,7 +289,11 @@ def test_status_shows_the_plugin_and_the_command_that_creates_the_subscription(s
 
 @pytest.fixture(scope="module")
 def clients(stack: Stack) -> Iterator[Proc]:
-    """A Java producer and consumer and a librdkafka producer and consumer on the 4.4 broker."""
+    """A Java producer and consumer and a librdkafka producer and consumer on the 4.4 broker,
+    with the subscription they push for (the status test above creates it as an operator would;
+    --alter again is harmless, and lets a test here run alone)."""
+    subscribe(stack.jars, status.subscribe_command(stack.broker.bootstrap).replace(
+        "--interval 10000", f"--interval {PUSH_INTERVAL_MS}"))
     java = java_clients(stack.jars, stack.broker, "orders")
     rdkafka = rdkafka_client(stack.broker, "billing")
     try:
