@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 # with its driver (the status page is tested in a real browser).
 TEST_APT := default-jdk-headless libjolokia-core-java maven chromium chromium-driver rpm rpmlint debootstrap redis-server
 
-.PHONY: all setup run test test-faults test-packaging deb rpm lint bench fuzz clean kafka
+.PHONY: all setup run test test-faults test-packaging deb rpm lint bench fuzz clean kafka plugin
 
 all: setup
 
@@ -25,6 +25,12 @@ kafka:
 	EXTRA_APT="default-jdk-headless maven" ./scripts/bootstrap.sh
 	$(PY) -m tests.kafka.harness fetch
 
+# The KIP-714 broker plugin jar (kafka-plugin/ -> kafka-plugin/target/telemetry-relay-kafka-plugin.jar):
+# Java 17, kafka-clients provided by the broker, no other dependency. The deb and rpm ship it.
+plugin:
+	EXTRA_APT="default-jdk-headless maven" ./scripts/bootstrap.sh
+	mvn -B -q -f kafka-plugin/pom.xml package
+
 # Starts the reference ingest and the relay on loopback with the embedded dev config;
 # `make run KAFKA=1` starts a real Kafka broker with traffic beside them, found by discovery.
 run: setup $(if $(KAFKA),kafka)
@@ -33,6 +39,7 @@ run: setup $(if $(KAFKA),kafka)
 test:
 	EXTRA_APT="$(TEST_APT)" ./scripts/bootstrap.sh
 	$(PY) -m tests.kafka.harness fetch
+	mvn -B -q -f kafka-plugin/pom.xml package
 	$(VENV)/bin/ruff check relay tests bench scripts packaging
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q -p no:cacheprovider
@@ -79,7 +86,8 @@ lint: setup
 bench:
 	EXTRA_APT="$(TEST_APT)" ./scripts/bootstrap.sh
 	$(PY) -m tests.kafka.harness fetch
+	mvn -B -q -f kafka-plugin/pom.xml package
 	$(PY) -m bench.run
 
 clean:
-	rm -rf $(VENV) .dev build dist *.egg-info bench/work
+	rm -rf $(VENV) .dev build dist *.egg-info bench/work kafka-plugin/target

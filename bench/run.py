@@ -15,6 +15,9 @@ Figures (each beside a baseline measured in this run, as a ratio):
 - the vendor's ingest into a real Kafka broker (bench/ingest_kafka.py): verified requests/s and
   points/s beside the same ingest writing nothing, and about 200 simulated relays draining a
   backlog through one rate-limited ingest (peak arrivals against the limit, time to drain).
+- Kafka client metrics (bench/client_metrics.py): the KIP-714 plugin's cost per exportMetrics
+  call on the broker's request thread beside a no-op exporter's, and the relay's CPU per 1,000
+  client pushes at the rate of 1,000 clients pushing every 60 s beside its idle CPU.
 Prints a table and writes bench/results.json.
 """
 
@@ -35,7 +38,7 @@ from typing import Any
 import psutil
 import yaml
 
-from bench import ingest_kafka, kafka_scale, overhead
+from bench import client_metrics, ingest_kafka, kafka_scale, overhead
 from bench.common import CLI, DEFAULT_POLICY, HERE, WORK, peak_rss
 from bench.common import free_port as _free_port
 from bench.common import get_json as _get
@@ -355,6 +358,9 @@ def main() -> None:
         kafka = kafka_scale.bench_kafka_scale(ingest.url)
         print("bench: the ingest into a real Kafka broker, and 200 relays catching up through it...", flush=True)
         vendor = ingest_kafka.bench_ingest_kafka()
+        print("bench: Kafka client metrics: the plugin's exportMetrics, and 1,000 pushes through the relay...",
+              flush=True)
+        clients = client_metrics.run(ingest.url, ingest.items)
     finally:
         ingest.stop()
 
@@ -459,6 +465,7 @@ def main() -> None:
     ]
     rows += kafka_scale.rows(kafka)
     rows += ingest_kafka.rows(vendor)
+    rows += client_metrics.rows(clients)
     print()
     print(table(rows))
     results = {
@@ -478,6 +485,7 @@ def main() -> None:
         "catch_up": catch,
         "kafka_2000_partitions": kafka,
         "ingest_kafka": vendor,
+        "client_metrics": clients,
         "ratios": {"throughput": throughput_ratio, "cpu_per_point": cpu_ratio},
         "table": rows,
     }

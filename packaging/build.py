@@ -4,6 +4,8 @@ Both carry every Python dependency as wheels under /opt/telemetry-relay/wheels; 
 maintainer scripts install them into a private virtualenv (/opt/telemetry-relay/venv) with
 `pip --no-index`, so installing needs no network. /etc/telemetry-relay/{relay,policy}.yaml
 are conffiles, the unit and its sysusers/tmpfiles files go where systemd looks for them.
+The KIP-714 broker plugin (kafka-plugin/, built with Maven) goes to
+/usr/share/telemetry-relay/kafka/, for an operator to put on the brokers' classpath.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "build" / "package"
 DIST = ROOT / "dist"
-DOCS = ["configuration.md", "privacy.md", "reliability.md", "wire-protocol.md", "metrics.md", "install.md"]
+DOCS = ["configuration.md", "privacy.md", "reliability.md", "wire-protocol.md", "metrics.md", "install.md",
+        "kafka-client-metrics.md"]
+PLUGIN = ROOT / "kafka-plugin"
+PLUGIN_JAR_NAME = "telemetry-relay-kafka-plugin.jar"
 SUMMARY = "On-prem telemetry relay: collects, spools, redacts and ships signed OTLP"
 DESCRIPTION = """Collects host, Kafka broker and JVM metrics and OTLP pushed by local
 applications, spools everything durably on local disk, applies the customer's
@@ -38,6 +43,16 @@ def wheels(dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(dest), str(ROOT)],
                    check=True)
+
+
+def plugin_jar() -> Path:
+    """The broker plugin, built from its sources (mvn package: kafka-clients is provided, nothing bundled)."""
+    # Maven's output is captured: this script's stdout is the package path alone.
+    p = subprocess.run(["mvn", "-B", "-q", "-f", str(PLUGIN / "pom.xml"), "package"], capture_output=True, text=True,
+                       timeout=900)
+    if p.returncode != 0:
+        raise SystemExit(f"mvn could not build the Kafka plugin:\n{p.stdout[-4000:]}{p.stderr[-4000:]}")
+    return PLUGIN / "target" / PLUGIN_JAR_NAME
 
 
 def stage(ver: str) -> Path:
@@ -64,6 +79,9 @@ def stage(ver: str) -> Path:
     maps.mkdir(parents=True)
     for f in sorted((ROOT / "configs/mappings").glob("*.yaml")):
         shutil.copy(f, maps)
+    kafka = root / "usr/share/telemetry-relay/kafka"
+    kafka.mkdir(parents=True)
+    shutil.copy(plugin_jar(), kafka / PLUGIN_JAR_NAME)
     doc = root / "usr/share/doc/telemetry-relay"
     doc.mkdir(parents=True)
     shutil.copy(ROOT / "README.md", doc)

@@ -3,8 +3,10 @@
 Owns: every judgement of the relay's state, each made once from the components' own
 snapshots: readiness (what /readyz refuses for), the health verdict (healthy, degraded
 or failing, and why), the throughput history behind the page's sparklines, the one-line
-summary systemd shows, and the /status document that composes them all (with the last
-connection self-test, shown as it was recorded: it does not change the verdict).
+summary systemd shows, the Kafka client metrics view (per scraped broker: is the KIP-714
+plugin loaded, which subscriptions exist, how many clients pushed lately, and the one command
+that creates a subscription where there is none), and the /status document that composes them
+all (with the last connection self-test, shown as it was recorded: it does not change the verdict).
 """
 
 from __future__ import annotations
@@ -26,6 +28,54 @@ HISTORY_INTERVAL = 10.0
 HISTORY_SAMPLES = 90
 
 Snapshot = dict[str, Any]
+
+# The subscription an operator creates for the plugin: every producer and consumer metric the
+# Java client and librdkafka push, every 10 s. No well-kept Python admin client supports the
+# client-metrics config resource, so the status prints Kafka's own tool's line to run.
+SUBSCRIPTION_NAME = "telemetry-relay"
+SUBSCRIPTION_METRICS = "org.apache.kafka.producer.,org.apache.kafka.consumer."
+SUBSCRIPTION_INTERVAL_MS = 10000
+_DROP_REASONS = {"DroppedQueueFull": "queue_full", "DroppedTooLarge": "too_large", "DroppedUnreachable": "unreachable",
+                 "DroppedRejected": "rejected", "DroppedUnavailable": "unavailable", "DroppedMalformed": "malformed",
+                 "DroppedError": "error", "DroppedShutdown": "shutdown"}
+
+
+def subscribe_command(bootstrap: str) -> str:
+    """The kafka-client-metrics.sh line that creates the plugin's subscription."""
+    return (f"kafka-client-metrics.sh --bootstrap-server {bootstrap or '<broker host:port>'} --alter "
+            f"--name {SUBSCRIPTION_NAME} --metrics {SUBSCRIPTION_METRICS} --interval {SUBSCRIPTION_INTERVAL_MS}")
+
+
+def client_metrics(sources: list[Snapshot]) -> list[Snapshot]:
+    """Per Jolokia-scraped broker (configured or discovered), the KIP-714 plugin's state as its MBean said."""
+    out: list[Snapshot] = []
+    for s in sources:
+        if "client_telemetry" not in s:
+            continue  # not a Jolokia source
+        bean = s["client_telemetry"]
+        ident = s.get("identity") or {}
+        entry: Snapshot = {"source": s["name"], "url": s.get("url"), "broker_id": ident.get("kafka.broker.id"),
+                           "cluster_id": ident.get("kafka.cluster.id"), "plugin_loaded": bean is not None}
+        if bean is not None:
+            count = int(bean.get("SubscriptionCount", -1))
+            entry.update({
+                "api": bean.get("Api"), "version": bean.get("Version"), "endpoint": bean.get("Endpoint"),
+                "received": bean.get("Received", 0), "forwarded": bean.get("Forwarded", 0),
+                "dropped": bean.get("Dropped", 0),
+                "dropped_by_reason": {r: bean[k] for k, r in _DROP_REASONS.items() if bean.get(k)},
+                "queue_bytes": bean.get("QueueBytes", 0), "queue_max_bytes": bean.get("QueueMaxBytes", 0),
+                "last_error": bean.get("LastError") or None,
+                "last_error_time": (bean.get("LastErrorTime") or 0) / 1000 or None,
+                "clients_pushed": bean.get("ClientsPushed", 0),
+                "window_seconds": (bean.get("ClientsWindowMs") or 0) / 1000,
+                "subscription_count": count if count >= 0 else None,
+                "subscriptions": [line for line in str(bean.get("Subscriptions", "")).splitlines() if line],
+                "subscription_error": bean.get("SubscriptionError") or None,
+            })
+            if count == 0:
+                entry["subscribe_command"] = subscribe_command(str(bean.get("BootstrapServers", "")))
+        out.append(entry)
+    return out
 
 
 @dataclass(frozen=True)
@@ -86,6 +136,12 @@ class StatusModel:
         for s in snap.sources:
             if s["last_error"]:
                 out.append(Finding(f"source {s['name']}: {s['last_error']}"))
+        for c in client_metrics(snap.sources):
+            if c.get("subscription_count") == 0:
+                who = c["broker_id"] or c["source"]
+                out.append(Finding(f"broker {who}: the client metrics plugin is loaded but no client-metrics "
+                                   f"subscription exists, so no client pushes; create one with: "
+                                   f"{c['subscribe_command']}"))
         for p in snap.policies:
             if p["in_force"] and p["last_error"]:
                 out.append(Finding(f"policy edit refused, previous policy in force: {p['last_error']}"))
@@ -175,6 +231,7 @@ class StatusModel:
             # One cheap syscall (a /proc read); not worth a thread.
             "process": {"pid": os.getpid(), "rss_bytes": self._process.memory_info().rss},
             "sources": snap.sources,
+            "client_metrics": client_metrics(snap.sources),
             "discovery": snap.discovery,
             "receivers": snap.receivers,
             "spool": snap.spool,

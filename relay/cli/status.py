@@ -1,6 +1,7 @@
 """`telemetry-relay status`: what a running relay is doing, read from its /status.
 
-Owns: the human rendering of the /status document (`format_status`), with every string in
+Owns: the human rendering of the /status document (`format_status`, the Kafka client metrics
+section included), with every string in
 it control-escaped first (vendor error bodies are in there); --json prints the document as
 it came (json.dumps escapes). Exits 1 when the relay answers but is not ready.
 """
@@ -42,6 +43,7 @@ def format_status(doc: dict[str, Any]) -> str:
             f"  {s['name']:<10} every {s['interval_seconds']:g}s  last run {format_ago(s.get('last_run'), now)}  "
             f"{s.get('last_points', 0)} points  total {s.get('points_collected', 0):.0f}  {state}"
         )
+    out.extend(_client_metrics(d.get("client_metrics") or [], now))
     sp = d.get("spool") or {}
     out.append("")
     out.append("Spool")
@@ -70,3 +72,34 @@ def format_status(doc: dict[str, Any]) -> str:
         if rej:
             out.append("    dropped: " + ", ".join(f"{k} {v:.0f} points" for k, v in rej.items()))
     return "\n".join(out)
+
+
+
+def _client_metrics(brokers: list[dict[str, Any]], now: float) -> list[str]:
+    """Per scraped broker: the KIP-714 plugin, its subscriptions and the clients that pushed."""
+    if not brokers:
+        return []
+    out = ["", "Kafka client metrics (KIP-714)"]
+    for b in brokers:
+        who = f"broker {b['broker_id']}" if b.get("broker_id") else b["source"]
+        if not b.get("plugin_loaded"):
+            out.append(f"  {who}: plugin not loaded (no telemetry.relay:type=ClientTelemetry MBean)")
+            continue
+        out.append(f"  {who}: plugin {b.get('version')} loaded ({b.get('api')}), forwarding to {b.get('endpoint')}")
+        out.append(f"    {b.get('clients_pushed', 0)} clients pushed in the last {b.get('window_seconds', 0):g}s; "
+                   f"received {b.get('received', 0)}, forwarded {b.get('forwarded', 0)}, dropped {b.get('dropped', 0)}"
+                   + (" (" + ", ".join(f"{k} {v}" for k, v in b["dropped_by_reason"].items()) + ")"
+                      if b.get("dropped_by_reason") else "")
+                   + f"; queue {format_bytes(b.get('queue_bytes', 0))} of {format_bytes(b.get('queue_max_bytes', 0))}")
+        count = b.get("subscription_count")
+        if count is None:
+            out.append(f"    subscriptions: unknown ({b.get('subscription_error') or 'not read yet'})")
+        elif count == 0:
+            out.append("    subscriptions: NONE, so no client pushes. Create one with:")
+            out.append(f"      {b.get('subscribe_command')}")
+        else:
+            out.append(f"    subscriptions ({count}):")
+            out.extend(f"      {line}" for line in b.get("subscriptions", []))
+        if b.get("last_error"):
+            out.append(f"    last error ({format_ago(b.get('last_error_time'), now)}): {b['last_error']}")
+    return out

@@ -2,7 +2,8 @@
 
 Owns: one bulk POST read per target per interval for every bean pattern the mapping rules
 name (wildcards included), turning the answer into OTLP with those rules, and the
-target's identity (JVM start time for cumulative sums, kafka.cluster.id, kafka.broker.id).
+target's identity (JVM start time for cumulative sums, kafka.cluster.id, kafka.broker.id),
+and the KIP-714 plugin's MBean as read (every attribute: the status shows its state).
 An entry that fails (404 for an absent MBean, say) is counted and the rest still maps.
 The answer is read up to a byte cap, and decoded and mapped in a worker thread under a
 time bound; an answer that is not JSON (or nests deeper than the decoder goes) fails that
@@ -35,6 +36,9 @@ SCOPE = "telemetry-relay/jolokia"
 RUNTIME = "java.lang:type=Runtime"
 CLUSTER_ID = "kafka.server:type=KafkaServer,name=ClusterId"
 APP_INFO = "kafka.server:type=app-info,*"
+# The telemetry-relay KIP-714 broker plugin (kafka-plugin/): its counters map through the
+# rules like any bean's; all of it, texts too, is kept for the status.
+CLIENT_TELEMETRY = "telemetry.relay:type=ClientTelemetry"
 
 
 class JolokiaError(Exception):
@@ -47,6 +51,7 @@ class JolokiaReading:
     points: int
     entry_errors: dict[int, int] = field(default_factory=dict)  # HTTP-like status -> entries
     identity: dict[str, str] = field(default_factory=dict)
+    client_telemetry: dict[str, Any] | None = None  # the plugin's MBean; None where it is not loaded
 
 
 def bulk_request(mappings: Mappings) -> list[dict[str, Any]]:
@@ -57,7 +62,10 @@ def bulk_request(mappings: Mappings) -> list[dict[str, Any]]:
         {"type": "read", "mbean": APP_INFO},
     ]
     for bean, attrs in mappings.read_plan().items():
-        entries.append({"type": "read", "mbean": bean, "attribute": attrs})
+        if bean == CLIENT_TELEMETRY:
+            entries.append({"type": "read", "mbean": bean})  # every attribute
+        else:
+            entries.append({"type": "read", "mbean": bean, "attribute": attrs})
     return entries
 
 
@@ -145,6 +153,7 @@ def map_response(
 
     b = MetricsBuilder({**resource, **identity}, SCOPE, __version__)
     errors: dict[int, int] = {}
+    client_telemetry: dict[str, Any] | None = None
     for entry_sent, entry in zip(sent, response, strict=True):
         if deadline is not None:
             deadline.check()
@@ -161,6 +170,8 @@ def map_response(
         for bean_name, bean_values in _values_by_bean(entry_sent.get("mbean", ""), entry.get("value")).items():
             if not isinstance(bean_values, dict):
                 continue
+            if bean_name == CLIENT_TELEMETRY:
+                client_telemetry = {k: v for k, v in bean_values.items() if isinstance(v, str | int | float)}
             ctx = {"params": mappings.params_for(bean_name), "bean": bean_values}
             for rule in mappings.rules_for(bean_name):
                 value = _number(_navigate(bean_values.get(rule.attribute), rule.path))
@@ -171,7 +182,7 @@ def map_response(
                 attrs = mappings.attrs_for(rule, ctx)
                 metric = b.metric(rule.metric, rule.type, rule.unit, rule.desc)
                 b.point(metric, value, now_ns, start_ns if rule.type != "gauge" else 0, attrs)
-    return JolokiaReading(b.finish(), b.points, errors, identity)
+    return JolokiaReading(b.finish(), b.points, errors, identity, client_telemetry)
 
 
 class JolokiaSource(ScrapeSource):
@@ -189,6 +200,7 @@ class JolokiaSource(ScrapeSource):
         self._body = json.dumps(self.sent).encode()
         self.last_entry_errors: dict[int, int] = {}
         self.identity: dict[str, str] = {}
+        self.client_telemetry: dict[str, Any] | None = None
 
     async def collect(self) -> list[Message]:
         session = self._http.get()
@@ -206,6 +218,7 @@ class JolokiaSource(ScrapeSource):
         result = await asyncio.to_thread(self._map, raw, deadline)
         self.last_entry_errors = result.entry_errors
         self.identity = result.identity
+        self.client_telemetry = result.client_telemetry
         return [result.request]
 
     def _map(self, raw: bytes, deadline: Deadline) -> JolokiaReading:
@@ -222,5 +235,6 @@ class JolokiaSource(ScrapeSource):
 
     def details(self) -> dict[str, Any]:
         return {"url": self.target.url, "mappings": list(self.mappings.names),
-                "entry_errors": {str(k): v for k, v in self.last_entry_errors.items()}, "identity": self.identity}
+                "entry_errors": {str(k): v for k, v in self.last_entry_errors.items()}, "identity": self.identity,
+                "client_telemetry": self.client_telemetry}
 

@@ -6,6 +6,9 @@ the local Maven repository), formatting KRaft storage, starting one combined-mod
 (kafka-run-class.sh's JVM flags, the whole lib/ as one long -cp, `kafka.Kafka
 server.properties`) with the Jolokia agent and/or the Prometheus JMX exporter as -javaagent,
 real traffic through the Kafka client (Traffic.java), and stopping the broker by its pid.
+Two pinned broker lines: 4.4 (the default) and 4.1 (`fetch("4.1")`: the last before KIP-1217's
+client telemetry exporter). `plugin_jar()` builds the KIP-714 plugin (kafka-plugin/) with Maven
+when its sources are newer than the jar; a Broker takes extra jars and server.properties lines.
 
 `python -m tests.kafka.harness run` keeps one broker with both agents and traffic in the
 foreground until it is stopped, and writes ready.json in its workdir once traffic flows
@@ -34,6 +37,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 POM = HERE / "pom.xml"
 OUT = ROOT / "build" / "kafka"
+# Broker line -> (Maven profile, output folder); 4.4 is the pom's default.
+VERSIONS = {"4.4": (None, OUT), "4.1": ("kafka-4.1", ROOT / "build" / "kafka-4.1")}
+PLUGIN = ROOT / "kafka-plugin"
+PLUGIN_JAR = PLUGIN / "target" / "telemetry-relay-kafka-plugin.jar"
 TRAFFIC = HERE / "Traffic.java"
 FIXTURES = ROOT / "tests" / "fixtures"
 # The JMX exporter configurations operators use (see tests/fixtures/SOURCES.md).
@@ -73,21 +80,38 @@ class Jars:
         return ":".join(str(p) for p in sorted(self.lib.glob("*.jar")))
 
 
-def fetch() -> Jars:
-    """The pinned jars, fetched with Maven once (again only when the pom changes)."""
-    stamp = OUT / ".fetched"
+def fetch(version: str = "4.4") -> Jars:
+    """The pinned jars of one broker line, fetched with Maven once (again only when the pom changes)."""
+    profile, out = VERSIONS[version]
+    stamp = out / ".fetched"
     if not stamp.exists() or POM.stat().st_mtime > stamp.stat().st_mtime:
-        if not shutil.which("mvn"):
-            raise RuntimeError("the real-Kafka tests need Maven (make test installs it: Debian's maven)")
-        shutil.rmtree(OUT, ignore_errors=True)  # no jar of a previous pin left on the classpath
-        p = subprocess.run(["mvn", "-B", "-q", "-f", str(POM), "package"], capture_output=True, text=True,
-                           timeout=900)
+        _need_maven()
+        shutil.rmtree(out, ignore_errors=True)  # no jar of a previous pin left on the classpath
+        p = subprocess.run(["mvn", "-B", "-q", "-f", str(POM), *(["-P", profile] if profile else []), "package"],
+                           capture_output=True, text=True, timeout=900)
         if p.returncode != 0:
             raise RuntimeError(f"mvn could not fetch the Kafka jars:\n{p.stdout[-4000:]}{p.stderr[-4000:]}")
         stamp.touch()
-    agents = OUT / "agents"
-    return Jars(OUT / "lib", next(agents.glob("jolokia-agent-jvm-*-javaagent.jar")),
+    agents = out / "agents"
+    return Jars(out / "lib", next(agents.glob("jolokia-agent-jvm-*-javaagent.jar")),
                 next(agents.glob("jmx_prometheus_javaagent-*.jar")))
+
+
+def _need_maven() -> None:
+    if not shutil.which("mvn"):
+        raise RuntimeError("the real-Kafka tests need Maven (make test installs it: Debian's maven)")
+
+
+def plugin_jar() -> Path:
+    """The KIP-714 plugin jar (make plugin builds it; built here too when a source is newer)."""
+    sources = [PLUGIN / "pom.xml", *PLUGIN.rglob("src/**/*.java")]
+    if not PLUGIN_JAR.exists() or max(p.stat().st_mtime for p in sources) > PLUGIN_JAR.stat().st_mtime:
+        _need_maven()
+        p = subprocess.run(["mvn", "-B", "-q", "-f", str(PLUGIN / "pom.xml"), "package"], capture_output=True,
+                           text=True, timeout=900)
+        if p.returncode != 0:
+            raise RuntimeError(f"mvn could not build the plugin:\n{p.stdout[-4000:]}{p.stderr[-4000:]}")
+    return PLUGIN_JAR
 
 
 def cluster_id() -> str:
@@ -99,8 +123,10 @@ class Broker(Proc):
     """One KRaft node in combined mode on loopback, with the agents asked for."""
 
     def __init__(self, jars: Jars, workdir: Path, *, jolokia: bool = True, exporter: Path | None = None,
-                 node_id: int = 1, heap: str = "512m", name: str = "kafka") -> None:
+                 node_id: int = 1, heap: str = "512m", name: str = "kafka", extra_jars: tuple[Path, ...] = (),
+                 extra_properties: dict[str, str] | None = None) -> None:
         self.jars, self.node_id = jars, node_id
+        self.extra_properties = extra_properties or {}
         self.dir = workdir / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port, self.controller_port = free_port(), free_port()
@@ -123,7 +149,8 @@ class Broker(Proc):
             "java", f"-Xmx{heap}", f"-Xms{heap}", *JVM_PERFORMANCE,
             f"-Xlog:gc*:file={logs}/kafkaServer-gc.log:time,tags:filecount=10,filesize=100M", *JMX,
             f"-Dkafka.logs.dir={logs}", f"-Dlog4j2.configurationFile=file:{self.dir / 'log4j2.properties'}",
-            "-cp", jars.classpath(), *agents, "kafka.Kafka", str(self.properties),
+            # Extra jars go where an operator puts a plugin: into the broker's classpath (libs/).
+            "-cp", ":".join([jars.classpath(), *map(str, extra_jars)]), *agents, "kafka.Kafka", str(self.properties),
         ], self.dir / "server.log")
 
     def _properties(self) -> str:
@@ -146,6 +173,7 @@ class Broker(Proc):
             "share.coordinator.state.topic.replication.factor=1",
             "share.coordinator.state.topic.min.isr=1",
             "group.initial.rebalance.delay.ms=0",
+            *(f"{k}={v}" for k, v in self.extra_properties.items()),
             "",
         ])
 
@@ -229,9 +257,12 @@ def jolokia_read(broker: Broker, mbean: str) -> object:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("command", choices=["fetch", "run"])
+    ap.add_argument("command", choices=["fetch", "plugin", "run"])
     ap.add_argument("--workdir", type=Path, default=ROOT / ".dev" / "kafka")
     args = ap.parse_args()
+    if args.command == "plugin":
+        print(f"the KIP-714 plugin: {plugin_jar()}")
+        return 0
     jars = fetch()
     if args.command == "fetch":
         print(f"Kafka jars in {jars.lib}; agents {jars.jolokia.name}, {jars.exporter.name}")

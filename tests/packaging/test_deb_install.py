@@ -85,6 +85,8 @@ def test_offline_install_run_upgrade_and_purge(chroot: Path, tmp_path: Path) -> 
     assert (root / "opt/telemetry-relay/venv/bin/telemetry-relay").exists()
     assert in_root(root, "getent", "passwd", "telemetry-relay").stdout.startswith("telemetry-relay:")
     assert (root / "var/lib/telemetry-relay").stat().st_mode & 0o777 == 0o700
+    # The KIP-714 broker plugin, for the brokers' classpath (docs/kafka-client-metrics.md).
+    assert (root / "usr/share/telemetry-relay/kafka/telemetry-relay-kafka-plugin.jar").stat().st_size > 10_000
 
     # Point the installed config at an ingest on the host, as an operator would edit it.
     ingest = Ingest(tmp_path)

@@ -31,7 +31,9 @@ def test_rpm_contents_conffiles_scriptlets_and_permissions(rpm_file: Path, tmp_p
     for f in ("/usr/bin/telemetry-relay", "/etc/telemetry-relay/relay.yaml", "/etc/telemetry-relay/policy.yaml",
               "/lib/systemd/system/telemetry-relay.service", "/usr/lib/sysusers.d/telemetry-relay.conf",
               "/usr/lib/tmpfiles.d/telemetry-relay.conf", "/usr/share/telemetry-relay/mappings/kafka.yaml",
-              "/usr/share/doc/telemetry-relay/privacy.md"):
+              "/usr/share/doc/telemetry-relay/privacy.md",
+              "/usr/share/telemetry-relay/kafka/telemetry-relay-kafka-plugin.jar",
+              "/usr/share/doc/telemetry-relay/kafka-client-metrics.md"):
         assert f in files, f
     wheels = [f for f in files if f.startswith("/opt/telemetry-relay/wheels/")]
     assert any("telemetry_relay-" in w for w in wheels) and any("aiohttp-" in w for w in wheels)

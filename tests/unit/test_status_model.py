@@ -141,8 +141,9 @@ def test_the_document_composes_the_snapshots_in_the_shape_readers_expect() -> No
     doc = model(snap).document()
     assert set(doc) == {"version", "uptime_seconds", "ready", "problems", "verdict", "history", "config",
                         "resource", "process", "sources", "discovery", "receivers", "spool", "destinations",
-                        "policies", "connection_check"}
+                        "policies", "connection_check", "client_metrics"}
     assert doc["connection_check"] is None  # no self-test has run
+    assert doc["client_metrics"] == []  # no Jolokia source, so no broker to show
     assert doc["uptime_seconds"] == 600.0 and doc["ready"] is True and doc["problems"] == []
     assert doc["verdict"] == {"state": "healthy", "reasons": []}
     assert doc["config"] == config and doc["spool"] == snap.spool and doc["destinations"] == snap.destinations
