@@ -251,24 +251,17 @@ class Tail:
             else:
                 self._use(f, 0, False, rotated=False)
             return
-        if f is not None and pos.ident.same_inode(os.fstat(f.fd)):
-            if matches(f.fd, pos.ident) and os.fstat(f.fd).st_size >= pos.offset:
-                self._use(f, pos.offset, pos.skipping, rotated=False)
-                return
-            # Truncated while the relay was down (copytruncate): the copy holds the rest.
-            copy = self._find_copy(pos)
-            if copy is None:
-                self._lost(f"{self.path} was truncated before the relay read it to its end")
-                self._use(f, 0, False, rotated=False)
-            else:
-                f.close()
-                self._use(copy, pos.offset, pos.skipping, rotated=True)
+        if f is not None and pos.ident.same_inode(os.fstat(f.fd)) and matches(f.fd, pos.ident) \
+                and os.fstat(f.fd).st_size >= pos.offset:
+            self._use(f, pos.offset, pos.skipping, rotated=False)
             return
-        moved = self._find_moved(pos)
-        if moved is not None:
+        # Renamed away with unread lines, or truncated after a copy (copytruncate): found again
+        # by inode and fingerprint, or by the fingerprint of the copy.
+        found = self._find_moved(pos) or self._find_copy(pos)
+        if found is not None:
             if f is not None:
                 f.close()
-            self._use(moved, pos.offset, pos.skipping, rotated=True)
+            self._use(found, pos.offset, pos.skipping, rotated=True)
             return
         if f is not None:
             # Not the file last read, which is nowhere beside it: a new file (or one deleted and

@@ -208,6 +208,29 @@ def test_copytruncate_reads_the_unread_end_from_the_copy(tmp_path: Path) -> None
     assert tail.dropped["rotated_away"] == 0
 
 
+def test_copied_truncated_and_renamed_while_the_relay_was_down(tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    log.write_text(numbered(0, 10))
+    tail = Tail(str(log), RULES, None, history=True)
+    got = settle(tail)
+    saved = tail.durable
+    tail.close()
+    with log.open("a") as f:
+        f.write(numbered(10, 20))
+    (tmp_path / "server.log.c1").write_bytes(log.read_bytes())  # copytruncate
+    with log.open("r+") as f:
+        f.truncate(0)
+    with log.open("a") as f:
+        f.write(numbered(20, 30))
+    later = time.time_ns() + 10**9
+    os.utime(log, ns=(later, later))
+    log.rename(tmp_path / "server.log.1")  # and then a rename rotation
+    log.write_text(numbered(30, 35))
+    again = Tail(str(log), RULES, saved, history=False)
+    got += settle(again)
+    assert bodies(got) == [f"line {i}" for i in range(35)]
+
+
 def test_a_deleted_and_recreated_file_is_read_from_its_start(tmp_path: Path) -> None:
     log = tmp_path / "server.log"
     log.write_text(numbered(0, 3))
