@@ -67,28 +67,28 @@ class Identity(NamedTuple):
 
 
 class Position(NamedTuple):
-    """The checkpoint of one tailed path: which file, and where its next record starts.
-    NEXT_FILE (no file) is between files: a rotated file was finished and none is at the path yet."""
+    """The checkpoint of one tailed path: which file, and where its next record starts. With
+    `finished_mtime_ns`, between files: `ident` was rotated and read to its end, and the next
+    is the oldest file rotated after it, else the one at the path, from its start."""
 
     ident: Identity
     offset: int
     skipping: bool  # inside a line cut at max_line_bytes: the rest of it up to a newline is skipped
+    finished_mtime_ns: int = 0
 
     def encode(self) -> bytes:
         return json.dumps({"dev": self.ident.dev, "ino": self.ident.ino, "fp_len": self.ident.fp_len,
-                           "fp": self.ident.fp, "offset": self.offset, "skipping": self.skipping}).encode()
+                           "fp": self.ident.fp, "offset": self.offset, "skipping": self.skipping,
+                           "finished_mtime_ns": self.finished_mtime_ns}).encode()
 
     @staticmethod
     def decode(raw: bytes) -> Position | None:
         try:
             d = json.loads(raw)
             return Position(Identity(int(d["dev"]), int(d["ino"]), int(d["fp_len"]), str(d["fp"])),
-                            int(d["offset"]), bool(d["skipping"]))
+                            int(d["offset"]), bool(d["skipping"]), int(d.get("finished_mtime_ns", 0)))
         except (ValueError, KeyError, TypeError):
             return None  # unreadable: the file is treated as one never seen
-
-
-NEXT_FILE = Position(Identity(0, 0, 0, ""), 0, False)
 
 
 def _digest(data: bytes) -> str:
@@ -229,22 +229,32 @@ class Tail:
         self._tokens_at = 0
         self._batch: _Batch | None = None
         self._out: list[tuple[_Batch | None, Position]] = []
-        self._between = False  # a rotated file was finished and no file is at the path yet
+        self._finished: Position | None = None  # a rotated file read to its end, none after it yet
         self._resource: Mapping[str, Any] = {}
 
     # -- where to read ---------------------------------------------------------------------------
 
     def _start(self) -> None:
-        """Open the file the durable position names (found again after a rotation), or the path."""
-        pos = self.durable
+        """Open the file the position names (found again after a rotation), or the path."""
+        pos = self._finished or self.durable
         self._reset_parse()
+        if pos is not None and pos.finished_mtime_ns:
+            self._open_next(pos)
+            return
         f = _open(self.path)
-        if pos is None or pos == NEXT_FILE:
+        if pos is None:
             if f is None:
                 self._history = False  # it appears later: everything in it is new
                 return
-            size = os.fstat(f.fd).st_size
-            if pos is None and self._history and size > self.rules.initial_backlog_bytes:
+            st = os.fstat(f.fd)
+            if st.st_size == 0:
+                # Nothing to know it by yet: wait as if after a file finished just before it.
+                f.close()
+                self._history = False
+                self._finished = Position(Identity(0, 0, 0, ""), 0, False, st.st_mtime_ns - 1)
+                return
+            size = st.st_size
+            if self._history and size > self.rules.initial_backlog_bytes:
                 start = size - self.rules.initial_backlog_bytes
                 self.backlog_skipped_bytes += start
                 self._use(f, start, True, rotated=False)  # mid-line: from the next line start
@@ -269,11 +279,27 @@ class Tail:
             self._lost(f"the file last read as {self.path} is gone (rotated away, compressed or deleted)")
             self._use(f, 0, False, rotated=False)
 
+    def _open_next(self, finished: Position) -> bool:
+        """Open the file after a finished one: the oldest rotated after it, else the one at the
+        path once it has a first line (an empty file has no fingerprint: were it copied and
+        truncated before it is read, its first lines could not be found again). False: none yet."""
+        i = finished.ident
+        nxt = self._next_after((i.dev, i.ino, finished.finished_mtime_ns))
+        if nxt is not None and not self.rotated and os.fstat(nxt.fd).st_size == 0:
+            nxt.close()
+            nxt = None
+        if nxt is None:
+            self._finished = finished
+            return False
+        self._use(nxt, 0, False, rotated=self.rotated)
+        return True
+
     def _use(self, f: _OpenFile, offset: int, skipping: bool, rotated: bool) -> None:
         if self.file is not None and self.file is not f:
             self.file.close()
         self.file, self.rotated = f, rotated
         self.seen_size = 0
+        self._finished = None
         self.read_pos = self.line_start = offset
         self.skipping = skipping
         self.line_buf.clear()
@@ -305,7 +331,7 @@ class Tail:
                 f.close()
         return _open(best[1]) if best else None
 
-    def _next_after(self, done: os.stat_result) -> _OpenFile | None:
+    def _next_after(self, done: tuple[int, int, int]) -> _OpenFile | None:
         """After a rotated file: a sibling newer than it (rotated more than once since), oldest
         first, else the file now at the path, read from its start."""
         current = None
@@ -315,9 +341,9 @@ class Tail:
             pass
         newer = sorted(
             ((st.st_mtime_ns, st.st_ino), p) for p, st in rotated_siblings(self.path)
-            if (st.st_dev, st.st_ino) != (done.st_dev, done.st_ino)
+            if (st.st_dev, st.st_ino) != done[:2]
             and (current is None or (st.st_dev, st.st_ino) != (current.st_dev, current.st_ino))
-            and (st.st_mtime_ns, st.st_ino) > (done.st_mtime_ns, done.st_ino)
+            and (st.st_mtime_ns, st.st_ino) > (done[2], done[1])
         )
         for _, p in newer:
             f = _open(p)
@@ -338,10 +364,15 @@ class Tail:
         if self.handed_out is not None and self.handed_out != self.durable_raw:
             # The last positions handed out were not spooled: read again from the durable one.
             self.close()
+        try:
+            return self._read(now_ns, resource)
+        except BaseException:
+            self.close()  # whatever was read in this call is read again from the durable position
+            raise
+
+    def _read(self, now_ns: int, resource: Mapping[str, Any]) -> list[Checkpointed]:
         if self.file is None:
             self._start()
-            if self.file is None:
-                return []
         self._out = []
         self._batch = None
         self._resource = resource
@@ -371,17 +402,17 @@ class Tail:
     def _read_some(self, budget: int, now_ns: int) -> int:
         f = self.file
         assert f is not None
-        if not self.rotated:
-            try:
-                size = os.fstat(f.fd).st_size
-                same = size >= self.read_pos and f.refresh_fingerprint()
-                self.seen_size = max(self.seen_size, size) if same else self.seen_size
-            except OSError as e:
-                self.last_error = f"{e.__class__.__name__}: {e}"
-                return 0
-            if not same:
-                self._truncated()  # now reading the copy, or the file again from its start
-                return self._read_some(budget, now_ns) if self.file is not None else 0
+        # A renamed file too: it may have been truncated (copytruncate) before it was renamed.
+        try:
+            size = os.fstat(f.fd).st_size
+            same = size >= self.read_pos and f.refresh_fingerprint()
+            self.seen_size = max(self.seen_size, size) if same else self.seen_size
+        except OSError as e:
+            self.last_error = f"{e.__class__.__name__}: {e}"
+            return 0
+        if not same:
+            self._truncated()  # now reading the copy, or the file again from its start
+            return self._read_some(budget, now_ns)
         try:
             data = os.pread(f.fd, min(CHUNK, budget), self.read_pos)
         except OSError as e:
@@ -398,8 +429,9 @@ class Tail:
         return len(data)
 
     def _truncated(self) -> None:
-        """The file at the path is the same inode but shorter, or begins otherwise: copytruncate.
-        What was not read yet is in the copy, if it is still there."""
+        """The open file is shorter than where reading is, or begins otherwise: copytruncate.
+        What was not read yet is in the copy, if it is still there; the file's new lines come
+        after the copy (it is newer, or at the path). Without a copy, the file from its start."""
         f = self.file
         assert f is not None
         copy = self._find_copy(Position(f.ident, self.read_pos, self.skipping))
@@ -409,11 +441,8 @@ class Tail:
         if self.seen_size > self.read_pos:
             self._lost(f"{self.path} was truncated and no copy of its unread lines was found")
         self._finish_file()
-        f.close()
-        self.file = None
-        fresh = _open(self.path)
-        if fresh is not None:
-            self._use(fresh, 0, False, rotated=False)
+        self.file = None  # the descriptor goes on, with the identity of what it holds now
+        self._use(_OpenFile(f.path, f.fd, os.fstat(f.fd)), 0, False, rotated=self.rotated)
 
     def _at_end(self, now_ns: int) -> bool:
         """At the end of the open file. True if there is something else to read now."""
@@ -422,14 +451,9 @@ class Tail:
         if self.rotated:
             self._finish_file()
             done = os.fstat(f.fd)
-            nxt = self._next_after(done)
             f.close()
             self.file = None
-            self._between = nxt is None
-            if nxt is not None:
-                self._use(nxt, 0, False, rotated=self.rotated)
-                return True
-            return False
+            return self._open_next(Position(f.ident, 0, False, done.st_mtime_ns))
         try:
             st = os.stat(self.path)
         except OSError:
@@ -562,7 +586,7 @@ class Tail:
     def _position(self) -> Position | None:
         f = self.file
         if f is None:
-            return NEXT_FILE if self._between else self._last_position()
+            return self._finished or self._last_position()
         if self.pending is not None:
             return Position(f.ident, self.pending.start, False)
         if self.skipping:
@@ -591,21 +615,28 @@ class Tail:
             self.file = None
         self._reset_parse()
         self.handed_out = None
+        self._finished = None
 
     def snapshot(self) -> dict[str, Any]:
         f = self.file
-        size = None
-        if f is not None:
-            try:
-                size = os.fstat(f.fd).st_size
-            except OSError:
-                pass
+        size = offset = None
+        try:
+            size = os.fstat(f.fd).st_size if f is not None else os.stat(self.path).st_size
+        except OSError:
+            pass
         pos = self._position()
-        offset = pos.offset if pos is not None else None
+        if f is not None and pos is not None:
+            offset = pos.offset
+        elif size is not None:
+            offset = 0  # waiting for the file's first line (or for it to be read again)
+        if f is not None:
+            state = "finishing a rotated file" if self.rotated else "following"
+        else:
+            state = "missing" if size is None else "waiting for a first line"
         return {
             "path": self.path,
             "reading": f.path if f is not None else None,
-            "state": "missing" if f is None else ("finishing a rotated file" if self.rotated else "following"),
+            "state": state,
             "offset": offset,
             "size": size,
             "lag_bytes": max(0, size - offset) if size is not None and offset is not None else None,

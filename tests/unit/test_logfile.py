@@ -191,6 +191,31 @@ def test_two_rotations_between_reads_lose_nothing(tmp_path: Path) -> None:
     assert bodies(got) == [f"line {i}" for i in range(15)]
 
 
+def test_a_restart_between_rename_and_create_and_from_a_finished_file(tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    log.write_text(numbered(0, 5))
+    tail = Tail(str(log), RULES, None, history=True)
+    got = drain(tail)
+    log.rename(tmp_path / "server.log.1")  # and the writer has not created the new file yet
+    got += settle(tail)
+    saved = tail.durable
+    assert saved is not None and saved.ident.ino == (tmp_path / "server.log.1").stat().st_ino  # still on it
+    tail.close()
+    log.write_text(numbered(5, 10))  # while the relay is down: created, and rotated too
+    later = time.time_ns() + 10**9
+    os.utime(log, ns=(later, later))
+    log.rename(tmp_path / "server.log.2")
+    log.write_text(numbered(10, 12))
+    again = Tail(str(log), RULES, saved, history=False)
+    assert bodies(got + settle(again)) == [f"line {i}" for i in range(12)]
+    again.close()
+    # Saved between files (server.log.1 finished, nothing at the path then): on from the
+    # oldest file rotated after it, not from whatever is at the path now.
+    st = (tmp_path / "server.log.1").stat()
+    finished = Position(saved.ident, 0, False, st.st_mtime_ns)
+    assert bodies(settle(Tail(str(log), RULES, finished, history=False))) == [f"line {i}" for i in range(5, 12)]
+
+
 def test_copytruncate_reads_the_unread_end_from_the_copy(tmp_path: Path) -> None:
     log = tmp_path / "server.log"
     log.write_text(numbered(0, 10))
@@ -229,6 +254,52 @@ def test_copied_truncated_and_renamed_while_the_relay_was_down(tmp_path: Path) -
     again = Tail(str(log), RULES, saved, history=False)
     got += settle(again)
     assert bodies(got) == [f"line {i}" for i in range(35)]
+
+
+@pytest.mark.parametrize("rename_seen_first", [False, True])
+def test_copied_truncated_and_renamed_between_two_reads(tmp_path: Path, rename_seen_first: bool) -> None:
+    log = tmp_path / "server.log"
+    log.write_text(numbered(0, 10))
+    tail = Tail(str(log), RULES, None, history=True)
+    got = drain(tail)
+    with log.open("a") as f:
+        f.write(numbered(10, 20))
+    (tmp_path / "server.log.1").write_bytes(log.read_bytes())  # copytruncate
+    with log.open("r+") as f:
+        f.truncate(0)
+    with log.open("a") as f:
+        f.write(numbered(20, 40))  # longer than what was read of it before
+    later = time.time_ns() + 10**9
+    os.utime(log, ns=(later, later))
+    log.rename(tmp_path / "server.log.2")  # and renamed before the relay looked again
+    log.write_text(numbered(40, 45))
+    if rename_seen_first:
+        # The race: the last read found nothing new, then all of the above, then the look at
+        # the path finds another file there. The renamed file is still checked for truncation.
+        assert tail._at_end(time.time_ns()) and tail.rotated
+    got += settle(tail)
+    assert bodies(got) == [f"line {i}" for i in range(45)]
+
+
+@pytest.mark.parametrize("restart", [False, True])
+def test_an_empty_file_copied_and_truncated_before_its_first_read(tmp_path: Path, restart: bool) -> None:
+    log = tmp_path / "server.log"
+    log.touch()
+    tail = Tail(str(log), RULES, None, history=True)
+    assert drain(tail) == []
+    saved = tail.durable
+    assert saved is not None and saved.finished_mtime_ns  # nothing to know an empty file by
+    with log.open("a") as f:
+        f.write(numbered(0, 10))
+    (tmp_path / "server.log.1").write_bytes(log.read_bytes())  # copytruncate, before any read
+    with log.open("r+") as f:
+        f.truncate(0)
+    with log.open("a") as f:
+        f.write(numbered(10, 15))
+    if restart:
+        tail.close()
+        tail = Tail(str(log), RULES, saved, history=False)
+    assert bodies(settle(tail)) == [f"line {i}" for i in range(15)]
 
 
 def test_a_deleted_and_recreated_file_is_read_from_its_start(tmp_path: Path) -> None:
