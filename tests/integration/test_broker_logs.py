@@ -7,6 +7,7 @@ pattern. The relay runs the shipped redaction policy.
 
 from __future__ import annotations
 
+import re
 import socket
 import struct
 import subprocess
@@ -160,7 +161,8 @@ def test_a_real_brokers_logs_arrive_as_records(tmp_path: Path, kafka_jars: Jars)
         warn = warns[0]
         assert warn["severity"] == 13 and warn["logger"] == "org.apache.kafka.common.network.Selector"
         lines = warn["body"].splitlines()
-        assert lines[0].startswith("[SocketServer listenerType=BROKER, nodeId=8] Unexpected error from /h:")
+        assert re.match(r"\[SocketServer listenerType=BROKER, nodeId=8\] Unexpected error from /h:[0-9a-f]{16} "
+                        r"\(channelId=h:[0-9a-f]{16}:\d+-h:[0-9a-f]{16}:\d+-", lines[0]), lines[0]
         assert lines[1].startswith("org.apache.kafka.common.network.InvalidReceiveException: Invalid receive")
         assert lines[2].startswith("\tat org.apache.kafka.common.network.NetworkReceive.readFrom(")
         assert len(lines) > 5 and all(x.startswith("\tat ") for x in lines[2:])  # one record, the whole trace

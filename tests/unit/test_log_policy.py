@@ -58,3 +58,15 @@ def test_what_kafka_writes_leaves_hashed_and_the_rest_as_it_was() -> None:
     assert {rule for rule, action in outcome.counts if action == "hashed"} >= {
         "log-host-port", "log-host", "log-principal", "log-client-id", "log-group-id", "log-member-id",
         "log-home-dir", "detector:ipv4"}
+
+
+def test_a_hash_token_is_not_taken_for_a_host_and_port() -> None:
+    # A token whose hex starts with digits (`h:12d3...`) once read as host `h`, port 12.
+    p = load_policy(ROOT / "configs" / "policy.yaml", SECRET)
+    req = logs_service_pb2.ExportLogsServiceRequest()
+    text = "Unexpected error from /h:12d327c1605767ad (channelId=h:12d327c1605767ad:35615-1-1)"
+    req.resource_logs.add().scope_logs.add().log_records.add().body.string_value = text
+    out, _ = p.apply("logs", req.SerializeToString())
+    sent = logs_service_pb2.ExportLogsServiceRequest()
+    sent.ParseFromString(out)
+    assert sent.resource_logs[0].scope_logs[0].log_records[0].body.string_value == text
