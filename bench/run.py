@@ -11,7 +11,9 @@ Figures (each beside a baseline measured in this run, as a ratio):
   same ingest (export loop only);
 - the relay's peak RSS (VmHWM);
 - a real Kafka broker with 2,000 partitions (bench/kafka_scale.py): series, CPU and peak RSS
-  per scrape through each agent, beside Jolokia's and the JMX exporter's own response times.
+  per scrape through each agent, beside Jolokia's and the JMX exporter's own response times;
+- a broker's server.log tailed, parsed, spooled, redacted and shipped (bench/logs.py): lines/s
+  and CPU per 100,000 lines, beside the OTel Collector's filelog receiver on the same file.
 Prints a table and writes bench/results.json.
 """
 
@@ -32,7 +34,7 @@ from typing import Any
 import psutil
 import yaml
 
-from bench import kafka_scale, overhead
+from bench import kafka_scale, logs, overhead
 from bench.common import CLI, DEFAULT_POLICY, HERE, WORK, peak_rss
 from bench.common import free_port as _free_port
 from bench.common import get_json as _get
@@ -350,6 +352,8 @@ def main() -> None:
         catch = overhead.bench_catch_up(ingest.url, ingest.items, reqs[:60], points_per_request())
         print("bench: a real Kafka broker with 2,000 partitions, through each agent...", flush=True)
         kafka = kafka_scale.bench_kafka_scale(ingest.url)
+        print(f"bench: a broker log of {logs.LINES:,} lines, the relay beside otelcol-contrib's filelog...", flush=True)
+        broker_logs = logs.bench_logs()
     finally:
         ingest.stop()
 
@@ -453,6 +457,7 @@ def main() -> None:
          "baseline": "-", "ratio": "-", "target": "-", "result": "-"},
     ]
     rows += kafka_scale.rows(kafka)
+    rows += logs.rows(broker_logs)
     print()
     print(table(rows))
     results = {
@@ -471,6 +476,7 @@ def main() -> None:
         "push_10k": push,
         "catch_up": catch,
         "kafka_2000_partitions": kafka,
+        "broker_logs": broker_logs,
         "ratios": {"throughput": throughput_ratio, "cpu_per_point": cpu_ratio},
         "table": rows,
     }
