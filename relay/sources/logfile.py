@@ -463,7 +463,13 @@ class Tail:
             # once more: lines may have reached it between the last read and the rename.
             self.rotated = True
             return True
-        if time.monotonic() - self.last_data >= MULTILINE_WAIT:
+        idle = time.monotonic() - self.last_data >= MULTILINE_WAIT
+        if st is None and idle and os.fstat(f.fd).st_nlink == 0:
+            # Deleted, and nothing new in it: let it go, or its disk space stays held by this
+            # descriptor. A file created at the path later is read from its start.
+            self.rotated = True
+            return True
+        if idle:
             self._flush_idle()
         return False
 

@@ -320,6 +320,19 @@ def test_a_deleted_and_recreated_file_is_read_from_its_start(tmp_path: Path) -> 
     assert bodies(settle(again)) == ["line 200", "line 201"]
 
 
+def test_a_deleted_file_is_let_go_once_read_and_a_new_one_read_whole(tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    log.write_text(numbered(0, 3))
+    tail = Tail(str(log), RULES, None, history=True)
+    got = drain(tail)
+    log.unlink()
+    got += settle(tail)
+    assert tail.file is None  # its space is free: no descriptor holds it
+    assert tail.snapshot()["state"] == "missing"
+    log.write_text(numbered(3, 5))
+    assert bodies(got + settle(tail)) == [f"line {i}" for i in range(5)]
+
+
 def test_binary_long_lines_and_unknown_layouts_are_counted(tmp_path: Path) -> None:
     log = tmp_path / "server.log"
     with log.open("wb") as f:
