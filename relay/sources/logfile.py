@@ -7,7 +7,8 @@ worker thread; joining continuation lines to their record (the layouts are log_p
 volume controls (minimum severity, per-file rate limit, line and record caps, the backlog
 limit of a file first seen); building the ExportLogsServiceRequests; each file's figures for
 /status; and the read position of each file, which the runner spools in the same transaction
-as the records read up to it, so that after a kill -9 no line is lost and none is sent twice.
+as the records read up to it, so that after a kill -9 no line is lost and none is spooled
+twice (delivery stays at-least-once: a request on the wire at a kill is sent again).
 
 A position is where the next record starts: lines of a record still waiting for its end (the
 next first line, or MULTILINE_WAIT without new data) are read again after a restart, never
@@ -49,7 +50,7 @@ REQUEST_BYTES = 512 * 1024  # body bytes per spooled request
 COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip")
 KEY_PREFIX = "log:"
 
-# Drop reasons (records not shipped, or bytes not read) and the counts of what shipped altered.
+# Why records were not shipped (`rotated_away` counts files, not records: what they still held is unknown).
 DROP_REASONS = ("severity", "rate_limit", "binary", "record_too_large", "rotated_away")
 
 # path -> the source that tails it: a file configured and discovered too is read once.
@@ -355,7 +356,7 @@ class Tail:
 
     def _lost(self, why: str) -> None:
         self.dropped["rotated_away"] += 1
-        log.warning("log file: %s; those lines are lost", why)
+        log.warning("log file: %s; any lines it still held are lost", why)
 
     # -- reading ---------------------------------------------------------------------------------
 
