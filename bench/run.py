@@ -18,6 +18,8 @@ Figures (each beside a baseline measured in this run, as a ratio):
 - Kafka client metrics (bench/client_metrics.py): the KIP-714 plugin's cost per exportMetrics
   call on the broker's request thread beside a no-op exporter's, and the relay's CPU per 1,000
   client pushes at the rate of 1,000 clients pushing every 60 s beside its idle CPU.
+- a broker's server.log tailed, parsed, spooled, redacted and shipped (bench/logs.py): lines/s
+  and CPU per 100,000 lines, beside the OTel Collector's filelog receiver on the same file.
 Prints a table and writes bench/results.json.
 """
 
@@ -38,7 +40,7 @@ from typing import Any
 import psutil
 import yaml
 
-from bench import client_metrics, ingest_kafka, kafka_scale, overhead
+from bench import client_metrics, ingest_kafka, kafka_scale, logs, overhead
 from bench.common import CLI, DEFAULT_POLICY, HERE, WORK, peak_rss
 from bench.common import free_port as _free_port
 from bench.common import get_json as _get
@@ -361,6 +363,8 @@ def main() -> None:
         print("bench: Kafka client metrics: the plugin's exportMetrics, and 1,000 pushes through the relay...",
               flush=True)
         clients = client_metrics.run(ingest.url, ingest.items)
+        print(f"bench: a broker log of {logs.LINES:,} lines, the relay beside otelcol-contrib's filelog...", flush=True)
+        broker_logs = logs.bench_logs()
     finally:
         ingest.stop()
 
@@ -466,6 +470,7 @@ def main() -> None:
     rows += kafka_scale.rows(kafka)
     rows += ingest_kafka.rows(vendor)
     rows += client_metrics.rows(clients)
+    rows += logs.rows(broker_logs)
     print()
     print(table(rows))
     results = {
@@ -486,6 +491,7 @@ def main() -> None:
         "kafka_2000_partitions": kafka,
         "ingest_kafka": vendor,
         "client_metrics": clients,
+        "broker_logs": broker_logs,
         "ratios": {"throughput": throughput_ratio, "cpu_per_point": cpu_ratio},
         "table": rows,
     }

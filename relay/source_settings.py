@@ -2,14 +2,16 @@
 the bounds on what it takes in.
 
 Owns: the settings classes of the host and self sources, the OTLP receiver (with its
-listener bounds), the Jolokia and Prometheus scrapes (targets and input limits) and
-discovery. relay/config.py composes them into the whole config and does the checks that
+listener bounds), the Jolokia and Prometheus scrapes (targets and input limits),
+discovery, and the brokers' log files. relay/config.py composes them into the whole config and does the checks that
 need the file system; docs/configuration.md documents each key.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
 
 from relay.strict_yaml import ByteSize, Duration, HostPort, HttpUrl
 
@@ -156,6 +158,76 @@ class DiscoverySettings:
     send_command_line: bool = False
 
 
+Severity = Literal["TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL"]
+
+
+@dataclass(frozen=True)
+class LogFileSettings:
+    # A path or a glob (`/var/log/kafka/*.log`). In `discovered_files`: a name (or glob) in
+    # the log directory of each broker, controller or ZooKeeper discovery finds.
+    path: str
+    # Overrides of sources.logs.min_severity and max_records_per_second for these files.
+    min_severity: Severity | None = None
+    max_records_per_second: int | None = None
+
+    def validate(self) -> None:
+        if not self.path:
+            raise ValueError("path must not be empty")
+        if self.max_records_per_second is not None and self.max_records_per_second < 0:
+            raise ValueError("max_records_per_second must be 0 (no limit) or more")
+
+
+def _support_logs() -> tuple[LogFileSettings, ...]:
+    # What support asks for, and ZooKeeper's own log. kafka-authorizer.log names principals
+    # and every operation they were allowed or denied: add it here (or in `files`) only once
+    # the privacy review agrees (docs/privacy.md).
+    names = ("server.log", "controller.log", "state-change.log", "zookeeper*.log")
+    return tuple(LogFileSettings(name) for name in names)
+
+
+@dataclass(frozen=True)
+class LogsSettings:
+    """The brokers' own log files (relay.sources.logfile)."""
+
+    enabled: bool = True
+    # How often each file is looked at for new lines.
+    interval: Duration = Duration(1.0)
+    # Tailed in the log directory of every JVM discovery finds (sources.discovery.kafka).
+    discovered_files: tuple[LogFileSettings, ...] = field(default_factory=_support_logs)
+    # Tailed as configured, whether or not a broker is discovered.
+    files: tuple[LogFileSettings, ...] = ()
+    # service.name of the records from `files`.
+    service_name: str = "kafka"
+    # Records less severe are not shipped (counted). A line in no known layout has no
+    # severity and always ships.
+    min_severity: Severity = "INFO"
+    # Per file, by the records' own timestamps (bursts up to twice this in one second); 0: no limit.
+    max_records_per_second: int = 1000
+    # A longer line is cut to this (counted); the rest of it is skipped, never buffered.
+    max_line_bytes: ByteSize = ByteSize(64 * 1024)
+    # A record's continuation lines (a stack trace) past this are dropped (counted).
+    max_record_bytes: ByteSize = ByteSize(1 * MiB)
+    # A file the relay holds no read position for (its first start) is read from at most
+    # this far before its end, so years of history are not shipped by surprise.
+    initial_backlog_bytes: ByteSize = ByteSize(1 * MiB)
+
+    def validate(self) -> None:
+        if not 0.05 <= self.interval <= 60:
+            raise ValueError("interval must be between 50ms and 60s")
+        if not 256 <= self.max_line_bytes <= 16 * MiB:
+            raise ValueError("max_line_bytes must be between 256B and 16MiB")
+        if not self.max_line_bytes <= self.max_record_bytes <= 16 * MiB:
+            raise ValueError("max_record_bytes must be between max_line_bytes and 16MiB")
+        if self.max_records_per_second < 0:
+            raise ValueError("max_records_per_second must be 0 (no limit) or more")
+        for f in self.files:
+            if not Path(f.path).is_absolute():
+                raise ValueError(f"files: {f.path!r} must be an absolute path")
+        for f in self.discovered_files:
+            if Path(f.path).is_absolute() or ".." in Path(f.path).parts:
+                raise ValueError(f"discovered_files: {f.path!r} must be a name in the log directory")
+
+
 @dataclass(frozen=True)
 class SourcesSettings:
     host: PeriodicSourceSettings = field(default_factory=PeriodicSourceSettings)
@@ -164,5 +236,6 @@ class SourcesSettings:
     jolokia: JolokiaSettings = field(default_factory=JolokiaSettings)
     prometheus: PrometheusSettings = field(default_factory=PrometheusSettings)
     discovery: DiscoverySettings = field(default_factory=DiscoverySettings)
+    logs: LogsSettings = field(default_factory=LogsSettings)
     # Where the mapping rule files live; default: the shipped configs/mappings.
     mappings_dir: str | None = None

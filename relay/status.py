@@ -232,6 +232,8 @@ class StatusModel:
             "process": {"pid": os.getpid(), "rss_bytes": self._process.memory_info().rss},
             "sources": snap.sources,
             "client_metrics": client_metrics(snap.sources),
+            # Every tailed log file, whichever source (configured or discovered) reads it.
+            "log_files": [{"source": src["name"], **f} for src in snap.sources for f in src.get("files", [])],
             "discovery": snap.discovery,
             "receivers": snap.receivers,
             "spool": snap.spool,

@@ -44,6 +44,16 @@ def format_status(doc: dict[str, Any]) -> str:
             f"{s.get('last_points', 0)} points  total {s.get('points_collected', 0):.0f}  {state}"
         )
     out.extend(_client_metrics(d.get("client_metrics") or [], now))
+    if d.get("log_files"):
+        out.append("")
+        out.append("Log files")
+        for f in d["log_files"]:
+            lost = ", ".join(f"{k} {v}" for k, v in (f.get("dropped") or {}).items() if v) or "none"
+            read = "-" if f.get("offset") is None else format_bytes(f["offset"])
+            lag = "-" if f.get("lag_bytes") is None else format_bytes(f["lag_bytes"])
+            out.append(f"  {f['path']}  {f.get('state')}  at {read}, lag {lag}, "
+                       f"last record {format_ago(f.get('last_record_time'), now)}, {f.get('records', 0)} records, "
+                       f"dropped: {lost}")
     sp = d.get("spool") or {}
     out.append("")
     out.append("Spool")

@@ -1,9 +1,10 @@
 """The Source interface and the runner that schedules one source and spools what it collects.
 
 Owns: the collect-on-schedule loop, the rule that a collection counts only once it is
-durably spooled, each source's status (last run, last error, points), the pool that
-starts runners into one spool, and the frame the pull sources share (one HTTP target
-from its settings: name, session, host name).
+durably spooled (with the read position it came from, for a source that keeps one), each
+source's status (last run, last error, points), the pool that starts runners into one
+spool, and the frame the pull sources share (one HTTP target from its settings: name,
+session, host name).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import logging
 import socket
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,16 +31,36 @@ from relay.spool import Spool, SpoolError
 log = logging.getLogger("relay.sources")
 
 
+@dataclass(frozen=True)
+class Checkpointed:
+    """A request and the read position it was read up to: the spool commits both in one
+    transaction. No message: the position moved past data that made no record (filtered)."""
+
+    message: Message | None
+    key: str
+    position: bytes
+
+
 class Source(ABC):
     """Produces OTLP requests on a schedule."""
 
     name: str
     interval: float
     signal: Signal = "metrics"
+    # A source that reads from a position (a tailed file) returns Checkpointed requests; its
+    # runner hands it the positions the spool holds before its first run (restore) and
+    # tells it each one that became durable (committed).
+    checkpoints: bool = False
 
     @abstractmethod
-    async def collect(self) -> list[Message]:
+    async def collect(self) -> Sequence[Message | Checkpointed]:
         """One collection run. Blocking work must run off the event loop."""
+
+    def restore(self, saved: Mapping[str, bytes]) -> None:  # noqa: B027 - only for sources with checkpoints
+        """Start from these positions (every checkpoint of this source's signal, by key)."""
+
+    def committed(self, key: str, position: bytes) -> None:  # noqa: B027 - only for sources with checkpoints
+        """The spool has this position durably, with the records read up to it."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook; most sources hold nothing
         """Release connections; called when the source stops."""
@@ -92,14 +115,26 @@ class SourceRunner:
     async def _loop(self) -> None:
         interval = self.source.interval
         next_run = time.monotonic()
+        restored = not self.source.checkpoints
         while True:
-            await self.run_once()
+            if not restored:
+                restored = await self._restore()
+            if restored:
+                await self.run_once()
             # Keep a fixed cadence; if a run overran, skip the missed slots instead of bunching.
             next_run += interval
             now = time.monotonic()
             if next_run < now:
                 next_run = now + interval - ((now - next_run) % interval)
             await asyncio.sleep(next_run - now)
+
+    async def _restore(self) -> bool:
+        try:
+            self.source.restore(await self.spool.checkpoints(self.source.signal))
+        except SpoolError as e:  # nothing is read until its positions are known
+            self._failed(f"read positions not loaded: {e}")
+            return False
+        return True
 
     async def run_once(self) -> None:
         name = self.source.name
@@ -110,6 +145,9 @@ class SourceRunner:
             messages = await self.source.collect()
             points = 0
             for msg in messages:
+                if isinstance(msg, Checkpointed):
+                    points += await self._append_checkpointed(msg)
+                    continue
                 n = count_items(self.source.signal, msg)
                 if n == 0:
                     continue
@@ -129,6 +167,13 @@ class SourceRunner:
         if self.last_error is not None:
             log.info("source %s recovered", name)
         self.last_error = None
+
+    async def _append_checkpointed(self, c: Checkpointed) -> int:
+        n = count_items(self.source.signal, c.message) if c.message is not None else 0
+        payload = c.message.SerializeToString() if c.message is not None and n else b""
+        await self.spool.append(self.source.signal, payload, n, checkpoint=(c.key, c.position))
+        self.source.committed(c.key, c.position)
+        return n
 
     def _failed(self, message: str) -> None:
         self.errors += 1

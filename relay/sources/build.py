@@ -2,12 +2,15 @@
 
 Owns: which sources a config asks for, loading and compiling the mapping rule files each
 scrape target names (so a broken rule file fails here, before a reload touches the running
-pipeline), and the one way a Jolokia or Prometheus source is made from its target.
+pipeline), the one way a Jolokia or Prometheus source is made from its target, and which
+files of a discovered JVM's log directory are tailed.
 """
 
 from __future__ import annotations
 
+import glob
 import logging
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ from relay.sources.discovery import Discovered
 from relay.sources.host import HostSource
 from relay.sources.internal import InternalSource
 from relay.sources.jolokia import JolokiaSource
+from relay.sources.logfile import FileRules, LogFileSource, file_rules
 from relay.sources.process import ProcessSource
 from relay.sources.prometheus import PrometheusSource
 from relay.strict_yaml import HttpUrl
@@ -47,13 +51,22 @@ def build_sources(config: Config, resource: dict[str, Any], stats: SelfMetrics,
         # A Prometheus target may name no rules: then every series passes through as it is.
         maps = mapping.load(t.mappings, rules) if t.mappings else None
         out.append(PrometheusSource(t, passwords.get(t.url), maps, s.prometheus, resource))
+    if s.logs.enabled and s.logs.files:
+        out.append(LogFileSource("logs", [(f.path, file_rules(s.logs, f)) for f in s.logs.files], s.logs.interval,
+                                 {**resource, "service.name": s.logs.service_name}))
     return out
 
 
 def sources_for(found: Discovered, config: Config, resource: dict[str, Any]) -> list[Source]:
-    """The sources for one JVM that discovery found: its scrape, and its process metrics."""
+    """The sources for one JVM that discovery found: its scrape and its process metrics, or
+    (for its log directory) its log files."""
     s = config.sources
     maps = mapping.load(found.mappings, _rules_dir(config))
+    if found.protocol == "logs":
+        if not (s.logs.enabled and s.logs.discovered_files):
+            return []
+        return [LogFileSource(f"logs pid {found.pid}", _discovered_log_files(found, config), s.logs.interval,
+                              {**resource, "service.name": maps.service_name, "process.pid": found.pid})]
     # Discovery reads no credentials: an agent on loopback is scraped as it answers.
     target = ScrapeTargetSettings(url=HttpUrl(found.url), mappings=found.mappings)
     name = f"{found.protocol} pid {found.pid}"
@@ -67,6 +80,18 @@ def sources_for(found: Discovered, config: Config, resource: dict[str, Any]) -> 
                                      s.discovery.send_command_line))
         except psutil.Error as e:  # the JVM exited between the scan and now
             log.info("discovery: no process metrics for pid %d: %s", found.pid, e)
+    return out
+
+
+def _discovered_log_files(found: Discovered, config: Config) -> list[tuple[str, FileRules]]:
+    """Each name in sources.logs.discovered_files: where the JVM's log4j config writes a file of
+    that name, else that name in its log directory."""
+    logs = config.sources.logs
+    named = {os.path.basename(p): p for p in found.log_files}
+    out = []
+    for f in logs.discovered_files:
+        path = named.get(f.path) if not glob.has_magic(f.path) else None
+        out.append((path or os.path.join(found.url, f.path), file_rules(logs, f)))
     return out
 
 

@@ -1,15 +1,19 @@
 """Local auto-discovery of Kafka JVMs (brokers, KRaft controllers, Confluent Server, ZooKeeper).
 
 Owns: finding those JVMs with psutil by their main class, reading their -javaagent arguments
-to find a Jolokia or Prometheus JMX-exporter port, and keeping one scrape source (and one
-process-metrics source) per JVM in step as brokers stop, start or move ports. Re-checked
-every `discovery.interval`; /status lists what was found and why.
+to find a Jolokia or Prometheus JMX-exporter port, finding where they write their logs
+(`-Dkafka.logs.dir` or `-Dzookeeper.log.dir`, and the files the log4j or log4j2 config named
+on the command line writes), and keeping one scrape source (and one process-metrics source)
+per agent and one log source per JVM in step as brokers stop, start or move ports.
+Re-checked every `discovery.interval`; /status lists what was found and why.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,15 +35,25 @@ MAIN_CLASSES = {
 }
 
 
+LOG_DIR_PROPERTIES = ("kafka.logs.dir", "zookeeper.log.dir")
+# log4j2 reads the first two, log4j 1 (Kafka before 4.0, ZooKeeper) the last.
+LOG_CONFIG_PROPERTIES = ("log4j2.configurationFile", "log4j.configurationFile", "log4j.configuration")
+# An appender's file in any of the config formats: log4j2 YAML (`fileName: ...`), properties
+# (`appender.x.fileName = ...`), XML (`fileName="..."`), log4j 1 (`log4j.appender.x.File=...`).
+_APPENDER_FILE = re.compile(r"""(?i)\bfile(?:name)?["']?\s*[:=]\s*(?:"([^"]*)"|'([^']*)'|([^\s"',>]+))""")
+_LOOKUP = re.compile(r"\$\{(?:sys:|env:)?([\w.]+)\}")
+
+
 @dataclass(frozen=True)
 class Discovered:
     pid: int
     kind: str  # kafka, kafka-controller, zookeeper
-    protocol: str  # jolokia or prometheus
-    url: str
+    protocol: str  # jolokia or prometheus; "logs" for where the JVM writes its log files
+    url: str  # the agent's endpoint; for "logs", the log directory
     mappings: tuple[str, ...]
     reason: str
     create_time: float
+    log_files: tuple[str, ...] = ()  # for "logs": the files its log4j config writes
 
     @property
     def key(self) -> tuple[int, str, str]:
@@ -87,6 +101,34 @@ def _process_roles(cmdline: list[str], main_index: int) -> set[str]:
     return set()
 
 
+def _system_properties(args: list[str]) -> dict[str, str]:
+    out = {}
+    for arg in args:
+        if arg.startswith("-D") and "=" in arg:
+            key, _, value = arg[2:].partition("=")
+            out[key] = value
+    return out
+
+
+def log_location(props: dict[str, str]) -> tuple[str | None, tuple[str, ...]]:
+    """The log directory a JVM's -D flags name, and the files its log4j config writes."""
+    log_dir = next((props[k] for k in LOG_DIR_PROPERTIES if props.get(k)), None)
+    config = next((props[k] for k in LOG_CONFIG_PROPERTIES if props.get(k)), None)
+    files: list[str] = []
+    for location in (config or "").split(","):
+        path = location.strip().removeprefix("file://").removeprefix("file:")
+        try:
+            with open(path, errors="replace") as f:
+                text = f.read(1 << 20)
+        except OSError:
+            continue
+        for m in _APPENDER_FILE.finditer(text):
+            name = _LOOKUP.sub(lambda v: props.get(v[1], v[0]), m[1] or m[2] or m[3] or "")
+            if "${" not in name and os.path.isabs(name) and name not in files:
+                files.append(name)
+    return log_dir, tuple(files)
+
+
 def classify(pid: int, cmdline: list[str], create_time: float) -> list[Discovered]:
     """What a process is and where its metrics agent listens (empty if not a Kafka JVM)."""
     main_index, kind = -1, ""
@@ -113,6 +155,11 @@ def classify(pid: int, cmdline: list[str], create_time: float) -> list[Discovere
                 out.append(Discovered(pid, kind, protocol, url, mappings,
                                       f"pid {pid} runs {cmdline[main_index]} with the {protocol} agent {jar}",
                                       create_time))
+    log_dir, log_files = log_location(_system_properties(cmdline[:main_index]))
+    if log_dir or log_files:
+        where = log_dir or os.path.dirname(log_files[0])
+        out.append(Discovered(pid, kind, "logs", where, mappings,
+                              f"pid {pid} runs {cmdline[main_index]} and logs to {where}", create_time, log_files))
     return out
 
 
@@ -125,9 +172,8 @@ def scan() -> tuple[list[Discovered], list[str]]:
         if not cmdline or not any(a in MAIN_CLASSES for a in cmdline):
             continue
         targets = classify(p.info["pid"], cmdline, p.info.get("create_time") or 0.0)
-        if targets:
-            found.extend(targets)
-        else:
+        found.extend(targets)
+        if not any(t.protocol != "logs" for t in targets):
             main = next(a for a in cmdline if a in MAIN_CLASSES)
             notes.append(f"pid {p.info['pid']} runs {main} without a Jolokia or JMX-exporter agent: nothing to scrape")
     return found, notes
@@ -211,7 +257,10 @@ class Discovery:
             "last_scan": self.last_scan,
             "last_error": self.last_error,
             "found": [{"pid": d.pid, "kind": d.kind, "protocol": d.protocol, "url": d.url,
-                       "mappings": list(d.mappings), "reason": d.reason} for d, _ in self.active.values()],
+                       "mappings": list(d.mappings), "reason": d.reason}
+                      for d, _ in self.active.values() if d.protocol != "logs"],
+            "logs": [{"pid": d.pid, "kind": d.kind, "log_dir": d.url, "config_files": list(d.log_files),
+                      "reason": d.reason} for d, _ in self.active.values() if d.protocol == "logs"],
             "notes": self.notes,
         }
 

@@ -9,6 +9,8 @@ Layout of one queue (all in SQLite, never in side files, so one fsync covers it)
   int -seq      -> entry meta: created time, items, size, byte and item offsets
   "hdr"         -> head seq, next seq, bytes and items ever appended
   "cursor:<d>"  -> last seq destination d has accepted, with its offsets
+  "ckpt:<k>"    -> a source's read position k (a tailed file's offset), written in the
+                   same transaction as the entries read up to it
 Offsets make every backlog figure O(1): bytes waiting = appended - cursor offset.
 """
 
@@ -242,6 +244,14 @@ class SignalQueue:
         s.next_seq += 1
         s.appended_bytes += len(payload)
         s.appended_items += items
+
+    def set_checkpoint(self, key: str, value: bytes) -> None:
+        self.cache.set(f"ckpt:{key}", value)
+
+    def checkpoints(self) -> dict[str, bytes]:
+        """Every source read position this queue holds, by key."""
+        return {key[5:]: self.cache.get(key) for key in self.cache.iterkeys()
+                if isinstance(key, str) and key.startswith("ckpt:")}
 
     def pop_head(self) -> tuple[int, int, int, dict[str, int]]:
         """Remove the oldest entry; returns (seq, items, size, {dest: items lost})."""

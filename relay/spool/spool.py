@@ -15,7 +15,10 @@ RECOVERY_INTERVAL until the disk has room again, so the spool recovers by itself
 
 An append does not write at once: it joins `_pending`, the writer task hands each batch
 of them to the spool thread, and one transaction (one fsync) per queue commits the lot
-(group commit); then the listeners (the shippers) are woken.
+(group commit); then the listeners (the shippers) are woken. An append may carry a
+source's checkpoint (a tailed file's read position): it is written in the same
+transaction as the entry, so the data and the position it was read up to are durable
+together or not at all.
 
 backlog() and snapshot() read the queue states from the event loop while the spool
 thread changes them (in place, or by swapping a rolled-back state in): the GIL keeps
@@ -33,7 +36,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import diskcache
 
@@ -59,6 +62,14 @@ class SpoolError(Exception):
         self.reason = reason
 
 
+class _Append(NamedTuple):
+    signal: Signal
+    payload: bytes  # empty with items 0: a checkpoint alone
+    items: int
+    checkpoint: tuple[str, bytes] | None
+    done: asyncio.Future[None]
+
+
 class Spool:
     """The async face of the spool. Every disk operation runs on the spool thread."""
 
@@ -70,7 +81,7 @@ class Spool:
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="spool")
         self._queues: dict[Signal, SignalQueue] = {}
         self._deadletter: DeadLetters | None = None
-        self._pending: list[tuple[Signal, bytes, int, asyncio.Future[None]]] = []
+        self._pending: list[_Append] = []
         self._writing = 0  # payload bytes of the batch the spool thread is writing now
         self._writer: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Event | None = None
@@ -177,9 +188,9 @@ class Spool:
                 pass
             self._writer = None
         # Appends still queued were never acknowledged; fail them rather than hang their callers.
-        for _, _, _, fut in self._pending:
-            if not fut.done():
-                fut.set_exception(SpoolError("closed", "spool is closing"))
+        for a in self._pending:
+            if not a.done.done():
+                a.done.set_exception(SpoolError("closed", "spool is closing"))
         self._pending.clear()
         await self._on_spool_thread(self._close_sync)
         self._executor.shutdown(wait=True)
@@ -200,24 +211,27 @@ class Spool:
 
     # -- append (group commit) ---------------------------------------------------------------------
 
-    async def append(self, signal: Signal, payload: bytes, items: int, refuse_when_full: bool = False) -> None:
+    async def append(self, signal: Signal, payload: bytes, items: int, refuse_when_full: bool = False,
+                     checkpoint: tuple[str, bytes] | None = None) -> None:
         """Return once the request is durably on disk. Raises SpoolError if it could not be.
 
         refuse_when_full: instead of evicting the oldest data to make room, refuse the new
-        data (reason "full") so a pushing client can keep it and retry later."""
+        data (reason "full") so a pushing client can keep it and retry later.
+        checkpoint: (key, value) written in the same transaction (see checkpoints()); with
+        an empty payload and no items, only the checkpoint is written."""
         if len(payload) > self.settings.max_bytes // 2:
             raise SpoolError("too_large", f"request of {len(payload)} bytes exceeds half the spool cap")
         if refuse_when_full:
             # Queued and being-written batches count too: the batch on its way to disk is in
             # neither the queue state nor _pending until its write ends (counting it twice
             # meanwhile only refuses a little early; not counting it evicted accepted data).
-            pending = sum(len(p) for _, p, _, _ in self._pending) + self._writing
+            pending = sum(len(a.payload) for a in self._pending) + self._writing
             used = total_bytes(self._queues) + pending
             if used + len(payload) > self.settings.max_bytes:
                 self.stats.spool_append_errors.labels("full").inc()
                 raise SpoolError("full", f"spool is full ({used} of {self.settings.max_bytes} bytes)")
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((signal, payload, items, fut))
+        self._pending.append(_Append(signal, payload, items, checkpoint, fut))
         assert self._wakeup is not None, "spool not open"
         self._wakeup.set()
         await fut
@@ -237,40 +251,43 @@ class Spool:
             batch, self._pending = self._pending, []
             if not batch:
                 continue
-            self._writing = sum(len(p) for _, p, _, _ in batch)
+            self._writing = sum(len(a.payload) for a in batch)
             try:
-                await self._on_spool_thread(self._append_sync, [(s, p, n) for s, p, n, _ in batch])
+                await self._on_spool_thread(self._append_sync, batch)
             except SpoolError as e:
-                for *_, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(e)
+                for a in batch:
+                    if not a.done.done():
+                        a.done.set_exception(e)
                 continue
             finally:
                 self._writing = 0
-            for *_, fut in batch:
-                if not fut.done():
-                    fut.set_result(None)
-            for signal in {s for s, *_ in batch}:
+            for a in batch:
+                if not a.done.done():
+                    a.done.set_result(None)
+            for signal in {a.signal for a in batch if a.items}:
                 for fn in self._listeners:
                     fn(signal)
 
-    def _append_sync(self, items: list[tuple[Signal, bytes, int]]) -> None:
+    def _append_sync(self, batch: list[_Append]) -> None:
         now = time.time()
         try:
             # No new data without the reserve: the room it holds is what lets deliveries free space.
             self._ensure_reserve()
-            for signal in {s for s, _, _ in items}:
+            for signal in {a.signal for a in batch}:
                 if signal not in self._queues:
                     self._unopened.setdefault(signal, [])
                     self._open_queue_sync(signal)
             # One transaction per queue: one fsync covers every append in the batch.
             for signal, q in self._queues.items():
-                mine = [(p, n) for s, p, n in items if s == signal]
+                mine = [a for a in batch if a.signal == signal]
                 if not mine:
                     continue
                 with q.transaction():
-                    for payload, n in mine:
-                        q.append(payload, n, now)
+                    for a in mine:
+                        if a.payload or a.items:
+                            q.append(a.payload, a.items, now)
+                        if a.checkpoint is not None:
+                            q.set_checkpoint(*a.checkpoint)
                     self._eviction.over_cap(self._queues, q)
         except DISK_ERRORS as e:
             self._note_write_failure(e)
@@ -278,8 +295,8 @@ class Spool:
         if not self.writable:
             log.info("spool is writable again")
         self.writable, self.last_error = True, None
-        for signal, _, n in items:
-            self.stats.points_spooled.labels(signal).inc(n)
+        for a in batch:
+            self.stats.points_spooled.labels(a.signal).inc(a.items)
         self._update_gauges()
 
     @staticmethod
@@ -301,6 +318,20 @@ class Spool:
         if self.writable:  # log the transition once, not every failed write
             log.error("spool write failed (%s): %s; new data is refused until it recovers", reason, e)
         self.writable, self.last_error = False, f"{reason}: {e}"
+
+    async def checkpoints(self, signal: Signal) -> dict[str, bytes]:
+        """The checkpoints appends of this signal carried, the last one per key. Raises
+        SpoolError while the queue that holds them cannot be opened (its data is unknown)."""
+        return await self._on_spool_thread(self._checkpoints_sync, signal)  # type: ignore[no-any-return]
+
+    def _checkpoints_sync(self, signal: Signal) -> dict[str, bytes]:
+        if signal in self._unopened:
+            raise SpoolError("unopened", f"the {signal} queue is not open yet: {self.last_error}")
+        q = self._queues.get(signal)
+        try:
+            return q.checkpoints() if q is not None else {}
+        except DISK_ERRORS as e:
+            raise SpoolError(self._reason(e), f"spool read failed: {e}") from None
 
     # -- age limit ---------------------------------------------------------------------------------
 

@@ -99,3 +99,39 @@ def test_lease_halves_carry_their_true_cursors_and_dead_letter_as_batches(tmp_pa
     asyncio.run(main())
     assert stats.points_dropped.total(reason="dead_letter") == 3
     assert stats.entries_dropped.total(reason="dead_letter") == 2
+
+
+def test_a_checkpoint_commits_with_the_entries_it_was_written_with_or_not_at_all(tmp_path: Path) -> None:
+    q = queue(tmp_path)
+    try:
+        with q.transaction():
+            q.append(b"lines 1-10", 10, time.time())
+            q.set_checkpoint("log:/var/log/kafka/server.log", b"offset 100")
+        with pytest.raises(RuntimeError), q.transaction():
+            q.append(b"lines 11-20", 10, time.time())
+            q.set_checkpoint("log:/var/log/kafka/server.log", b"offset 200")
+            raise RuntimeError("the disk failed before the commit")
+        assert q.checkpoints() == {"log:/var/log/kafka/server.log": b"offset 100"}
+        assert header_on_disk(tmp_path) == (1, 2, len(b"lines 1-10"), 10)
+    finally:
+        q.close()
+
+
+def test_spool_checkpoints_survive_a_reopen_and_may_move_without_an_entry(tmp_path: Path) -> None:
+    async def main() -> None:
+        s = Spool(tmp_path, SpoolSettings(), ["a"], SelfMetrics())
+        await s.open()
+        assert await s.checkpoints("logs") == {}  # no logs queue yet: nothing was ever read
+        await s.append("logs", b"records", 2, checkpoint=("f", b"1"))
+        await s.append("logs", b"", 0, checkpoint=("f", b"2"))  # lines filtered out: position only
+        await s.append("logs", b"more", 1, checkpoint=("g", b"7"))
+        await s.close()
+        s = Spool(tmp_path, SpoolSettings(), ["a"], SelfMetrics())
+        await s.open()
+        assert await s.checkpoints("logs") == {"f": b"2", "g": b"7"}
+        assert s.snapshot()["entries"] == 2  # the position-only append wrote no entry
+        lease = await s.lease("a", "logs", 0, MiB)
+        assert lease is not None and [e.payload for e in lease.entries] == [b"records", b"more"]
+        await s.close()
+
+    asyncio.run(main())

@@ -140,11 +140,15 @@ def test_the_document_composes_the_snapshots_in_the_shape_readers_expect() -> No
     snap = snaps(config=config, resource={"host.name": "h"}, receivers=[{"name": "otlp"}])
     doc = model(snap).document()
     assert set(doc) == {"version", "uptime_seconds", "ready", "problems", "verdict", "history", "config",
-                        "resource", "process", "sources", "discovery", "receivers", "spool", "destinations",
-                        "policies", "connection_check", "client_metrics"}
+                        "resource", "process", "sources", "log_files", "discovery", "receivers", "spool",
+                        "destinations", "policies", "connection_check", "client_metrics"}
     assert doc["connection_check"] is None  # no self-test has run
     assert doc["client_metrics"] == []  # no Jolokia source, so no broker to show
     assert doc["uptime_seconds"] == 600.0 and doc["ready"] is True and doc["problems"] == []
     assert doc["verdict"] == {"state": "healthy", "reasons": []}
     assert doc["config"] == config and doc["spool"] == snap.spool and doc["destinations"] == snap.destinations
     assert doc["process"]["pid"] > 0 and doc["process"]["rss_bytes"] > 0
+    assert doc["log_files"] == []  # no source tails a file
+    tailing = {**source(), "name": "logs pid 7", "files": [{"path": "/var/log/kafka/server.log", "lag_bytes": 0}]}
+    doc = model(snaps(sources=[source(), tailing])).document()
+    assert doc["log_files"] == [{"source": "logs pid 7", "path": "/var/log/kafka/server.log", "lag_bytes": 0}]

@@ -1,0 +1,100 @@
+"""Kafka's and ZooKeeper's log layouts: which line starts a record, and what the record says.
+
+Owns: recognising the first line of a record in the layouts the brokers write by default,
+and turning a whole record (that line and the continuation lines after it: a stack trace,
+a config dump) into timestamp, severity (the OTLP number and the text as written), logger
+and body. Pure functions over text; reading files is relay.sources.logfile's.
+
+Layouts:
+  kafka      `[%d] %p %m (%c)%n`: Kafka's log4j.properties (up to 3.x) and the log4j2.yaml
+             of 4.x alike. The logger closes the message, so in a multi-line message (the
+             `KafkaConfig values:` dump) it ends the last line of the message, and a stack
+             trace comes after it.
+  zookeeper  `%d{ISO8601} [myid:%X{myid}] - %-5p [%t:%C{1}@%L] - %m%n`, ZooKeeper's default.
+`%d` is log4j's `yyyy-MM-dd HH:mm:ss,SSS` in the host's local time; ISO8601 forms (a `T`,
+a `.`, a zone offset) are read too.
+"""
+
+from __future__ import annotations
+
+import calendar
+import functools
+import re
+import time
+from typing import NamedTuple
+
+# The OTLP SeverityNumber of each level name log4j, logback and java.util.logging write.
+SEVERITY_NUMBERS = {
+    "TRACE": 1, "FINEST": 1, "FINER": 2, "FINE": 5, "DEBUG": 5, "CONFIG": 7, "INFO": 9,
+    "WARN": 13, "WARNING": 13, "ERROR": 17, "SEVERE": 17, "FATAL": 21,
+}
+_LEVELS = "|".join(sorted(SEVERITY_NUMBERS, key=len, reverse=True))
+_TIME = r"(\d{4})-(\d\d)-(\d\d)[ T](\d\d):(\d\d):(\d\d)(?:[,.](\d{1,9}))?\s?(Z|[+-]\d\d:?\d\d)?"
+_KAFKA = re.compile(rf"\[{_TIME}\] ({_LEVELS})\s+")
+_ZOOKEEPER = re.compile(rf"{_TIME} \[myid:[^\]]*\] - ({_LEVELS})\s+\[(.*?)\] - ")
+# `(%c)` at the end of a line: a dotted Java name, `$` for nested classes. A stack frame
+# ends in `(File.java:12)` with no space before it, so it never matches.
+_LOGGER_SUFFIX = re.compile(r" \(([A-Za-z_$][\w$.-]*)\)$")
+
+
+class Header(NamedTuple):
+    """What the first line of a record says."""
+
+    time_ns: int
+    severity_text: str
+    severity_number: int
+    rest: str  # the first line after the prefix: the start of the message
+    logger: str  # known from the prefix (ZooKeeper); "" when it closes the message (Kafka)
+    layout: str
+
+
+def parse_header(line: str) -> Header | None:
+    """The record a line starts, or None if it starts none (a continuation, or an unknown layout)."""
+    m = _KAFKA.match(line)
+    if m is not None:
+        return Header(_time_ns(m), m[9], SEVERITY_NUMBERS[m[9]], line[m.end():], "", "kafka")
+    m = _ZOOKEEPER.match(line)
+    if m is not None:
+        # [thread:Class@line]: a thread name may hold colons, the class never does.
+        where = m[10].rpartition(":")[2].partition("@")[0]
+        return Header(_time_ns(m), m[9], SEVERITY_NUMBERS[m[9]], line[m.end():], where, "zookeeper")
+    return None
+
+
+def logger_and_body(header: Header, continuation: list[str]) -> tuple[str, str]:
+    """The logger and the body of a record: its message, then whatever followed (a stack trace),
+    one text. In the Kafka layout the logger is taken off the first line that ends with one."""
+    lines = [header.rest, *continuation]
+    if header.layout != "kafka":
+        return header.logger, "\n".join(lines)
+    for i, line in enumerate(lines):
+        m = _LOGGER_SUFFIX.search(line)
+        if m is not None:
+            lines[i] = line[:m.start()]
+            return m[1], "\n".join(lines)
+    return "", "\n".join(lines)
+
+
+def _time_ns(m: re.Match[str]) -> int:
+    year, month, day, hour, minute, second = (int(m[i]) for i in range(1, 7))
+    fraction = int((m[7] or "0").ljust(9, "0"))
+    zone = m[8]
+    if zone is None:
+        seconds = _local_hour(year, month, day, hour) + minute * 60 + second
+    else:
+        seconds = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0)) - _offset_seconds(zone)
+    return seconds * 1_000_000_000 + fraction
+
+
+@functools.lru_cache(maxsize=256)
+def _local_hour(year: int, month: int, day: int, hour: int) -> int:
+    """The epoch second a local wall-clock hour starts at (mktime is slow; lines come in hours)."""
+    return int(time.mktime((year, month, day, hour, 0, 0, 0, 0, -1)))
+
+
+def _offset_seconds(zone: str) -> int:
+    if zone == "Z":
+        return 0
+    digits = zone[1:].replace(":", "")
+    seconds = int(digits[:2]) * 3600 + int(digits[2:]) * 60
+    return seconds if zone[0] == "+" else -seconds
