@@ -190,7 +190,7 @@ def _collector(work: Path, log: Path, sink: Sink, records: int) -> dict[str, Any
 
 def _parse_only(log: Path) -> dict[str, Any]:
     """The log source's read-and-parse alone (no spool, no policy, no network), in this process."""
-    from relay.sources.logfile import FileRules, Tail
+    from relay.sources.log_tail import FileRules, Tail
 
     tail = Tail(str(log), FileRules(0, 0, 64 * 1024, 1 << 20, 4 << 30), None, history=False)
     start_cpu, start = time.process_time(), time.monotonic()

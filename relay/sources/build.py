@@ -26,7 +26,8 @@ from relay.sources.discovery import Discovered
 from relay.sources.host import HostSource
 from relay.sources.internal import InternalSource
 from relay.sources.jolokia import JolokiaSource
-from relay.sources.logfile import FileRules, LogFileSource, file_rules
+from relay.sources.log_tail import FileRules
+from relay.sources.logfile import LogFileSource, file_rules
 from relay.sources.process import ProcessSource
 from relay.sources.prometheus import PrometheusSource
 from relay.strict_yaml import HttpUrl

@@ -21,7 +21,14 @@ import calendar
 import functools
 import re
 import time
-from typing import NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+from google.protobuf.message import Message
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+
+from relay import __version__
+from relay.otlp import set_attributes
 
 # The OTLP SeverityNumber of each level name log4j, logback and java.util.logging write.
 SEVERITY_NUMBERS = {
@@ -98,3 +105,49 @@ def _offset_seconds(zone: str) -> int:
     digits = zone[1:].replace(":", "")
     seconds = int(digits[:2]) * 3600 + int(digits[2:]) * 60
     return seconds if zone[0] == "+" else -seconds
+SCOPE = "telemetry-relay/logfile"
+
+
+class Record(NamedTuple):
+    time_ns: int
+    severity_number: int
+    severity_text: str
+    logger: str
+    body: str
+
+
+class RecordBatch:
+    """One ExportLogsServiceRequest: one resource, one scope per logger (the logger names the
+    instrumentation scope, as the OpenTelemetry log4j appender has it)."""
+
+    def __init__(self, resource: Mapping[str, Any], file_name: str) -> None:
+        self.request = logs_service_pb2.ExportLogsServiceRequest()
+        self._rl = self.request.resource_logs.add()
+        set_attributes(self._rl.resource.attributes, resource)
+        self._scopes: dict[str, Any] = {}
+        self.file_name = file_name
+        self.size = 0
+        self._observed = time.time_ns()
+
+    def add(self, r: Record) -> None:
+        scope = self._scopes.get(r.logger)
+        if scope is None:
+            scope = self._rl.scope_logs.add()
+            scope.scope.name = r.logger or SCOPE
+            if not r.logger:
+                scope.scope.version = __version__
+            self._scopes[r.logger] = scope
+        lr = scope.log_records.add()
+        lr.time_unix_nano = r.time_ns
+        lr.observed_time_unix_nano = self._observed
+        if r.severity_number:
+            lr.severity_number = r.severity_number
+            lr.severity_text = r.severity_text
+        lr.body.string_value = r.body
+        kv = lr.attributes.add()
+        kv.key = "log.file.name"
+        kv.value.string_value = self.file_name
+        self.size += len(r.body) + 64
+
+    def finish(self) -> Message:
+        return self.request

@@ -2,10 +2,11 @@
 
 Owns: the interface the rest of the relay uses (append, lease, ack, dead_letter, backlog,
 snapshot), when the byte cap and the age limit are enforced (eviction.Eviction says what
-goes and counts it), the one thread all disk work runs on, and whether the spool takes new data (`writable`). The queues
-themselves are queue.SignalQueue, one per signal under <state_dir>/spool; data leaves them
-only when every destination has accepted it, or by a counted drop (max_bytes, max_age,
-dead_letter).
+goes and counts it), the one thread all disk work runs on, and whether the spool takes new
+data (`writable`). The queues themselves are queue.SignalQueue, one per signal under
+<state_dir>/spool; data leaves them only when every destination has accepted it, or by a
+counted drop (max_bytes, max_age, dead_letter). It is a little over 450 lines: the one
+place where the writer thread, the recovery tick and the loop meet stays whole.
 
 A full disk is not damage and never stops delivery: the spool keeps a reserve
 (reserve.Reserve) and gives it up when recording a delivery, dropping an entry or opening

@@ -11,7 +11,9 @@ import pytest
 
 from relay.sources import log_parse
 from relay.sources.base import Checkpointed
-from relay.sources.logfile import FileRules, LogFileSource, Position, Tail, expand
+from relay.sources.log_files import Position
+from relay.sources.log_tail import FileRules, Tail
+from relay.sources.logfile import LogFileSource, expand
 
 # Lines a Kafka 4.4 broker wrote with the log4j2.yaml Kafka ships (`[%d] %p %m (%c)%n`).
 STARTUP = """\
@@ -397,7 +399,7 @@ def test_a_glob_leaves_out_rotated_copies_and_a_path_is_tailed_by_one_source(tmp
 
 
 def test_positions_survive_encoding_and_bad_ones_are_ignored() -> None:
-    from relay.sources.logfile import Identity
+    from relay.sources.log_files import Identity
     p = Position(Identity(1, 2, 3, "ab"), 99, True)
     assert Position.decode(p.encode()) == p
     assert Position.decode(b"not json") is None
