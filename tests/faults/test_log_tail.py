@@ -157,6 +157,10 @@ def test_log_tail_through_rotation_and_kill_loops(tmp_path: Path) -> None:
                    and tailed(relay, log)["state"] in ("following", "waiting for a first line"),
                    timeout=60, what="the relay to reach the end of server.log")
         wait_until(lambda: tailed(relay, other / "huge.log")["records"] >= 2, timeout=60, what="the huge line")
+        # A record counted in the file's figures is spooled when its collection returns, a moment
+        # later: wait for the last one written to reach the ingest, then for nothing to be left.
+        wait_until(lambda: "after the huge line" in arrived(ingest)[1], timeout=60,
+                   what="the record after the huge line at the ingest")
         wait_until(lambda: drained(relay), timeout=60, what="the backlog to drain")
         rss = max(rss, peak_rss(relay.pid))
         numbers, others, recs = arrived(ingest)
