@@ -37,7 +37,7 @@ USER_ERRORS = (SchemaError, SecretError, SigningKeyError, UnsafeSpoolDirectory, 
 
 
 def exit_code(error: Exception) -> int:
-    """Bad config, usage or secrets exit 2; a CommandError says its own code."""
+    """Bad config, usage, secrets or an unsafe spool directory exit 2; a CommandError says its own code."""
     return error.exit_code if isinstance(error, CommandError) else EXIT_USAGE
 
 
