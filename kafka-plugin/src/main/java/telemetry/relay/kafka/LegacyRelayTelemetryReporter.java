@@ -1,11 +1,5 @@
 package telemetry.relay.kafka;
 
-import java.util.List;
-import java.util.Map;
-
-import org.apache.kafka.common.metrics.KafkaMetric;
-import org.apache.kafka.common.metrics.MetricsContext;
-import org.apache.kafka.common.metrics.MetricsReporter;
 import org.apache.kafka.server.telemetry.ClientTelemetry;
 import org.apache.kafka.server.telemetry.ClientTelemetryReceiver;
 
@@ -17,39 +11,14 @@ import org.apache.kafka.server.telemetry.ClientTelemetryReceiver;
  * interface does not carry the push interval.
  */
 @SuppressWarnings("removal")  // deprecated for removal since 4.2; this class is for the brokers before that
-public class LegacyRelayTelemetryReporter implements MetricsReporter, ClientTelemetry {
-    private final Forwarder forwarder = new Forwarder("ClientTelemetryReceiver");
-
-    @Override
-    public void configure(Map<String, ?> configs) {
-        forwarder.configure(configs);
-    }
-
-    @Override
-    public void contextChange(MetricsContext context) {
-        forwarder.contextChange(context.contextLabels());
+public class LegacyRelayTelemetryReporter extends ForwardingReporter implements ClientTelemetry {
+    public LegacyRelayTelemetryReporter() {
+        super("ClientTelemetryReceiver");
     }
 
     @Override
     public ClientTelemetryReceiver clientReceiver() {
         forwarder.activate();
         return (context, payload) -> forwarder.export(context, payload, 0);
-    }
-
-    @Override
-    public void init(List<KafkaMetric> metrics) {
-    }
-
-    @Override
-    public void metricChange(KafkaMetric metric) {
-    }
-
-    @Override
-    public void metricRemoval(KafkaMetric metric) {
-    }
-
-    @Override
-    public void close() {
-        forwarder.close();
     }
 }

@@ -1,11 +1,5 @@
 package telemetry.relay.kafka;
 
-import java.util.List;
-import java.util.Map;
-
-import org.apache.kafka.common.metrics.KafkaMetric;
-import org.apache.kafka.common.metrics.MetricsContext;
-import org.apache.kafka.common.metrics.MetricsReporter;
 import org.apache.kafka.server.telemetry.ClientTelemetryExporter;
 import org.apache.kafka.server.telemetry.ClientTelemetryExporterProvider;
 
@@ -15,17 +9,9 @@ import org.apache.kafka.server.telemetry.ClientTelemetryExporterProvider;
  * reaches {@link Forwarder#export} with the push interval the broker gave the client. It
  * reports no broker metrics of its own: the MetricsReporter callbacks are no-ops.
  */
-public class RelayTelemetryReporter implements MetricsReporter, ClientTelemetryExporterProvider {
-    private final Forwarder forwarder = new Forwarder("ClientTelemetryExporter");
-
-    @Override
-    public void configure(Map<String, ?> configs) {
-        forwarder.configure(configs);
-    }
-
-    @Override
-    public void contextChange(MetricsContext context) {
-        forwarder.contextChange(context.contextLabels());
+public class RelayTelemetryReporter extends ForwardingReporter implements ClientTelemetryExporterProvider {
+    public RelayTelemetryReporter() {
+        super("ClientTelemetryExporter");
     }
 
     @Override
@@ -33,22 +19,5 @@ public class RelayTelemetryReporter implements MetricsReporter, ClientTelemetryE
         forwarder.activate();
         return (context, payload) -> forwarder.export(context.authorizableRequestContext(), payload,
                 context.pushIntervalMs());
-    }
-
-    @Override
-    public void init(List<KafkaMetric> metrics) {
-    }
-
-    @Override
-    public void metricChange(KafkaMetric metric) {
-    }
-
-    @Override
-    public void metricRemoval(KafkaMetric metric) {
-    }
-
-    @Override
-    public void close() {
-        forwarder.close();
     }
 }
