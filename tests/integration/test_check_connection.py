@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ import pytest
 
 from tests.certs import PKI
 from tests.integration.test_secure_shipping import Proxy
-from tests.procs import CLI, Ingest, Relay, free_port, relay_config, wait_until
+from tests.procs import CLI, Ingest, Relay, free_port, relay_config, serve_handler, wait_until
 
 NO_PROXY_ENV = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy")
 ORDER = ["configuration", "dns", "tcp", "proxy", "tls", "http", "clock", "api_key", "signature"]
@@ -276,13 +276,8 @@ def server_with_clock_off(seconds: float) -> Iterator[str]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_handler(Handler) as url:
+        yield url
 
 
 def test_clock_fails_when_the_servers_date_is_ten_minutes_off(tmp_path: Path) -> None:
