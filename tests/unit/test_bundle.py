@@ -12,14 +12,13 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from relay import config
 from relay.export import sequence
 from relay.export.bundle import BundleBuilder, open_bundle, open_bundles, target_uri
 from relay.export.prepare import prepare_blocking
 from relay.export.signing import Signer, SigningKey, key_id
 from relay.ingest.bundle_import import check
 from relay.otlp import MetricsBuilder
-from relay.strict_yaml import SchemaError
+from tests.unit.test_config import error, load
 
 
 def key() -> SigningKey:
@@ -107,18 +106,6 @@ def test_a_changed_manifest_is_refused_whole(tmp_path: Path) -> None:
 
 
 MINIMAL = "destinations:\n  - name: offline\n"
-
-
-def load(tmp_path: Path, text: str) -> config.LoadedConfig:
-    p = tmp_path / "relay.yaml"
-    p.write_text(text)
-    return config.load(str(p))
-
-
-def error(tmp_path: Path, text: str) -> str:
-    with pytest.raises(SchemaError) as e:
-        load(tmp_path, text)
-    return str(e.value)
 
 
 def test_a_bundle_destination_needs_a_directory_and_no_network_settings(tmp_path: Path) -> None:
