@@ -26,19 +26,19 @@ import asyncio
 import math
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from google.protobuf.message import Message
 
-from relay import __version__
+from relay import __version__, wire
 from relay.mapping import Mappings
 from relay.otlp import MetricsBuilder, cumulative_buckets, set_attributes
 from relay.source_settings import PrometheusSettings, ScrapeTargetSettings
 from relay.sources.base import ScrapeSource
 from relay.sources.exposition import ExpositionError, ExpositionLimits, parse_families
 from relay.sources.scrape_bounds import Deadline, ScrapeLimitExceeded, read_body, short
+from relay.sources.scrape_memo import ScrapeMemo, ScrapeReading, Trace
 
 __all__ = ["ExpositionError", "PrometheusSource", "ScrapeReading", "map_exposition"]
 
@@ -47,15 +47,6 @@ SCOPE = "telemetry-relay/prometheus"
 ACCEPT = "text/plain;version=0.0.4;q=1.0,application/openmetrics-text;version=1.0.0;q=0.5,*/*;q=0.1"
 TARGET_INFO = "target_info"
 _U64 = 2**64
-
-
-@dataclass
-class ScrapeReading:
-    request: Message
-    points: int
-    families: int
-    mapped_samples: int
-    dropped: int = 0  # families or points the spec says to drop (gaugehistogram, no _count, ...)
 
 
 def _ns(seconds: Any) -> int | None:
@@ -120,12 +111,13 @@ def otlp_name(exposed: str, kind: str, unit: str, trim: bool) -> str:
 def map_exposition(
     text: str, openmetrics: bool, mappings: Mappings | None, resource: dict[str, Any],
     now_ns: int | None = None, start_ns: int = 0, passthrough: bool = True, *,
-    limits: ExpositionLimits | None = None, trim_suffixes: bool = False,
+    limits: ExpositionLimits | None = None, trim_suffixes: bool = False, trace: Trace | None = None,
 ) -> ScrapeReading:
-    """Parse and map one scrape. Raises ExpositionError or ScrapeLimitExceeded."""
+    """Parse and map one scrape. Raises ExpositionError or ScrapeLimitExceeded.
+    A trace, if given, records where each point came from (for the scrape memo)."""
     now_ns = now_ns or time.time_ns()
-    b = MetricsBuilder(resource, SCOPE, __version__)
-    out = _Passthrough(b, now_ns, start_ns, trim_suffixes)
+    b = trace.builder(resource, SCOPE, __version__) if trace else MetricsBuilder(resource, SCOPE, __version__)
+    out = _Passthrough(b, now_ns, start_ns, trim_suffixes, trace)
     deadline = limits.deadline if limits else None
     rules = mappings.prometheus if mappings else {}
     target: dict[str, str] = {}
@@ -134,6 +126,9 @@ def map_exposition(
         families += 1
         if deadline is not None:
             deadline.check()
+        if trace:
+            for s in fam.samples:
+                trace.sample(s)
         if _is_target_info(fam):
             for s in fam.samples:
                 target.update(s.labels)
@@ -155,6 +150,8 @@ def map_exposition(
                     if v is not None:
                         attrs[key] = v
                 m = b.metric(rule.metric, rule.type, rule.unit, rule.desc)
+                if trace:
+                    trace.value_from(s, rule.scale)
                 b.point(m, float(s.value) * rule.scale, _ts_ns(s.timestamp, now_ns),
                         start_ns if rule.type != "gauge" else 0, attrs)
                 used = True
@@ -173,6 +170,18 @@ def map_exposition(
     return ScrapeReading(request, b.points, families, mapped, out.dropped)
 
 
+def map_family(fam: Any, samples: list[Any], now_ns: int, start_ns: int, trim_suffixes: bool) -> tuple[bytes, int, int]:
+    """One histogram or summary family mapped alone, as map_exposition maps it: its metric as
+    encoded inside a request's scope (nothing if no point is left), its points, what it dropped."""
+    b = MetricsBuilder({}, SCOPE, __version__)
+    out = _Passthrough(b, now_ns, start_ns, trim_suffixes)
+    out.family(fam, fam.exposed, samples)
+    encoded: list[bytes | memoryview] = []
+    for m in b.finish().resource_metrics[0].scope_metrics[0].metrics:
+        wire.emit(encoded, 2, [m.SerializeToString()])
+    return b"".join(encoded), b.points, out.dropped
+
+
 def _is_target_info(fam: Any) -> bool:
     return fam.type in ("info", "gauge", "unknown", "untyped") and any(s.name == TARGET_INFO for s in fam.samples)
 
@@ -180,8 +189,9 @@ def _is_target_info(fam: Any) -> bool:
 class _Passthrough:
     """Series no mapping rule took, converted by the compatibility spec's rules."""
 
-    def __init__(self, b: MetricsBuilder, now_ns: int, start_ns: int, trim: bool) -> None:
+    def __init__(self, b: MetricsBuilder, now_ns: int, start_ns: int, trim: bool, trace: Trace | None = None) -> None:
         self.b = b
+        self.trace = trace
         self.now_ns = now_ns
         self.start_ns = start_ns
         self.trim = trim
@@ -199,14 +209,21 @@ class _Passthrough:
             self._counter(fam, exposed, samples)
         elif kind in ("info", "stateset"):
             self._numbers(fam, self._metric(fam, exposed, "updowncounter"), samples, self.start_ns)
-        elif kind == "histogram":
-            self._histograms(fam, exposed, samples)
-        elif kind == "summary":
-            self._summaries(fam, exposed, samples)
+        elif kind in ("histogram", "summary"):
+            if self.trace:
+                self.trace.family(fam, exposed, samples)
+            if kind == "histogram":
+                self._histograms(fam, exposed, samples)
+            else:
+                self._summaries(fam, exposed, samples)
+            if self.trace:
+                self.trace.family_done()
         else:  # gauge, unknown/untyped and any type the text format lets through: gauges by sample name
             for s in samples:
                 m = self._metric(fam, s.name, "gauge")
                 if m is not None:
+                    if self.trace:
+                        self.trace.value_from(s)
                     self.b.point(m, float(s.value), _ts_ns(s.timestamp, self.now_ns), 0, s.labels)
 
     def _metric(self, fam: Any, exposed: str, kind: str) -> Any:
@@ -225,6 +242,8 @@ class _Passthrough:
         if m is None:
             return
         for s in samples:
+            if self.trace:
+                self.trace.value_from(s)
             self.b.point(m, float(s.value), _ts_ns(s.timestamp, self.now_ns), start_ns, s.labels)
 
     def _counter(self, fam: Any, exposed: str, samples: list[Any]) -> None:
@@ -238,6 +257,8 @@ class _Passthrough:
             st = created.get(_labels_key(s.labels, ""))
             start = (_ns(st) if st is not None else None) or self.start_ns
             time_ns = _ts_ns(s.timestamp, self.now_ns)
+            if self.trace:
+                self.trace.value_from(s)
             self.b.point(m, float(s.value), time_ns, start, s.labels)
             if s.exemplar:
                 _exemplar(m.sum.data_points[-1], s.exemplar, time_ns)
@@ -378,6 +399,7 @@ class PrometheusSource(ScrapeSource):
             "host.name": self.host_name,
         }
         self.first_scrape_ns = 0
+        self.memo = ScrapeMemo()
         self.last_families = 0
         self.last_dropped = 0
 
@@ -405,10 +427,18 @@ class PrometheusSource(ScrapeSource):
         return [result.request]
 
     def _map(self, body: bytes, openmetrics: bool, now: int, limits: ExpositionLimits) -> ScrapeReading:
+        start, trim = self.first_scrape_ns, self.settings.trim_metric_suffixes
+
+        def full(text: str, trace: Trace | None) -> ScrapeReading:
+            return map_exposition(text, openmetrics, self.mappings, self.resource, now, start, self.passthrough,
+                                  limits=limits, trim_suffixes=trim, trace=trace)
+
         try:
-            return map_exposition(body.decode("utf-8", "replace"), openmetrics, self.mappings, self.resource, now,
-                                  self.first_scrape_ns, self.passthrough, limits=limits,
-                                  trim_suffixes=self.settings.trim_metric_suffixes)
+            if openmetrics:  # the memo reads the text format only
+                return full(body.decode("utf-8", "replace"), None)
+            key = (start, limits.max_line_length, limits.max_labels_per_series, limits.max_series)
+            return self.memo.map(body, key, now, limits.deadline, full,
+                                 lambda fam, samples, now_ns: map_family(fam, samples, now_ns, start, trim))
         except ScrapeLimitExceeded:
             raise  # already names the target and the limit
         except ExpositionError as e:
@@ -419,5 +449,5 @@ class PrometheusSource(ScrapeSource):
 
     def details(self) -> dict[str, Any]:
         return {"url": self.target.url, "mappings": list(self.mappings.names) if self.mappings else [],
-                "families": self.last_families, "dropped": self.last_dropped}
+                "families": self.last_families, "dropped": self.last_dropped, "memo": self.memo.stats.as_dict()}
 
