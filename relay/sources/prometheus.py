@@ -437,7 +437,7 @@ class PrometheusSource(ScrapeSource):
             if openmetrics:  # the memo reads the text format only
                 return full(body.decode("utf-8", "replace"), None)
             key = (start, limits.max_line_length, limits.max_labels_per_series, limits.max_series)
-            return self.memo.map(body, key, now, limits.deadline, full,
+            return self.memo.map(body, key, now, limits.deadline, limits.max_line_length, full,
                                  lambda fam, samples, now_ns: map_family(fam, samples, now_ns, start, trim))
         except ScrapeLimitExceeded:
             raise  # already names the target and the limit

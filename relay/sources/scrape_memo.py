@@ -138,6 +138,7 @@ class _Plan:
     families: int
     mapped: int
     static_dropped: int
+    longest_key: int  # bytes, of the longest line less its value
     hits: int = 0
 
     def size(self) -> int:
@@ -261,13 +262,14 @@ class ScrapeMemo:
     _unused: int = 0  # plans in a row that served no scrape
 
     def map(self, body: bytes, key: tuple[Any, ...], now_ns: int, deadline: Deadline | None,
-            full: FullMap, family: FamilyMap) -> ScrapeReading:
+            max_line_length: int, full: FullMap, family: FamilyMap) -> ScrapeReading:
         """The reading for this body: from the plan when the shape matches, else the full path
-        (which raises ExpositionError or ScrapeLimitExceeded exactly as without the memo)."""
+        (which raises ExpositionError or ScrapeLimitExceeded exactly as without the memo).
+        `key` holds the settings the mapping depends on; a plan made under others is not used."""
         split = split_values(body)
         plan = self._plan
         if split is not None and plan is not None and plan.key == key and plan.shape == split[0]:
-            reading = _fill(plan, split[1], now_ns, deadline, family)
+            reading = _fill(plan, split[1], now_ns, deadline, max_line_length, family)
             if reading is not None:
                 plan.hits += 1
                 self.stats.fast += 1
@@ -335,7 +337,7 @@ def _make_plan(reading: ScrapeReading, trace: Trace, split: tuple[bytes, list[by
         raise Unplannable("an encoding not walked") from None
     plan = _Plan(key, shape, len(tokens), head, scope, tail, template, cuts, points,
                  reading.points - family_points, reading.families, reading.mapped_samples,
-                 reading.dropped - family_dropped)
+                 reading.dropped - family_dropped, max(map(len, shape.split(b"\n"))))
     if plan.size() > PLAN_MAX_BYTES:
         raise Unplannable("too big")
     return plan
@@ -411,9 +413,12 @@ def _number_point(point: memoryview, base: int) -> tuple[int, int]:
     return t_off, v_off
 
 
-def _fill(plan: _Plan, tokens: list[bytes], now_ns: int, deadline: Deadline | None,
+def _fill(plan: _Plan, tokens: list[bytes], now_ns: int, deadline: Deadline | None, max_line_length: int,
           family: FamilyMap) -> ScrapeReading | None:
-    """The plan with this scrape's values; None if a token is not in plain form."""
+    """The plan with this scrape's values; None if a token is not in plain form, or a line
+    could be past the line length limit (the full path then measures it, in characters)."""
+    if tokens and plan.longest_key + 2 + max(map(len, tokens)) > max_line_length:
+        return None
     values: list[float] = []
     add = values.append
     for i, token in enumerate(tokens):
