@@ -9,8 +9,10 @@ has two (protobuf or JSON, text or OpenMetrics, config or policy).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf.message import DecodeError
@@ -21,9 +23,10 @@ from relay.ingest import verify
 from relay.otlp import SIGNALS, BadJson, from_json, parse_request
 from relay.policy.engine import Policy
 from relay.policy.schema import PolicyFile
+from relay.source_settings import PrometheusSettings, ScrapeTargetSettings
 from relay.sources import jolokia
 from relay.sources.exposition import ExpositionLimits
-from relay.sources.prometheus import ExpositionError, map_exposition
+from relay.sources.prometheus import ExpositionError, PrometheusSource, ScrapeReading, map_exposition
 from relay.sources.scrape_bounds import ScrapeLimitExceeded
 from relay.strict_yaml import SchemaError, load_text
 
@@ -49,14 +52,45 @@ def otlp(data: bytes) -> None:
 
 def exposition(data: bytes) -> None:
     """Prometheus text (first byte even) or OpenMetrics (odd), parsed and mapped with the
-    shipped mapping rules, under the default limits."""
+    shipped mapping rules, under the default limits, as a source does it (the scrape memo
+    included). Text is scraped twice more, with every value token changed and then as it
+    came, and each answer must equal the full path's: a memo that fills a plan wrongly is
+    a finding, not just one that raises."""
     if not data:
         return
-    text = data[1:].decode("utf-8", "replace")  # as the source decodes a body
+    if data[0] & 1:
+        text = data[1:].decode("utf-8", "replace")  # as the source decodes a body
+        try:
+            map_exposition(text, True, MAPPINGS, {"service.name": "fuzz"}, limits=ExpositionLimits(URL))
+        except (ExpositionError, ScrapeLimitExceeded):
+            pass
+        return
+    resource = {"service.name": "fuzz"}
+    src = PrometheusSource(ScrapeTargetSettings(url=URL), None, MAPPINGS, PrometheusSettings(), resource)
+    src.first_scrape_ns = _SCRAPE_NS - 10**9
+    body = data[1:]
+    for n, scraped in enumerate((body, _VALUE_TOKEN.sub(rb"\g<1>7\2", body), body)):
+        now = _SCRAPE_NS + n
+        got = _outcome(src._map, scraped, False, now, ExpositionLimits(URL))
+        full = _outcome(map_exposition, scraped.decode("utf-8", "replace"), False, MAPPINGS, src.resource, now,
+                        src.first_scrape_ns, src.passthrough, limits=ExpositionLimits(URL))
+        if got != full:
+            a, b = got[1] or b"", full[1] or b""
+            at = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+            raise AssertionError(f"scrape {n}: the memo gave {got[0]} where the full path gave {full[0]}; "
+                                 f"the requests differ from byte {at}: {a[at:at + 40]!r} vs {b[at:at + 40]!r}")
+
+
+_SCRAPE_NS = 1_700_000_000_000_000_000
+_VALUE_TOKEN = re.compile(rb"^([^#\n][^\n]* [-+]?)[0-9]((?:[0-9.eE+-]*)?)$", re.M)
+
+
+def _outcome(fn: Callable[..., ScrapeReading], *args: Any, **kw: Any) -> tuple[str, bytes | None]:
+    """The request's bytes, or the kind of error (the full path words it without the target)."""
     try:
-        map_exposition(text, bool(data[0] & 1), MAPPINGS, {"service.name": "fuzz"}, limits=ExpositionLimits(URL))
-    except (ExpositionError, ScrapeLimitExceeded):
-        pass
+        return ("request", fn(*args, **kw).request.SerializeToString())
+    except (ExpositionError, ScrapeLimitExceeded) as e:
+        return (type(e).__name__, None)
 
 
 def jolokia_answer(data: bytes) -> None:
