@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import prom_agent_profile
 from bench.common import WORK, MemorySampler, wait
 from bench.prom_agent_peers import Ingest, PromAgent, Receiver, Relay, node_exporter
 from bench.prom_agent_serve import ScrapeFront, tally
@@ -69,6 +70,9 @@ def _dir_bytes(path: Path) -> int:
 
 def _measure(front: ScrapeFront, agents: dict[str, Any], wires: dict[str, ByteCounter]) -> dict[str, Any]:
     """The steady-state window: both agents at once, every figure per agent from its own process."""
+    spy = prom_agent_profile.py_spy()
+    profile_out = WORK / "prom-agent" / "relay-profile.txt"
+    profiler = prom_agent_profile.record(spy, agents["relay"].proc.pid, WINDOW, profile_out) if spy else None
     start_served = _served(front)
     start = {a: {**_usage(agents[a].proc), "wire": wires[a].total, **agents[a].counters()} for a in AGENTS}
     with MemorySampler(agents["prom"].proc.pid) as mem_prom, MemorySampler(agents["relay"].proc.pid) as mem_relay:
@@ -76,7 +80,10 @@ def _measure(front: ScrapeFront, agents: dict[str, Any], wires: dict[str, ByteCo
         end_served = _served(front)
         end = {a: {**_usage(agents[a].proc), "wire": wires[a].total, **agents[a].counters()} for a in AGENTS}
         memory = {"prom": mem_prom.result(), "relay": mem_relay.result()}
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"profiled": profiler is not None}
+    if profiler is not None:
+        profiler.wait(60)
+        out["relay_profile"] = prom_agent_profile.top(profile_out.read_text())
     for a in AGENTS:
         served = {k: end_served[a].get(k, 0) - start_served[a].get(k, 0) for k in end_served[a]}
         samples = max(served["samples"], 1)

@@ -107,3 +107,16 @@ def test_byte_counter_counts_both_directions_and_drops_when_the_receiver_is_down
             assert c.recv(10) == b""  # accepted, then closed: the receiver behind it is down
     finally:
         counter.stop()
+
+
+def test_profile_top_sums_inclusive_and_self_per_function() -> None:
+    from bench.prom_agent_profile import top
+
+    collapsed = ("main (a.py:1);parse (p.py:10);line (p.py:20) 6\n"
+                 "main (a.py:1);parse (p.py:11) 2\n"
+                 "main (a.py:2);sign (s.py:5) 2\n")
+    t = top(collapsed, 3)
+    assert t["samples"] == 10
+    assert dict(t["inclusive"]) == {"main (a.py)": 1.0, "parse (p.py)": 0.8, "line (p.py)": 0.6}
+    assert t["self"][0] == ("line (p.py)", 0.6)
+    assert dict(t["self"])["parse (p.py)"] == 0.2
