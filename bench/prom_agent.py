@@ -190,13 +190,52 @@ def bench_prom_agent() -> dict[str, Any]:
         if traffic.p is not None:
             traffic.terminate(60)
         broker.stop()
-    return {
+    result = {
         "interval_s": INTERVAL, "window_s": WINDOW, "concurrent": True, "topics": TOPICS,
         "partitions": TOPICS * PARTITIONS,
         "samples_per_scrape": {t: s.samples / max(s.scrapes, 1) for t, s in exposed.items()},
         "steady": steady, "state_bytes_after_window": disk, "durability": durability,
         "prometheus_version": _version(),
     }
+    result["notes"] = notes(result)
+    return result
+
+
+# Prometheus adds per target scrape: up, scrape_duration_seconds, scrape_samples_scraped,
+# scrape_samples_post_metric_relabeling, scrape_series_added.
+REPORT_SERIES = 5
+
+
+def notes(r: dict[str, Any]) -> list[str]:
+    """What the figures mean where the two agents differ, with this run's numbers."""
+    s, d = r["steady"], r["durability"]
+    prom, rel = s["prom"], s["relay"]
+    scrapes = prom["served"]["scrapes"]
+    out = [
+        ("samples: both were served the same number of exposition lines, counted at the front"
+         if prom["samples"] == rel["samples"] else
+         "samples: the two were served different numbers of lines (Prometheus asks the targets for OpenMetrics "
+         "first, the relay for text 0.0.4, and the window's edges fall between scrapes differently)") +
+        f" ({prom['samples']:,} to Prometheus, {rel['samples']:,} to the relay); Prometheus appended "
+        f"{prom['own_counters']['samples_appended']:,.0f} to its WAL: those plus {REPORT_SERIES} report series "
+        f"per target scrape ({REPORT_SERIES} x {scrapes} = {REPORT_SERIES * scrapes}); the relay collected "
+        f"{rel['own_counters']['points_collected']:,.0f} OTLP points: the lines of a summary or histogram are one "
+        "point. Per-sample figures divide by the lines served.",
+        "wire: the relay's shipped default policy drops attributes outside its allowlist before it compresses "
+        "(zstd), so its bytes carry fewer labels than Prometheus's remote-write (snappy, every label)",
+        "disk: Prometheus writes its WAL (each series once, then compact sample records) and fsyncs a segment "
+        "only when it cuts the next (tsdb/wlog/wlog.go, nextSegment); the relay writes each scrape's OTLP "
+        "protobuf into its SQLite spool and fsyncs every commit",
+        "duplicated: a Prometheus receiver keeps one sample per series and timestamp, so a resent sample cannot "
+        "show there as a duplicate; the relay's ingest stores every request, so its count is exact",
+    ]
+    if d["prom"]["lost"]:
+        lost = d["prom"]["lost_seqs"]
+        out.append(f"Prometheus lost scrapes {lost[0]}..{lost[-1]} (scraped after the receiver went down at "
+                   f"{d['prom']['seq_before_outage']}, before the kill at {d['prom']['seq_at_kill']}): they were in "
+                   "its WAL, but after a restart the remote-write WAL watcher sends only samples newer than its own "
+                   "start (prometheus/prometheus tsdb/wlog/watcher.go, readSegment: s.T > w.startTimestamp)")
+    return out
 
 
 def _version() -> str:
@@ -253,6 +292,10 @@ def rows(r: dict[str, Any]) -> list[dict[str, Any]]:
             f"{_mib(mp['peak_uss_bytes'])} / {_mib(mp['avg_uss_bytes'])} (Prometheus agent)",
             ratio(mr["peak_uss_bytes"], mp["peak_uss_bytes"])),
     ]
+    out.append(row("  samples by each agent's own count: relay points collected / agent samples appended",
+                   f"{rel['own_counters']['points_collected']:,.0f}",
+                   f"{prom['own_counters']['samples_appended']:,.0f} (with {REPORT_SERIES} report series per scrape)",
+                   ratio(rel["own_counters"]["points_collected"], prom["own_counters"]["samples_appended"])))
     dr, dp = d["relay"], d["prom"]
     out.append(row(f"kill -9 with the receiver down ({d['outage_s']:.0f} s, killed after {d['killed_after_s']:.0f} s):"
                    " scraped / delivered / lost / duplicated",
@@ -270,3 +313,4 @@ if __name__ == "__main__":
     (WORK / "prom-agent.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     print(table(rows(result)))
+    print("\n".join(f"- {n}" for n in result["notes"]))
