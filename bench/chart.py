@@ -75,5 +75,5 @@ def _prom_agent_panel(ax: Any, r: dict[str, Any]) -> None:
     ax.bar_label(bars, labels=[f" {a:,.1f} vs {b:,.1f} {u}" for _, a, b, u in figures], fontsize=8)
     ax.set_xlabel("relay / Prometheus agent (log; < 1: the relay uses less)")
     d = r["durability"]
-    ax.set_title(f"Same scrapes as Prometheus agent; kill -9: lost {d['relay']['lost']} of {d['relay']['scraped']}"
-                 f" vs {d['prom']['lost']} of {d['prom']['scraped']}", fontsize=10)
+    ax.set_title(f"Beside Prometheus agent, same scrapes; kill -9 lost\nrelay {d['relay']['lost']} of "
+                 f"{d['relay']['scraped']} scrapes, agent {d['prom']['lost']} of {d['prom']['scraped']}", fontsize=10)
