@@ -231,8 +231,9 @@ def notes(r: dict[str, Any]) -> list[str]:
     ]
     if d["prom"]["lost"]:
         lost = d["prom"]["lost_seqs"]
-        out.append(f"Prometheus lost scrapes {lost[0]}..{lost[-1]} (scraped after the receiver went down at "
-                   f"{d['prom']['seq_before_outage']}, before the kill at {d['prom']['seq_at_kill']}): they were in "
+        out.append(f"Prometheus lost scrapes {lost[0]}..{lost[-1]} (the last served before the receiver went down "
+                   f"was {d['prom']['seq_before_outage']}, the last before the kill {d['prom']['seq_at_kill']}): "
+                   "unsent when it was killed, they were in "
                    "its WAL, but after a restart the remote-write WAL watcher sends only samples newer than its own "
                    "start (prometheus/prometheus tsdb/wlog/watcher.go, readSegment: s.T > w.startTimestamp)")
     return out
