@@ -240,8 +240,8 @@ class Relay:
         wait(lambda: get_json(self.status + "/healthz"), 60, "the relay")
 
     def counters(self) -> dict[str, float]:
+        """Its own counters: points collected by its sources, points and bytes shipped."""
         status = get_json(self.status + "/status")
         dest = status["destinations"][0]
         return {"points_collected": _metric_sum(self.status + "/metrics", "relay_points_collected_total"),
-                "shipped_points": float(dest["shipped_points"]), "shipped_bytes": float(dest["shipped_bytes"]),
-                "backlog_items": float(dest.get("backlog_items", 0))}
+                "shipped_points": float(dest["shipped_points"]), "shipped_bytes": float(dest["shipped_bytes"])}
