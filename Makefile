@@ -83,8 +83,13 @@ lint: setup
 	$(VENV)/bin/ruff check relay tests bench scripts packaging
 	$(VENV)/bin/mypy
 
+# Prometheus (agent mode and a remote-write receiver) and node_exporter for the scrape-path
+# comparison (bench/prom_agent.py), which runs the binaries itself on free loopback ports:
+# their packaged services are kept from starting (scripts/bootstrap.sh, NO_START).
+BENCH_APT := prometheus prometheus-node-exporter
+
 bench:
-	EXTRA_APT="$(TEST_APT)" ./scripts/bootstrap.sh
+	EXTRA_APT="$(TEST_APT)" NO_START="$(BENCH_APT)" ./scripts/bootstrap.sh
 	$(PY) -m tests.kafka.harness fetch
 	mvn -B -q -f kafka-plugin/pom.xml package
 	$(PY) -m bench.run

@@ -1,4 +1,5 @@
-"""bench/results.png: throughput beside its baselines, and CPU and RSS over the steady-state run."""
+"""bench/results.png: throughput beside its baselines, CPU and RSS over the steady-state run, and
+the scrape path beside Prometheus in agent mode (each figure as a ratio of the two)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,11 @@ def draw(results: dict[str, Any], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     rel, sdk, steady = results["relay"], results["otel_sdk"], results["steady_state"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    prom = results.get("prometheus_agent")
+    fig, axes = plt.subplots(1, 3 if prom else 2, figsize=(18 if prom else 12, 4.5))
+    ax1, ax2 = axes[0], axes[1]
+    if prom:
+        _prom_agent_panel(axes[2], prom)
     names = ["relay end to end\n(fsync, policy,\nzstd, Ed25519)", "OTel Python SDK\nexporter (same points)"]
     values = [rel["points_per_s"] / 1e3, sdk["points_per_s"] / 1e3]
     bars = ax1.bar(names, values, color=["#2f6fb0", "#9aa5b1"])
@@ -45,3 +50,30 @@ def draw(results: dict[str, Any], out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
+
+
+def _prom_agent_panel(ax: Any, r: dict[str, Any]) -> None:
+    """The relay's figure over Prometheus agent's for each measure of the same scrape work."""
+    rel, prom = r["steady"]["relay"], r["steady"]["prom"]
+    mr, mp = rel["memory"], prom["memory"]
+    figures = [  # label, relay, Prometheus agent, unit
+        ("CPU per 1,000 samples", rel["cpu_s_per_1k_samples"] * 1000, prom["cpu_s_per_1k_samples"] * 1000, "ms"),
+        ("wire bytes per sample", rel["wire_bytes_per_sample"], prom["wire_bytes_per_sample"], "B"),
+        ("disk bytes per sample", rel["disk_bytes_per_sample"], prom["disk_bytes_per_sample"], "B"),
+        ("peak RSS", mr["peak_rss_bytes"] / 2**20, mp["peak_rss_bytes"] / 2**20, "MiB"),
+        ("peak USS", mr["peak_uss_bytes"] / 2**20, mp["peak_uss_bytes"] / 2**20, "MiB"),
+    ]
+    ratios = [a / b if b else 0.0 for _, a, b, _ in figures]
+    y = list(range(len(figures)))
+    bars = ax.barh(y, ratios, color=["#2f6fb0" if v <= 1 else "#a4161a" for v in ratios])
+    ax.set_xscale("log")
+    shown = [v for v in ratios if v > 0] or [1.0]
+    ax.set_xlim(min(0.5, min(shown) / 2), max(2.0, max(shown)) * 12)  # room for the labels
+    ax.axvline(1, color="#333333", linewidth=1)
+    ax.set_yticks(y, [f[0] for f in figures])
+    ax.invert_yaxis()
+    ax.bar_label(bars, labels=[f" {a:,.1f} vs {b:,.1f} {u}" for _, a, b, u in figures], fontsize=8)
+    ax.set_xlabel("relay / Prometheus agent (log; < 1: the relay uses less)")
+    d = r["durability"]
+    ax.set_title(f"Beside Prometheus agent, same scrapes; kill -9 lost\nrelay {d['relay']['lost']} of "
+                 f"{d['relay']['scraped']} scrapes, agent {d['prom']['lost']} of {d['prom']['scraped']}", fontsize=10)

@@ -20,6 +20,9 @@ Figures (each beside a baseline measured in this run, as a ratio):
   client pushes at the rate of 1,000 clients pushing every 60 s beside its idle CPU.
 - a broker's server.log tailed, parsed, spooled, redacted and shipped (bench/logs.py): lines/s
   and CPU per 100,000 lines, beside the OTel Collector's filelog receiver on the same file.
+- the scrape path beside Prometheus in agent mode (bench/prom_agent.py): the same JMX exporter,
+  node_exporter and sequence targets scraped by both at once; CPU per 1,000 samples, wire and
+  disk bytes per sample, RSS and USS; and the kill -9 durability counts of both.
 Prints a table and writes bench/results.json.
 """
 
@@ -40,7 +43,7 @@ from typing import Any
 import psutil
 import yaml
 
-from bench import client_metrics, ingest_kafka, kafka_scale, logs, overhead
+from bench import client_metrics, ingest_kafka, kafka_scale, logs, overhead, prom_agent
 from bench.common import CLI, DEFAULT_POLICY, HERE, WORK, peak_rss
 from bench.common import free_port as _free_port
 from bench.common import get_json as _get
@@ -365,6 +368,9 @@ def main() -> None:
         clients = client_metrics.run(ingest.url, ingest.items)
         print(f"bench: a broker log of {logs.LINES:,} lines, the relay beside otelcol-contrib's filelog...", flush=True)
         broker_logs = logs.bench_logs()
+        print(f"bench: the scrape path beside Prometheus in agent mode ({prom_agent.WINDOW:.0f} s window, "
+              f"then kill -9 with the receivers down {prom_agent.OUTAGE:.0f} s)...", flush=True)
+        prom = prom_agent.bench_prom_agent()
     finally:
         ingest.stop()
 
@@ -471,6 +477,7 @@ def main() -> None:
     rows += ingest_kafka.rows(vendor)
     rows += client_metrics.rows(clients)
     rows += logs.rows(broker_logs)
+    rows += prom_agent.rows(prom)
     print()
     print(table(rows))
     results = {
@@ -492,6 +499,7 @@ def main() -> None:
         "ingest_kafka": vendor,
         "client_metrics": clients,
         "broker_logs": broker_logs,
+        "prometheus_agent": prom,
         "ratios": {"throughput": throughput_ratio, "cpu_per_point": cpu_ratio},
         "table": rows,
     }
