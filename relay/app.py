@@ -17,7 +17,7 @@ import signal
 import time
 from typing import Any
 
-from relay import __version__, systemd
+from relay import __version__, allocator, systemd
 from relay.config import Config, LoadedConfig, key_dir, policy_file
 from relay.config import load as load_config
 from relay.export.outbox import Outbox
@@ -105,6 +105,7 @@ class Relay:
         self.server = StatusServer(cfg.server.listen, self.status, self.stats, self.outbox)
         await self.server.start()
         self.pipeline = build(self.loaded, self.shared, self.signer, self.policies)
+        allocator.settle()  # before the sources run, so that they reuse what the loaders left
         await self.pipeline.start()
         self._maintenance = asyncio.create_task(self._maintain(), name="maintenance")
         await self._first_collection(self.pipeline.runners)
@@ -181,6 +182,7 @@ class Relay:
             policies = self._policies_for(new.config)
             assert self.shared is not None
             pipeline = build(new, self.shared, signer, policies)
+            allocator.settle()
         except (SchemaError, SigningKeyError, _Refused) as e:
             self._reload_failed(str(e))
             return
