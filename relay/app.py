@@ -105,8 +105,8 @@ class Relay:
         self.server = StatusServer(cfg.server.listen, self.status, self.stats, self.outbox)
         await self.server.start()
         self.pipeline = build(self.loaded, self.shared, self.signer, self.policies)
-        allocator.settle()  # before the sources run, so that they reuse what the loaders left
         await self.pipeline.start()
+        allocator.settle()  # as the sources begin, so that they reuse what the loaders left
         self._maintenance = asyncio.create_task(self._maintain(), name="maintenance")
         await self._first_collection(self.pipeline.runners)
         systemd.notify("READY=1", f"STATUS={self.status.summary_line()}")
