@@ -28,7 +28,7 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as ms
 from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.metrics.v1 import metrics_pb2
 
-from bench.common import CLI, DEFAULT_POLICY, HERE, WORK, free_port, wait
+from bench.common import CLI, DEFAULT_POLICY, HERE, WORK, MemorySampler, free_port, wait
 from tests.kafka.harness import fetch, plugin_jar
 
 CLIENTS, PUSH_INTERVAL_S = 1000, 60.0
@@ -111,7 +111,8 @@ def _cpu(proc: psutil.Process) -> float:
 
 
 def bench_relay_pushes(ingest_url: str, ingest_items: Any) -> dict[str, Any]:
-    """The relay's CPU for 1,000 plugin POSTs at 16.7/s, beside its idle CPU over as long."""
+    """The relay's CPU for 1,000 plugin POSTs at 16.7/s, beside its idle CPU over as long, and
+    its peak RSS and USS while they arrive and ship."""
     import urllib.request
 
     state = WORK / "client-metrics-state"
@@ -139,28 +140,32 @@ def bench_relay_pushes(ingest_url: str, ingest_items: Any) -> dict[str, Any]:
         cpu0 = _cpu(proc)
         time.sleep(window)  # a fixed measuring window, not a wait for a condition
         idle = _cpu(proc) - cpu0
-        before = ingest_items()
-        points = sum(len(sm.metrics) for rm in ms.ExportMetricsServiceRequest.FromString(body).resource_metrics
-                     for sm in rm.scope_metrics)
-        cpu0, t0 = _cpu(proc), time.perf_counter()
-        for i in range(PUSHES):
-            req = urllib.request.Request(f"http://{otlp}/v1/metrics", data=body,
-                                         headers={"Content-Type": "application/x-protobuf"})
-            with urllib.request.urlopen(req, timeout=30) as r:
-                if r.status != 200:
-                    raise SystemExit(f"bench: the relay answered a push with {r.status}")
-            time.sleep(max(0.0, (i + 1) / RATE - (time.perf_counter() - t0)))
-        wall = time.perf_counter() - t0
-        wait(lambda: ingest_items() - before >= PUSHES * points, 120, "the pushed points to arrive")
-        busy = _cpu(proc) - cpu0  # until shipped: the shipping of the last pushes is counted too
-        elapsed = time.perf_counter() - t0
+        with MemorySampler(p.pid, period=0.5) as mem:  # while the pushes arrive and ship
+            before = ingest_items()
+            points = sum(len(sm.metrics) for rm in ms.ExportMetricsServiceRequest.FromString(body).resource_metrics
+                         for sm in rm.scope_metrics)
+            cpu0, t0 = _cpu(proc), time.perf_counter()
+            for i in range(PUSHES):
+                req = urllib.request.Request(f"http://{otlp}/v1/metrics", data=body,
+                                             headers={"Content-Type": "application/x-protobuf"})
+                with urllib.request.urlopen(req, timeout=30) as r:
+                    if r.status != 200:
+                        raise SystemExit(f"bench: the relay answered a push with {r.status}")
+                time.sleep(max(0.0, (i + 1) / RATE - (time.perf_counter() - t0)))
+            wall = time.perf_counter() - t0
+            wait(lambda: ingest_items() - before >= PUSHES * points, 120, "the pushed points to arrive")
+            busy = _cpu(proc) - cpu0  # until shipped: the shipping of the last pushes is counted too
+            elapsed = time.perf_counter() - t0
+        peak = mem.result()
     finally:
         p.terminate()
         p.wait(30)
     return {"pushes": PUSHES, "push_bytes": len(body), "points_per_push": points, "rate_per_s": RATE,
             "wall_s": wall, "cpu_s": busy, "idle_cpu_s": idle,
             "cpu_s_per_1000_pushes": (busy - idle * elapsed / window) / PUSHES * 1000,
-            "cpu_pct_of_core": busy / elapsed * 100, "idle_cpu_pct_of_core": idle / window * 100}
+            "cpu_pct_of_core": busy / elapsed * 100, "idle_cpu_pct_of_core": idle / window * 100,
+            "peak_rss_bytes": peak["peak_rss_bytes"], "peak_uss_bytes": peak["peak_uss_bytes"],
+            "peak_pss_bytes": peak["peak_pss_bytes"]}
 
 
 def run(ingest_url: str, ingest_items: Any) -> dict[str, Any]:
@@ -180,6 +185,9 @@ def rows(r: dict[str, Any]) -> list[dict[str, Any]]:
          "value": f"{rel['cpu_s_per_1000_pushes']:.2f} ({rel['cpu_pct_of_core']:.2f} % of a core)",
          "baseline": f"{rel['idle_cpu_pct_of_core']:.2f} % of a core (same relay idle, same window)",
          "ratio": "-", "target": "-", "result": "-"},
+        {"figure": "  KIP-714 pushes through the relay: peak memory",
+         "value": f"RSS {rel['peak_rss_bytes'] / 2**20:.1f} MiB (USS {rel['peak_uss_bytes'] / 2**20:.1f})",
+         "baseline": "-", "ratio": "-", "target": "-", "result": "-"},
     ]
 
 

@@ -2,7 +2,7 @@
 traffic on all of them), read by a real relay process through each agent in turn.
 
 Figures, all from the same run: MBeans on the broker; per scrape, the series the relay
-ships, its CPU seconds and (per run) its peak RSS; beside them the agents' own cost:
+ships, its CPU seconds and (per run) its peak RSS and USS; beside them the agents' own cost:
 Jolokia's response time to the relay's bulk read and the JMX exporter's scrape time (as
 the client sees it, and its own jmx_scrape_duration_seconds). The exporter is read twice:
 with the relay's default (unmapped series passed through) and with mapped series only.
@@ -22,7 +22,7 @@ from typing import Any
 import psutil
 import yaml
 
-from bench.common import CLI, DEFAULT_POLICY, WORK, free_port, peak_rss, wait
+from bench.common import CLI, DEFAULT_POLICY, WORK, MemorySampler, free_port, wait
 from relay import mapping
 from relay.sources.jolokia import bulk_request
 from tests.kafka.harness import EXPORTER_CONFIGS, Broker, Traffic, fetch
@@ -79,20 +79,22 @@ def _relay_run(ingest_url: str, name: str, sources: dict[str, Any]) -> dict[str,
                          stderr=open(config.with_suffix(".log"), "wb"))  # noqa: SIM115 - the child's
     try:
         proc = psutil.Process(p.pid)
-        wait(lambda: _self_metric(url, "relay_source_runs_total") >= 1, 120, f"the first {name} scrape")
-        cpu0, runs0 = sum(proc.cpu_times()[:2]), _self_metric(url, "relay_source_runs_total")
-        points0 = _self_metric(url, "relay_points_collected_total")
-        time.sleep(WINDOW)  # the measured window: the relay scrapes on its own schedule meanwhile
-        cpu1, runs1 = sum(proc.cpu_times()[:2]), _self_metric(url, "relay_source_runs_total")
-        points1 = _self_metric(url, "relay_points_collected_total")
-        errors = _self_metric(url, "relay_source_errors_total")
-        rss = peak_rss(p.pid)
+        with MemorySampler(p.pid) as mem:
+            wait(lambda: _self_metric(url, "relay_source_runs_total") >= 1, 120, f"the first {name} scrape")
+            cpu0, runs0 = sum(proc.cpu_times()[:2]), _self_metric(url, "relay_source_runs_total")
+            points0 = _self_metric(url, "relay_points_collected_total")
+            time.sleep(WINDOW)  # the measured window: the relay scrapes on its own schedule meanwhile
+            cpu1, runs1 = sum(proc.cpu_times()[:2]), _self_metric(url, "relay_source_runs_total")
+            points1 = _self_metric(url, "relay_points_collected_total")
+            errors = _self_metric(url, "relay_source_errors_total")
+        peak = mem.result()
     finally:
         p.terminate()
         p.wait(30)
     runs = max(runs1 - runs0, 1)
     return {"scrapes": int(runs), "series_per_scrape": (points1 - points0) / runs,
-            "cpu_s_per_scrape": (cpu1 - cpu0) / runs, "peak_rss_bytes": rss, "source_errors": errors}
+            "cpu_s_per_scrape": (cpu1 - cpu0) / runs, "peak_rss_bytes": peak["peak_rss_bytes"],
+            "peak_uss_bytes": peak["peak_uss_bytes"], "peak_pss_bytes": peak["peak_pss_bytes"], "source_errors": errors}
 
 
 def bench_kafka_scale(ingest_url: str) -> dict[str, Any]:
@@ -141,9 +143,9 @@ def rows(k: dict[str, Any]) -> list[dict[str, Any]]:
                                 f"(own: {(k['exporter_own_scrape_s'] or 0) * 1000:.0f} ms)",
              "exporter_default": "same scrape, unmapped series passed through"}
     for name, r in k["relay"].items():
-        out.append({"figure": f"  relay via {name.replace('_', ' ')}: series / CPU ms per scrape / peak RSS MiB",
+        out.append({"figure": f"  relay via {name.replace('_', ' ')}: series / CPU ms per scrape / peak memory",
                     "value": f"{r['series_per_scrape']:,.0f} / {r['cpu_s_per_scrape'] * 1000:.0f} / "
-                             f"{r['peak_rss_bytes'] / 2**20:.1f}",
+                             f"RSS {r['peak_rss_bytes'] / 2**20:.1f} MiB (USS {r['peak_uss_bytes'] / 2**20:.1f})",
                     "baseline": peers[name], "ratio": "-", "target": "-", "result": "-"})
     return out
 

@@ -27,7 +27,7 @@ import psutil
 import yaml
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 
-from bench.common import CLI, DEFAULT_POLICY, WORK, free_port, peak_rss, wait
+from bench.common import CLI, DEFAULT_POLICY, WORK, MemorySampler, free_port, wait
 from relay.compression import decompress
 from relay.otlp import count_items
 
@@ -137,18 +137,23 @@ def _cpu(p: psutil.Process) -> float:
 
 
 def _run(args: list[str], sink: Sink, records: int, log: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Start a process, wait until the sink has every record; its wall time, CPU and peak RSS."""
+    """Start a process, wait until the sink has every record; its wall time, CPU, peak RSS and USS."""
     sink.reset()
     started = time.monotonic()
     with open(log, "wb") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     p = psutil.Process(proc.pid)
     try:
-        wait(lambda: sink.records >= records or proc.poll() is not None, 600, f"every record from {args[0]}")
-        if proc.poll() is not None:
-            raise SystemExit(f"bench: {args[0]} exited; see {log}")
-        wall = time.monotonic() - started
-        return {"seconds": wall, "cpu_s": _cpu(p), "peak_rss_bytes": peak_rss(proc.pid), "records": sink.records}
+        with MemorySampler(proc.pid) as mem:
+            wait(lambda: sink.records >= records or proc.poll() is not None, 600, f"every record from {args[0]}")
+            if proc.poll() is not None:
+                raise SystemExit(f"bench: {args[0]} exited; see {log}")
+            wall = time.monotonic() - started
+            cpu = _cpu(p)
+        peak = mem.result()
+        return {"seconds": wall, "cpu_s": cpu, "peak_rss_bytes": peak["peak_rss_bytes"],
+                "peak_uss_bytes": peak["peak_uss_bytes"], "peak_pss_bytes": peak["peak_pss_bytes"],
+                "records": sink.records}
     finally:
         proc.terminate()
         try:
@@ -237,6 +242,9 @@ def rows(r: dict[str, Any]) -> list[dict[str, Any]]:
     def fmt(v: float) -> str:
         return f"{v:,.0f}" if v >= 100 else f"{v:.2f}"
 
+    def mem(r: dict[str, Any]) -> str:
+        return f"RSS {r['peak_rss_bytes'] / 2**20:.1f} MiB (USS {r['peak_uss_bytes'] / 2**20:.1f})"
+
     relay, col, parse = r["relay"], r["otelcol"], r["parse_only"]
     col_lines = fmt(col["lines_per_s"]) + " (otelcol filelog, no spool/redaction/signing)" if col else "-"
     col_cpu = f"{col['cpu_s_per_100k_lines']:.2f} (otelcol filelog)" if col else "-"
@@ -251,8 +259,9 @@ def rows(r: dict[str, Any]) -> list[dict[str, Any]]:
         {"figure": "  broker logs: read and parse alone (lines/s, CPU s per 100,000 lines)",
          "value": f"{fmt(parse['lines_per_s'])}, {parse['cpu_s_per_100k_lines']:.2f}", "baseline": "-",
          "ratio": "-", "target": "-", "result": "-"},
-        {"figure": "  broker logs: peak RSS (MiB)", "value": f"{relay['peak_rss_bytes'] / 2**20:.1f}",
-         "baseline": f"{col['peak_rss_bytes'] / 2**20:.1f} (otelcol)" if col else "-", "ratio": "-",
+        {"figure": "  broker logs: peak memory", "value": mem(relay),
+         "baseline": f"{mem(col)} (otelcol)" if col else "-",
+         "ratio": f"{relay['peak_rss_bytes'] / col['peak_rss_bytes']:.2f}x" if col else "-",
          "target": "-", "result": "-"},
     ]
 

@@ -9,7 +9,7 @@ Figures (each beside a baseline measured in this run, as a ratio):
 - end to end = append + drain, in points/s and CPU seconds per million points;
 - baseline: the OTel Python SDK's OTLP/HTTP exporter sending the same points to the
   same ingest (export loop only);
-- the relay's peak RSS (VmHWM);
+- the relay's peak RSS (VmHWM) and USS while it drains;
 - a real Kafka broker with 2,000 partitions (bench/kafka_scale.py): series, CPU and peak RSS
   per scrape through each agent, beside Jolokia's and the JMX exporter's own response times;
 - the vendor's ingest into a real Kafka broker (bench/ingest_kafka.py): verified requests/s and
@@ -44,7 +44,7 @@ import psutil
 import yaml
 
 from bench import client_metrics, ingest_kafka, kafka_scale, logs, overhead, prom_agent
-from bench.common import CLI, DEFAULT_POLICY, HERE, WORK, peak_rss
+from bench.common import CLI, DEFAULT_POLICY, HERE, WORK, MemorySampler
 from bench.common import free_port as _free_port
 from bench.common import get_json as _get
 from bench.common import wait as _wait
@@ -122,19 +122,20 @@ def bench_end_to_end(ingest: Ingest, reqs: list[bytes]) -> dict[str, Any]:
                              env={**os.environ, "NOTIFY_SOCKET": str(notify.path)},
                              stdout=subprocess.DEVNULL, stderr=open(WORK / "relay.log", "wb"))  # noqa: SIM115
     proc = psutil.Process(relay.pid)
-    # Like the SDK baseline (its export loop alone), the drain is timed from the moment the
-    # relay is ready to work: process start is its own figure (start to READY=1). Points that
-    # left before READY are not counted in that rate.
-    _wait(lambda: notify.ready_at is not None, 60, "the relay's READY=1")
-    t = proc.cpu_times()
-    ready_wall, ready_cpu, at_ready = time.perf_counter(), t.user + t.system, ingest.items() - before
-    notify.close()
-    _wait(lambda: ingest.items() - before >= total, 600, "the relay to drain the spool")
-    end_wall = time.perf_counter()
-    drain_wall = end_wall - ready_wall
-    t = proc.cpu_times()
-    drain_cpu = t.user + t.system - ready_cpu
-    rss = peak_rss(relay.pid)
+    with MemorySampler(relay.pid) as mem:
+        # Like the SDK baseline (its export loop alone), the drain is timed from the moment the
+        # relay is ready to work: process start is its own figure (start to READY=1). Points that
+        # left before READY are not counted in that rate.
+        _wait(lambda: notify.ready_at is not None, 60, "the relay's READY=1")
+        t = proc.cpu_times()
+        ready_wall, ready_cpu, at_ready = time.perf_counter(), t.user + t.system, ingest.items() - before
+        notify.close()
+        _wait(lambda: ingest.items() - before >= total, 600, "the relay to drain the spool")
+        end_wall = time.perf_counter()
+        drain_wall = end_wall - ready_wall
+        t = proc.cpu_times()
+        drain_cpu = t.user + t.system - ready_cpu
+    peak = mem.result()
     status = _get(f"http://{cfg['server']['listen']}/status")  # type: ignore[index]
     wire_bytes = status["destinations"][0]["shipped_bytes"]
     relay.terminate()
@@ -152,7 +153,9 @@ def bench_end_to_end(ingest: Ingest, reqs: list[bytes]) -> dict[str, Any]:
         "points_per_s": total / wall,
         "cpu_s_per_million": cpu / total * 1e6,
         "wall_s": wall,
-        "peak_rss_bytes": rss,
+        "peak_rss_bytes": peak["peak_rss_bytes"],
+        "peak_uss_bytes": peak["peak_uss_bytes"],
+        "peak_pss_bytes": peak["peak_pss_bytes"],
         "wire_bytes_per_point": wire_bytes / total,
     }
 
@@ -351,7 +354,8 @@ def main() -> None:
         pol = bench_policy(reqs)
         print("bench: start to ready...", flush=True)
         start = overhead.bench_start_to_ready(ingest.url)
-        print(f"bench: steady state at the reference load ({overhead.WINDOW:.0f} s window, real JVM)...", flush=True)
+        print(f"bench: steady state at the reference load ({overhead.WINDOW:.0f} s window, a real Kafka broker)...",
+              flush=True)
         steady = overhead.bench_overhead(ingest.url, ingest.metrics_stats)
         floor = overhead.bench_import_floor()
         print("bench: 10,000 points/s pushed over OTLP/HTTP for 60 s (the OTel Collector's load test)...",
@@ -426,28 +430,6 @@ def main() -> None:
          "result": "-"},
         {"figure": "  zstd level 3: compress the same batch (points/s)", "value": fmt(pol["zstd_points_per_s"]),
          "baseline": "-", "ratio": "-", "target": "-", "result": "-"},
-        {"figure": "steady state: average CPU (% of one core)", "value": f"{steady['cpu_pct_of_core']:.2f}",
-         "baseline": f"{steady['idle_cpu_pct_of_core']:.2f} (idle relay, no sources)", "ratio": "-",
-         "target": "<= 0.5", "result": "pass" if steady["cpu_pct_of_core"] <= 0.5 else "fail"},
-        {"figure": "steady state: peak RSS (MiB)", "value": f"{steady['peak_rss_bytes'] / 2**20:.1f}",
-         "baseline": f"{steady['idle_rss_bytes'] / 2**20:.1f} (idle relay, no sources)", "ratio": "-",
-         "target": "<= 60", "result": "pass" if steady["peak_rss_bytes"] <= 60 * 2**20 else "fail"},
-        {"figure": "  of which private (heap) / file-backed (code of Python and libraries), MiB",
-         "value": f"{steady['rss_anon_bytes'] / 2**20:.1f} / {steady['rss_file_bytes'] / 2**20:.1f}",
-         "baseline": f"{steady['idle_rss_anon_bytes'] / 2**20:.1f} / {steady['idle_rss_file_bytes'] / 2**20:.1f}"
-                     " (idle relay)", "ratio": "-", "target": "-", "result": "-"},
-        {"figure": "import floor: python + the relay's libraries, nothing running (MiB)",
-         "value": f"{floor['dependencies_rss_bytes'] / 2**20:.1f}",
-         "baseline": f"{floor['bare_python_rss_bytes'] / 2**20:.1f} (bare python3)", "ratio": "-", "target": "-",
-         "result": "-"},
-        {"figure": "  the largest shares of it, each imported after those before (MiB)",
-         "value": ", ".join(f"{name.split('.')[0] if name != 'aiohttp.web' else name} {b / 2**20:.1f}"
-                            for name, b in sorted(floor["import_shares_bytes"].items(), key=lambda kv: -kv[1])[:5]),
-         "baseline": "-", "ratio": "-", "target": "-", "result": "-"},
-        {"figure": "import floor: the same + the relay's own modules (MiB)",
-         "value": f"{floor['relay_imported_rss_bytes'] / 2**20:.1f}",
-         "baseline": f"{floor['dependencies_rss_bytes'] / 2**20:.1f} (libraries only)", "ratio": "-",
-         "target": "-", "result": "-"},
         {"figure": "steady state: wire bytes per point, headers included",
          "value": f"{steady['wire_bytes_per_point']:.2f}",
          "baseline": "-", "ratio": "-", "target": "<= 12",
@@ -455,8 +437,9 @@ def main() -> None:
         {"figure": "10,000 points/s pushed over OTLP/HTTP (100-point batches): CPU (% of one core)",
          "value": f"{push['cpu_pct_of_core']:.1f}", "baseline": "~20 (OTel Collector, published; no spool, "
          "no redaction, no signing)", "ratio": "-", "target": "-", "result": "-"},
-        {"figure": "  the same: average / peak RSS (MiB)",
-         "value": f"{push['avg_rss_bytes'] / 2**20:.1f} / {push['peak_rss_bytes'] / 2**20:.1f}",
+        {"figure": "  the same: average / peak memory",
+         "value": f"RSS {push['avg_rss_bytes'] / 2**20:.1f} MiB (USS {push['avg_uss_bytes'] / 2**20:.1f}) / "
+                  f"RSS {push['peak_rss_bytes'] / 2**20:.1f} MiB (USS {push['peak_uss_bytes'] / 2**20:.1f})",
          "baseline": "46 average (OTel Collector, published)", "ratio": "-", "target": "-", "result": "-"},
         {"figure": "catch-up: 24 h backlog at the reference load (s)", "value": f"{catch['drain_s']:.1f}",
          "baseline": f"{catch['points']:,} points", "ratio": "-", "target": "<= 180",
@@ -468,11 +451,13 @@ def main() -> None:
         {"figure": "start to READY=1 (s)", "value": f"{start['ready_s']:.2f}",
          "baseline": f"{start['bare_python_s']:.2f} (bare python3 start)", "ratio": "-", "target": "<= 2",
          "result": "pass" if start["ready_s"] <= 2 and start["readyz_s"] <= 2 else "fail"},
-        {"figure": "relay peak RSS while draining (MiB)", "value": fmt(relay["peak_rss_bytes"] / 2**20),
+        {"figure": "relay peak memory while draining",
+         "value": f"RSS {relay['peak_rss_bytes'] / 2**20:.1f} MiB (USS {relay['peak_uss_bytes'] / 2**20:.1f})",
          "baseline": "-", "ratio": "-", "target": "-", "result": "-"},
         {"figure": "wire bytes per point (zstd)", "value": fmt(relay["wire_bytes_per_point"]),
          "baseline": "-", "ratio": "-", "target": "-", "result": "-"},
     ]
+    rows += overhead.rows(steady, floor)
     rows += kafka_scale.rows(kafka)
     rows += ingest_kafka.rows(vendor)
     rows += client_metrics.rows(clients)

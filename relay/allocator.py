@@ -15,6 +15,7 @@ because an explicit setting there is the operator's choice.
 from __future__ import annotations
 
 import ctypes
+import gc
 import logging
 import os
 
@@ -44,3 +45,13 @@ def tune() -> bool:
     if not ok:
         log.debug("mallopt refused a setting; the allocator keeps its defaults")
     return ok
+
+
+def settle() -> int:
+    """Collect the cyclic garbage that loading leaves behind, once the relay has started (or
+    reloaded). PyYAML's loaders are reference cycles that hold the nodes and marks they
+    parsed, and a relay at steady state allocates too little for the oldest generation ever
+    to be collected: without this
+    about 1.3 MiB of config, policy and mapping parse trees stayed for the life of the
+    process. Returns the objects collected."""
+    return gc.collect()

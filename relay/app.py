@@ -17,7 +17,7 @@ import signal
 import time
 from typing import Any
 
-from relay import __version__, systemd
+from relay import __version__, allocator, systemd
 from relay.config import Config, LoadedConfig, key_dir, policy_file
 from relay.config import load as load_config
 from relay.export.outbox import Outbox
@@ -106,6 +106,7 @@ class Relay:
         await self.server.start()
         self.pipeline = build(self.loaded, self.shared, self.signer, self.policies)
         await self.pipeline.start()
+        allocator.settle()  # as the sources begin, so that they reuse what the loaders left
         self._maintenance = asyncio.create_task(self._maintain(), name="maintenance")
         await self._first_collection(self.pipeline.runners)
         systemd.notify("READY=1", f"STATUS={self.status.summary_line()}")
@@ -181,6 +182,7 @@ class Relay:
             policies = self._policies_for(new.config)
             assert self.shared is not None
             pipeline = build(new, self.shared, signer, policies)
+            allocator.settle()
         except (SchemaError, SigningKeyError, _Refused) as e:
             self._reload_failed(str(e))
             return

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from relay.config import LoadedConfig, policy_file
-from relay.export.bundle_destination import BundleDestination
 from relay.export.outbox import Outbox
 from relay.export.shipper import Shipper
 from relay.export.signing import Signer
@@ -90,8 +89,13 @@ def build(loaded: LoadedConfig, shared: Shared, signer: Signer | None, policies:
     """A pipeline for a config, not started. Reads and compiles the mapping rule files
     (unless handed the sources to run again); raises SchemaError when one does not load."""
     cfg, spool, stats = loaded.config, shared.spool, shared.stats
+    kinds: dict[str, type[Shipper]] = {"https": Shipper}
+    if any(d.kind == "bundle" for d in cfg.destinations):  # tarfile and the bundle format only then
+        from relay.export.bundle_destination import BundleDestination
+
+        kinds["bundle"] = BundleDestination
     shippers = [
-        (BundleDestination if d.kind == "bundle" else Shipper)(
+        kinds[d.kind](
             d, loaded.api_keys.get(d.name), spool, stats, cfg.shutdown_timeout, signer=signer,
             proxy_password=loaded.proxy_passwords.get(d.name), policy=policies[policy_file(cfg, d)],
             outbox=shared.outbox)

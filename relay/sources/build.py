@@ -13,7 +13,7 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
@@ -26,11 +26,15 @@ from relay.sources.discovery import Discovered
 from relay.sources.host import HostSource
 from relay.sources.internal import InternalSource
 from relay.sources.jolokia import JolokiaSource
-from relay.sources.log_tail import FileRules
-from relay.sources.logfile import LogFileSource, file_rules
 from relay.sources.process import ProcessSource
-from relay.sources.prometheus import PrometheusSource
 from relay.strict_yaml import HttpUrl
+
+if TYPE_CHECKING:
+    from relay.sources.log_tail import FileRules
+
+# The log source and the Prometheus source (with prometheus_client's parsers) are imported
+# only by a config that can use them: about 0.9 MiB a relay without them does not hold.
+# build_sources() imports them at start and at reload, so that a missing module fails there.
 
 log = logging.getLogger("relay.sources")
 
@@ -41,6 +45,11 @@ def build_sources(config: Config, resource: dict[str, Any], stats: SelfMetrics,
     Raises SchemaError naming the file when a mapping rule file does not load."""
     s = config.sources
     rules = _rules_dir(config)
+    discovering = s.discovery.kafka
+    if s.prometheus.targets or discovering:
+        from relay.sources.prometheus import PrometheusSource
+    if s.logs.enabled and (s.logs.files or (discovering and s.logs.discovered_files)):
+        from relay.sources.logfile import LogFileSource, file_rules
     out: list[Source] = []
     if s.host.enabled:
         out.append(HostSource(s.host.interval, resource))
@@ -61,6 +70,9 @@ def build_sources(config: Config, resource: dict[str, Any], stats: SelfMetrics,
 def sources_for(found: Discovered, config: Config, resource: dict[str, Any]) -> list[Source]:
     """The sources for one JVM that discovery found: its scrape and its process metrics, or
     (for its log directory) its log files."""
+    from relay.sources.logfile import LogFileSource
+    from relay.sources.prometheus import PrometheusSource
+
     s = config.sources
     maps = mapping.load(found.mappings, _rules_dir(config))
     if found.protocol == "logs":
@@ -87,6 +99,8 @@ def sources_for(found: Discovered, config: Config, resource: dict[str, Any]) -> 
 def _discovered_log_files(found: Discovered, config: Config) -> list[tuple[str, FileRules]]:
     """Each name in sources.logs.discovered_files: where the JVM's log4j config writes a file of
     that name, else that name in its log directory."""
+    from relay.sources.logfile import file_rules
+
     logs = config.sources.logs
     named = {os.path.basename(p): p for p in found.log_files}
     out = []

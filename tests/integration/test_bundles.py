@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from relay.export.bundle import sign_manifest
 from relay.export.signing import KeyStore, Signer, SigningKey, key_id
 from relay.otlp import MetricsBuilder, from_json
-from tests.procs import CLI, Ingest, Relay, relay_config, wait_until
+from tests.procs import CLI, Ingest, Relay, port_open, relay_config, wait_until
 
 QUIET = {"host": {"enabled": False}, "internal": {"enabled": False}}
 METRIC = "test.bundle"
@@ -29,6 +29,10 @@ METRIC = "test.bundle"
 def push(relay: Relay, values: range) -> None:
     """One OTLP push per value, each acknowledged, each its own request (the backlog drains
     between pushes)."""
+    # Relay.start waits for /healthz, which answers before the pipeline (and so the
+    # receiver) has started.
+    port = int(relay.otlp_url.rsplit(":", 1)[1])
+    wait_until(lambda: port_open(port), what="the OTLP receiver to listen")
     for v in values:
         b = MetricsBuilder({"service.name": "bundle-test"}, "test")
         b.point(b.gauge(METRIC, "1"), float(v), time.time_ns())
