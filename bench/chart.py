@@ -1,5 +1,6 @@
-"""bench/results.png: throughput beside its baselines, CPU and RSS over the steady-state run, and
-the scrape path beside Prometheus in agent mode (each figure as a ratio of the two)."""
+"""bench/results.png: throughput beside its baselines, CPU and RSS over the steady-state run, the
+scrape path beside Prometheus in agent mode and broker logs beside the OTel Collector (each
+figure of the two peers as a ratio, from the same run)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,17 @@ def draw(results: dict[str, Any], out: Path) -> None:
 
     rel, sdk, steady = results["relay"], results["otel_sdk"], results["steady_state"]
     prom = results.get("prometheus_agent")
-    fig, axes = plt.subplots(1, 3 if prom else 2, figsize=(18 if prom else 12, 4.5))
-    ax1, ax2 = axes[0], axes[1]
+    col = (results.get("broker_logs") or {}).get("otelcol")
+    rows = 2 if prom or col else 1  # the peers' panels go on a second row
+    fig, grid = plt.subplots(rows, 2, figsize=(13, 4.5 * rows), squeeze=False)
+    ax1, ax2 = grid[0]
     if prom:
-        _prom_agent_panel(axes[2], prom)
+        _prom_agent_panel(grid[1][0], prom)
+    if col:
+        _collector_panel(grid[1][1], results["broker_logs"])
+    for ax in grid[1] if rows == 2 else ():
+        if not ax.has_data():
+            ax.set_visible(False)
     names = ["relay end to end\n(fsync, policy,\nzstd, Ed25519)", "OTel Python SDK\nexporter (same points)"]
     values = [rel["points_per_s"] / 1e3, sdk["points_per_s"] / 1e3]
     bars = ax1.bar(names, values, color=["#2f6fb0", "#9aa5b1"])
@@ -67,6 +75,28 @@ def _prom_agent_panel(ax: Any, r: dict[str, Any]) -> None:
         ("peak RSS", mr["peak_rss_bytes"] / 2**20, mp["peak_rss_bytes"] / 2**20, "MiB"),
         ("peak USS", mr["peak_uss_bytes"] / 2**20, mp["peak_uss_bytes"] / 2**20, "MiB"),
     ]
+    d = r["durability"]
+    _ratio_panel(ax, figures, "Prometheus agent",
+                 f"Beside Prometheus agent, same scrapes; kill -9 lost\nrelay {d['relay']['lost']} of "
+                 f"{d['relay']['scraped']} scrapes, agent {d['prom']['lost']} of {d['prom']['scraped']}")
+
+
+def _collector_panel(ax: Any, r: dict[str, Any]) -> None:
+    """The relay's figure over otelcol-contrib's for each measure of the same broker log file."""
+    rel, col = r["relay"], r["otelcol"]
+    figures = [  # label, relay, the Collector, unit
+        ("CPU per 100,000 lines", rel["cpu_s_per_100k_lines"], col["cpu_s_per_100k_lines"], "s"),
+        ("seconds per 100,000 lines", 1e5 / rel["lines_per_s"], 1e5 / col["lines_per_s"], "s"),
+        ("peak RSS", rel["peak_rss_bytes"] / 2**20, col["peak_rss_bytes"] / 2**20, "MiB"),
+        ("peak USS", rel.get("peak_uss_bytes", 0) / 2**20, col.get("peak_uss_bytes", 0) / 2**20, "MiB"),
+    ]
+    _ratio_panel(ax, figures, "the Collector",
+                 f"Broker logs ({r['lines']:,} lines) beside otelcol filelog;\n"
+                 "the relay also spools with fsync, redacts and signs")
+
+
+def _ratio_panel(ax: Any, figures: list[tuple[str, float, float, str]], peer: str, title: str) -> None:
+    """One bar per figure: the relay's value over the peer's, on a log scale (< 1: the relay uses less)."""
     ratios = [a / b if b else 0.0 for _, a, b, _ in figures]
     y = list(range(len(figures)))
     bars = ax.barh(y, ratios, color=["#2f6fb0" if v <= 1 else "#a4161a" for v in ratios])
@@ -76,8 +106,6 @@ def _prom_agent_panel(ax: Any, r: dict[str, Any]) -> None:
     ax.axvline(1, color="#333333", linewidth=1)
     ax.set_yticks(y, [f[0] for f in figures])
     ax.invert_yaxis()
-    ax.bar_label(bars, labels=[f" {a:,.1f} vs {b:,.1f} {u}" for _, a, b, u in figures], fontsize=8)
-    ax.set_xlabel("relay / Prometheus agent (log; < 1: the relay uses less)")
-    d = r["durability"]
-    ax.set_title(f"Beside Prometheus agent, same scrapes; kill -9 lost\nrelay {d['relay']['lost']} of "
-                 f"{d['relay']['scraped']} scrapes, agent {d['prom']['lost']} of {d['prom']['scraped']}", fontsize=10)
+    ax.bar_label(bars, labels=[f" {a:,.2f} vs {b:,.2f} {u}" for _, a, b, u in figures], fontsize=8)
+    ax.set_xlabel(f"relay / {peer} (log; < 1: the relay uses less)")
+    ax.set_title(title, fontsize=10)
