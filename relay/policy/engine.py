@@ -6,9 +6,9 @@ cost follows the number of distinct values, not of data points; applying them to
 lists and AnyValues (map keys and bytes included); the per-point path over a whole request,
 which drops the fields the installed OTLP does not know (the policy can vouch only for what
 it can read); and counting every decision per rule. Which field of which signal gets which
-rule is relay.policy.fields; a metric whose whole shape recurs unchanged does not reach this
-engine at all (relay.policy.shapes copies it as bytes, calling back into it for what it has
-not seen).
+rule is relay.policy.fields; a metric whose whole shape recurs does not reach this engine at
+all when its shape alone decides the result (relay.policy.shapes copies or rewrites it as
+bytes, calling back into it for what it has not seen).
 """
 
 from __future__ import annotations

@@ -10,9 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 
+def attribute_identity(dp: Any) -> tuple[tuple[str, bytes], ...]:
+    """The part of a point's identity its attributes make (in any order)."""
+    return tuple(sorted((kv.key, kv.value.SerializeToString()) for kv in dp.attributes))
+
+
 def _identity(dp: Any) -> tuple[Any, ...]:
-    attrs = tuple(sorted((kv.key, kv.value.SerializeToString()) for kv in dp.attributes))
-    return attrs, dp.start_time_unix_nano, dp.time_unix_nano
+    return attribute_identity(dp), dp.start_time_unix_nano, dp.time_unix_nano
 
 
 def merge_points(kind: str, points: Any) -> int:

@@ -7,8 +7,12 @@ data point, in order. So a request is taken apart as bytes only down to its metr
 fields per request, walked here); each metric's shape is read by protobuf's C parser with a
 shadow schema that keeps the attributes and skips the values; and a metric whose shape was
 seen before and left untouched by this policy is copied as it came, with no Python-level visit
-per data point. A new shape and a metric the policy changes go through the full per-point
-engine, which records the shape when it changed nothing and its encoding is exactly what came.
+per data point. A shape seen before that the policy changed by its shape alone (attributes
+hashed, dropped or renamed, the header changed, or the whole metric dropped) is rewritten from
+what the engine made of it (relay.policy.rewrite: byte for byte the engine's output). A new
+shape, and one whose result depends on more than its shape (merged points, exemplars), go
+through the full per-point engine, which records the shape when it changed nothing and its
+encoding is exactly what came, or its rewrite when the shape alone decided it.
 What surrounds the metrics (resources, scopes, schema URLs) is decoded, redacted and encoded
 again by the engine, once per distinct content.
 
@@ -23,8 +27,8 @@ full engine.
 Owns: the walk above, and its memo (ShapeMemo, with every bound it keeps). One memo belongs
 to one Policy object: a reloaded policy starts with an empty one, so it never trusts a decision
 taken under the previous policy. It holds each shape's bytes (no digest, so no collision can
-pass a changed shape as a known one). The full engine is reached only through PerPointEngine,
-and the bytes are taken apart with relay.wire.
+pass a changed shape as a known one), for copies and rewrites alike. The full engine is reached
+only through PerPointEngine, and the bytes are taken apart with relay.wire.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from opentelemetry.proto.metrics.v1 import metrics_pb2
 
 from relay import wire
 from relay.otlp import Signal
+from relay.policy import rewrite
 from relay.policy.outcome import Events, Outcome
 
 _F = descriptor_pb2.FieldDescriptorProto
@@ -78,11 +83,14 @@ class ShapeMemo:
     """What the fast path remembers under one policy, each part bounded.
 
     `shapes`: metric shapes the policy leaves as they are -> the rule events they cause.
+    `rewrites`: metric shapes the policy changes by their shape alone -> (what it makes of them,
+    a relay.policy.rewrite.Plan; the rule events they cause). Both share one byte budget: past
+    it, both are emptied (counted in `evictions`).
     `resources`: a ResourceMetrics' own fields (resource, schema URL), `scopes`: a ScopeMetrics'
     own fields (scope, schema URL), each as bytes -> (its bytes after the policy, the events).
     """
 
-    __slots__ = ("_release", "_shape_bytes", "resources", "scopes", "shapes")
+    __slots__ = ("_intern", "_release", "_shape_bytes", "evictions", "resources", "rewrites", "scopes", "shapes")
 
     def __init__(self, release: Callable[[str], None]) -> None:
         # Called with a metric's name once its shape is remembered: the shape then answers for
@@ -90,17 +98,35 @@ class ShapeMemo:
         # (keeping both would cost about 1 MiB more per 5,000 series).
         self._release = release
         self.shapes: dict[bytes, Events] = {}
+        self.rewrites: dict[bytes, tuple[rewrite.Plan, Events]] = {}
+        # Equal attribute entries (and lists of them) in plans, held once.
+        self._intern: dict[Any, Any] = {}
         self._shape_bytes = 0
+        self.evictions = 0
         self.resources: Envelopes = {}
         self.scopes: Envelopes = {}
 
-    def remember_shape(self, metric: str, shape: bytes, events: Events) -> None:
-        if self._shape_bytes + len(shape) > _SHAPE_MEMO_BYTES:
+    def _reserve(self, size: int) -> None:
+        if self._shape_bytes + size > _SHAPE_MEMO_BYTES:
             self.shapes.clear()
+            self.rewrites.clear()
+            self._intern.clear()
             self._shape_bytes = 0
+            self.evictions += 1
+        self._shape_bytes += size
+
+    def remember_shape(self, metric: str, shape: bytes, events: Events) -> None:
+        self._reserve(len(shape))
         self.shapes[shape] = events
-        self._shape_bytes += len(shape)
         self._release(metric)
+
+    def remember_rewrite(self, metric: str, shape: bytes, plan: rewrite.Plan, events: Events) -> None:
+        self._reserve(len(shape) + plan.size())
+        self.rewrites[shape] = (plan, events)
+        self._release(metric)
+
+    def intern(self) -> dict[Any, Any]:
+        return self._intern
 
     def remember_resource(self, raw: bytes, after: bytes, events: Events) -> None:
         if len(self.resources) >= _RESOURCES_LIMIT:
@@ -259,7 +285,7 @@ def _scope_metrics(engine: PerPointEngine, memo: ShapeMemo, view: memoryview,
     """One ScopeMetrics' content after the policy; empty when none of its metrics is left."""
     head: list[bytes | memoryview] = []
     metrics: list[bytes | memoryview] = []
-    shapes = memo.shapes
+    shapes, rewrites = memo.shapes, memo.rewrites
     for field, whole, value in wire.fields(view, _MESSAGES):
         if field != _SM_METRICS:
             head.append(whole)
@@ -278,12 +304,31 @@ def _scope_metrics(engine: PerPointEngine, memo: ShapeMemo, view: memoryview,
                 o.counts[event] += n
             metrics.append(whole)
             continue
+        hit = rewrites.get(key)
+        if hit is not None:
+            plan, events = hit
+            new = None if plan.drop else rewrite.apply(plan, value, engine.strip_unknown)
+            if new is not None or plan.drop:
+                o.items_in += plan.points
+                o.items_out += 0 if plan.drop else plan.points
+                for event, n in events:
+                    o.counts[event] += n
+                if new is not None:
+                    wire.emit(metrics, field, [new])
+                continue
         raw = bytes(value)
         new, events = _slow_metric(engine, raw, o)
+        if new is None:
+            memo.remember_rewrite(shape.name, key, rewrite.dropped(points), events)
+            continue
         if new is raw:
             memo.remember_shape(shape.name, key, events)
-        if new is not None:
-            wire.emit(metrics, field, [new])
+        else:
+            # Changed: remembered when its shape alone decides what the engine makes of it.
+            made = rewrite.plan_for(raw, shape, new, engine.strip_unknown, memo.intern())
+            if made is not None:
+                memo.remember_rewrite(shape.name, key, made, events)
+        wire.emit(metrics, field, [new])
     after = _envelope(engine, memo.scopes, memo.remember_scope, metrics_pb2.ScopeMetrics, head, o)
     return [after, *metrics] if metrics else []
 
@@ -323,9 +368,9 @@ def _slow_metric(engine: PerPointEngine, raw: bytes, o: Outcome) -> tuple[bytes 
     o.items_out += scratch.items_out
     for event, n in scratch.counts.items():
         o.counts[event] += n
-    if not keep:
-        return None, ()
     events = tuple(scratch.counts.items())
+    if not keep:
+        return None, events
     encoded = bytes(m.SerializeToString())
     # Equal bytes: nothing changed and nothing unknown was dropped, so the shape may be remembered.
     return (raw if not changed and encoded == raw else encoded), events

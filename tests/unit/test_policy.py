@@ -429,14 +429,15 @@ def test_a_repeated_scrape_is_copied_without_the_per_point_engine() -> None:
     p = Counting(pf, SECRET, "test-policy.yaml", "0" * 64, 0.0)
     series = [("kafka.bytes", "sum", [(1, {"topic": "orders"}), (2, {"topic": "audit"})]),
               ("kafka.lag", "gauge", [(5, {"topic": "orders", "partition": 0})]),
-              ("kafka.users", "gauge", [(5, {"user": "ann"})])]  # hashed: changed, so never memoized
+              ("kafka.users", "gauge", [(5, {"user": "ann"})])]  # hashed: changed by its shape alone
     p.apply("metrics", _request(series, t=1_000))
     assert sorted(calls) == ["kafka.bytes", "kafka.lag", "kafka.users"]
+    assert len(p.shape_memo.shapes) == 2 and len(p.shape_memo.rewrites) == 1
     calls.clear()
     # The next scrape: same series, new values and timestamps.
     later = [(name, kind, [(v * 7 + 3, attrs) for v, attrs in points]) for name, kind, points in series]
     out, outcome = p.apply("metrics", _request(later, t=31_000))
-    assert calls == ["kafka.users"]
+    assert calls == []
     assert outcome.items_in == outcome.items_out == 4
     assert _parsed(out) == _full_engine(policy(METRIC_POLICY), _request(later, t=31_000))[0]
 

@@ -196,6 +196,10 @@ def test_no_planted_secret_and_no_unknown_field_leaves_under_the_shipped_policy(
         warm.resource_metrics[0].scope_metrics[0].metrics.append(CLEAN_METRIC)
         p.apply("metrics", warm.SerializeToString())
         assert p.shape_memo.shapes, "the clean metric's shape is remembered"
+        # And the rewrite path: the same request without its unknown fields once, so that what the
+        # policy changes by shape alone is remembered and the planted request is rewritten from it.
+        p.apply("metrics", build(signal, text))
+        assert p.shape_memo.rewrites, "the histogram's changed shape is remembered"
     fast, _ = p.apply(signal, body)  # type: ignore[arg-type]
     per_point, _ = shipped().apply_per_point(signal, body)  # type: ignore[arg-type]
     for out in (fast, per_point):
