@@ -1,5 +1,6 @@
 """The scrape memo gives exactly what the full path gives: the same request bytes, counts and
-errors, on real bodies (first scrape, new values, a changed shape) and generated ones."""
+errors, on real bodies (first scrape, new values, a changed shape) and generated ones, in the
+Prometheus text format and in OpenMetrics."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from relay import mapping
+from relay.otlp import count_items
 from relay.source_settings import PrometheusSettings, ScrapeTargetSettings
 from relay.sources import scrape_memo
 from relay.sources.exposition import ExpositionLimits
@@ -23,11 +25,17 @@ URL = "http://127.0.0.1:9404/metrics"
 NOW = 1_700_000_000_000_000_000
 KAFKA = mapping.load(["kafka", "kraft", "jvm"])
 REAL = [("jmx_exporter_kafka-4.4_broker_EXCERPT.prom", KAFKA), ("node_exporter_1.5.0_linux.prom", None)]
+REAL_OM = "jmx_exporter_kafka-4.4_broker_EXCERPT.om.txt"  # the same broker's answer to the relay's Accept
 # The text-format files of the shared corpus (tests/fixtures/SOURCES.md), with the rules a broker uses.
 CORPUS = ["datadog_amazon_msk_jmx_metrics_EXCERPT.prom.txt", "promcommon_expfmt_testdata_text.prom",
           "prometheus_textparse_alltypes_237mfs.prom.txt", "promcommon_fuzz_parse_2_escapes_nan_inf_ts.prom",
           "promcommon_fuzz_parse_3_summary_weird.prom", "node_exporter_textfile_inconsistent_labels.prom",
           "promcommon_fuzz_error_2_newline_in_label.prom", "promcommon_fuzz_error_9_float_timestamp.prom"]
+# The OpenMetrics files: _created, exemplars, UNIT, histograms with negative bounds, escapes, timestamps.
+CORPUS_OM = ["prometheus_textparse_alltypes_5mfs.om.txt", "telegraf_openmetrics_multiple_summary_unit_created.om.txt",
+             "openmetrics_suite_roundtrip.om.txt", "openmetrics_suite_escaping.om.txt",
+             "openmetrics_suite_label_escaping.om.txt", "openmetrics_suite_timestamps.om.txt",
+             "openmetrics_suite_bad_text_after_eof_0.om.txt"]
 VALUE = re.compile(rb"^([^#\n][^\n]* )([-+0-9.eE]+)$", re.M)
 
 
@@ -52,10 +60,10 @@ def outcome(fn: Any) -> tuple[Any, ...]:
     return (r.request.SerializeToString(), r.points, r.families, r.mapped_samples, r.dropped)
 
 
-def full_path(src: PrometheusSource, body: bytes, now: int, lim: ExpositionLimits) -> tuple[Any, ...]:
+def full_path(src: PrometheusSource, body: bytes, now: int, lim: ExpositionLimits, om: bool = False) -> tuple[Any, ...]:
     def run() -> ScrapeReading:
         try:
-            return map_exposition(body.decode("utf-8", "replace"), False, src.mappings, src.resource, now,
+            return map_exposition(body.decode("utf-8", "replace"), om, src.mappings, src.resource, now,
                                   src.first_scrape_ns, src.passthrough, limits=lim,
                                   trim_suffixes=src.settings.trim_metric_suffixes)
         except ScrapeLimitExceeded:
@@ -67,17 +75,20 @@ def full_path(src: PrometheusSource, body: bytes, now: int, lim: ExpositionLimit
     return outcome(run)
 
 
-def scrape(src: PrometheusSource, body: bytes, now: int = NOW, deadline: Deadline | None = None) -> None:
+def scrape(src: PrometheusSource, body: bytes, now: int = NOW, deadline: Deadline | None = None,
+           om: bool = False) -> None:
     """One scrape through the source's own mapping (memo and all), checked against the full path."""
     lim = limits(src, deadline)
-    got = outcome(lambda: src._map(body, False, now, lim))
-    assert got == full_path(src, body, now, limits(src, deadline)), f"memo stats {src.memo.stats}"
+    got = outcome(lambda: src._map(body, om, now, lim))
+    assert got == full_path(src, body, now, limits(src, deadline), om), f"memo stats {src.memo.stats}"
 
 
-def moved(body: bytes, k: int) -> bytes:
+def moved(body: bytes, k: int, keep: bytes = b"") -> bytes:
     """The body with every plain value token changed, as the next scrape of a target has it
-    (a token float() refuses stays as it is)."""
+    (a token float() refuses stays as it is, as does one on a line with `keep` in it)."""
     def move(m: re.Match[bytes]) -> bytes:
+        if keep and keep in m.group(1):
+            return m.group(0)
         try:
             return m.group(1) + repr(float(m.group(2)) * (1 + k) + k).encode()
         except ValueError:
@@ -100,6 +111,28 @@ def test_corpus_bodies_come_out_the_same(name: str) -> None:
     src = source(KAFKA)
     for k in range(3):
         scrape(src, moved(body, k), NOW + k)
+
+
+def test_a_real_openmetrics_body_comes_out_the_same_and_hits_the_memo() -> None:
+    body = (FIX / REAL_OM).read_bytes()
+    src = source(KAFKA)
+    for k in range(4):  # info series stay 1 on a real target, as OpenMetrics asks
+        scrape(src, moved(body, k, keep=b"_info{"), NOW + k * 10**9, om=True)
+    assert src.memo.stats.fast == 3 and src.memo.stats.full == 1
+    # A memo hit hands the runner the request encoded, as the full path's message would encode.
+    hit = src._map(moved(body, 5, keep=b"_info{"), True, NOW, limits(src))
+    assert isinstance(hit.request, scrape_memo.EncodedRequest)
+    assert count_items("metrics", hit.request.decoded()) == hit.points == 1142
+    assert count_items("metrics", hit.request) == hit.points  # what the runner calls today
+
+
+@pytest.mark.parametrize("name", CORPUS_OM)
+def test_openmetrics_corpus_bodies_come_out_the_same(name: str) -> None:
+    body = (FIX / name).read_bytes()
+    for maps in (KAFKA, None):
+        src = source(maps)
+        for k in [0, 1, 2, 0, 3]:
+            scrape(src, moved(body, k), NOW + k, om=True)
 
 
 def _mutations(body: bytes) -> dict[str, bytes]:
