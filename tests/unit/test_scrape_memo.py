@@ -57,6 +57,8 @@ def outcome(fn: Any) -> tuple[Any, ...]:
         r: ScrapeReading = fn()
     except (ExpositionError, ScrapeLimitExceeded) as e:
         return (type(e), str(e))
+    if isinstance(r.request, scrape_memo.EncodedRequest):  # what the runner would count, without decoding
+        assert r.request.points == count_items("metrics", r.request.decoded())
     return (r.request.SerializeToString(), r.points, r.families, r.mapped_samples, r.dropped)
 
 
