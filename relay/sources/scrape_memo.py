@@ -89,6 +89,8 @@ class EncodedRequest:
         return self._decoded
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # not the Message API (and _decoded before __init__, as copy asks)
+            raise AttributeError(name)
         return getattr(self.decoded(), name)
 
 

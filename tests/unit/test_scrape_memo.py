@@ -4,6 +4,7 @@ Prometheus text format and in OpenMetrics."""
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 from typing import Any
@@ -393,3 +394,14 @@ def test_generated_openmetrics_come_out_the_same(first: tuple[list[str], list[st
     for k, body in enumerate([_render(lines, values), _render(lines, new_values), _render(lines, values),
                               _render(*other), _render(lines, new_values)]):
         scrape(src, body, NOW + k, om=True)
+
+
+def test_an_encoded_request_reads_as_the_message_it_encodes_and_copies() -> None:
+    body = (FIX / REAL[1][0]).read_bytes()
+    src = source(None)
+    src._map(body, False, NOW, limits(src))
+    hit = src._map(moved(body, 1), False, NOW + 1, limits(src)).request
+    assert isinstance(hit, scrape_memo.EncodedRequest)
+    message = hit.decoded()
+    assert hit.resource_metrics == message.resource_metrics and hit.ByteSize() == message.ByteSize()
+    assert copy.copy(hit).SerializeToString() == message.SerializeToString() == hit.data
