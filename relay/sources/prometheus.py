@@ -44,6 +44,7 @@ __all__ = ["ExpositionError", "PrometheusSource", "ScrapeReading", "map_expositi
 
 SCOPE = "telemetry-relay/prometheus"
 # The text format first: prometheus_client's text parser takes what exporters really emit.
+# (client_java, the JMX exporter's library, answers OpenMetrics whenever it is named at all.)
 ACCEPT = "text/plain;version=0.0.4;q=1.0,application/openmetrics-text;version=1.0.0;q=0.5,*/*;q=0.1"
 TARGET_INFO = "target_info"
 _U64 = 2**64

@@ -4,18 +4,24 @@ one comparison and a float parse per sample instead of the full parse and mappin
 Owns: the plan (what the full path decided for one exposition, kept as the OTLP request it
 built, encoded, with the byte offset of every point's time and value), the check that a new
 body has the same shape (every line equal to the planned one but for the value token that
-ends a sample line), filling the new values into a copy of the planned bytes, and the bounds
-and counts of the memo.
+ends a sample line), filling the new values into a copy of the planned bytes (handed on
+encoded, as an EncodedRequest), and the bounds and counts of the memo.
 
-Why it is exact: the full path's output for text exposition is a function of the lines. For
-counters, gauges and untyped series a value only ever becomes the double of its own point,
-so two bodies that differ only in value tokens give requests that differ only in those
-doubles (fixed 8-byte fields: the encoding keeps its length). What it cannot fill in, it
-leaves to the full path: a line that differs, a value token not in the plain number form
-the text parser reads the same way as float() (nor too long, nor one `-0` would change),
-a series with a timestamp, OpenMetrics. A histogram or summary family (its counts become
-varints, and a NaN count drops a point) is mapped afresh on every scrape by the full path's
-own family mapping, from the labels the plan keeps and the new values. Prometheus keeps a
+Why it is exact: the full path's output is a function of the lines. For counters, gauges and
+untyped series a value only ever becomes the double of its own point, so two bodies that
+differ only in value tokens give requests that differ only in those doubles (fixed 8-byte
+fields: the encoding keeps its length). What it cannot fill in, it leaves to the full path:
+a line that differs, a value token not in the plain number form the parsers read the same
+way as float() (nor too long, nor one `-0` would change), a series with a timestamp or an
+exemplar. A histogram or summary family (its counts become varints, and a NaN count drops a
+point) is mapped afresh on every scrape by the full path's own family mapping, from the
+labels the plan keeps and the new values. OpenMetrics (what the JMX exporter answers the
+relay's Accept with) adds: `# UNIT` and `# EOF` are lines like any other; a `_created` value
+is a start time and info, stateset and gaugehistogram values are all the parser allows, so
+those tokens are shape (a changed one sends the scrape the full way); and a value the
+OpenMetrics parser refuses where its sample's suffix puts it (a NaN or negative `_total`, a
+non-integer `_count`, a histogram's buckets out of order) sends the scrape the full way,
+which fails it with the parser's own error. Prometheus keeps a
 per-target cache for the same reason, from the exposed series text to its parsed labels and
 storage reference (scrape/scrape.go, scrapeCache); this memo keys the whole exposition rather
 than each series, because the OTLP mapping of a series depends on its neighbours (its family's
