@@ -26,7 +26,7 @@ import asyncio
 import math
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 from google.protobuf.message import Message
@@ -44,6 +44,7 @@ __all__ = ["ExpositionError", "PrometheusSource", "ScrapeReading", "map_expositi
 
 SCOPE = "telemetry-relay/prometheus"
 # The text format first: prometheus_client's text parser takes what exporters really emit.
+# (client_java, the JMX exporter's library, answers OpenMetrics whenever it is named at all.)
 ACCEPT = "text/plain;version=0.0.4;q=1.0,application/openmetrics-text;version=1.0.0;q=0.5,*/*;q=0.1"
 TARGET_INFO = "target_info"
 _U64 = 2**64
@@ -128,7 +129,7 @@ def map_exposition(
             deadline.check()
         if trace:
             for s in fam.samples:
-                trace.sample(s)
+                trace.sample(s, fam)
         if _is_target_info(fam):
             for s in fam.samples:
                 target.update(s.labels)
@@ -424,7 +425,9 @@ class PrometheusSource(ScrapeSource):
         result = await asyncio.to_thread(self._map, body, openmetrics, now, limits)
         self.last_families = result.families
         self.last_dropped = result.dropped
-        return [result.request]
+        # A memo hit is an EncodedRequest: it has what the runner uses of a Message
+        # (SerializeToString; count_items reads it through a decode) without the round trip.
+        return [cast(Message, result.request)]
 
     def _map(self, body: bytes, openmetrics: bool, now: int, limits: ExpositionLimits) -> ScrapeReading:
         start, trim = self.first_scrape_ns, self.settings.trim_metric_suffixes
@@ -434,11 +437,10 @@ class PrometheusSource(ScrapeSource):
                                   limits=limits, trim_suffixes=trim, trace=trace)
 
         try:
-            if openmetrics:  # the memo reads the text format only
-                return full(body.decode("utf-8", "replace"), None)
             key = (start, limits.max_line_length, limits.max_labels_per_series, limits.max_series)
             return self.memo.map(body, key, now, limits.deadline, limits.max_line_length, full,
-                                 lambda fam, samples, now_ns: map_family(fam, samples, now_ns, start, trim))
+                                 lambda fam, samples, now_ns: map_family(fam, samples, now_ns, start, trim),
+                                 openmetrics)
         except ScrapeLimitExceeded:
             raise  # already names the target and the limit
         except ExpositionError as e:

@@ -4,18 +4,24 @@ one comparison and a float parse per sample instead of the full parse and mappin
 Owns: the plan (what the full path decided for one exposition, kept as the OTLP request it
 built, encoded, with the byte offset of every point's time and value), the check that a new
 body has the same shape (every line equal to the planned one but for the value token that
-ends a sample line), filling the new values into a copy of the planned bytes, and the bounds
-and counts of the memo.
+ends a sample line), filling the new values into a copy of the planned bytes (handed on
+encoded, as an EncodedRequest), and the bounds and counts of the memo.
 
-Why it is exact: the full path's output for text exposition is a function of the lines. For
-counters, gauges and untyped series a value only ever becomes the double of its own point,
-so two bodies that differ only in value tokens give requests that differ only in those
-doubles (fixed 8-byte fields: the encoding keeps its length). What it cannot fill in, it
-leaves to the full path: a line that differs, a value token not in the plain number form
-the text parser reads the same way as float() (nor too long, nor one `-0` would change),
-a series with a timestamp, OpenMetrics. A histogram or summary family (its counts become
-varints, and a NaN count drops a point) is mapped afresh on every scrape by the full path's
-own family mapping, from the labels the plan keeps and the new values. Prometheus keeps a
+Why it is exact: the full path's output is a function of the lines. For counters, gauges and
+untyped series a value only ever becomes the double of its own point, so two bodies that
+differ only in value tokens give requests that differ only in those doubles (fixed 8-byte
+fields: the encoding keeps its length). What it cannot fill in, it leaves to the full path:
+a line that differs, a value token not in the plain number form the parsers read the same
+way as float() (nor too long, nor one `-0` would change), a series with a timestamp or an
+exemplar. A histogram or summary family (its counts become varints, and a NaN count drops a
+point) is mapped afresh on every scrape by the full path's own family mapping, from the
+labels the plan keeps and the new values. OpenMetrics (what the JMX exporter answers the
+relay's Accept with) adds: `# UNIT` and `# EOF` are lines like any other; a `_created` value
+is a start time and info, stateset and gaugehistogram values are all the parser allows, so
+those tokens are shape (a changed one sends the scrape the full way); and a value the
+OpenMetrics parser refuses where its sample's suffix puts it (a NaN or negative `_total`, a
+non-integer `_count`, a histogram's buckets out of order) sends the scrape the full way,
+which fails it with the parser's own error. Prometheus keeps a
 per-target cache for the same reason, from the exposed series text to its parsed labels and
 storage reference (scrape/scrape.go, scrapeCache); this memo keys the whole exposition rather
 than each series, because the OTLP mapping of a series depends on its neighbours (its family's
@@ -36,6 +42,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
+from prometheus_client.openmetrics import parser as om_parser
 from prometheus_client.samples import Sample
 
 from relay import wire
@@ -51,11 +58,51 @@ _DEADLINE_EVERY = 4096  # lines between deadline checks
 _FIXED64 = struct.Struct("<Q")
 _DOUBLE = struct.Struct("<d")
 _TIME_FIELD, _VALUE_FIELD = 3, 4  # NumberDataPoint.time_unix_nano, .as_double
+# What the OpenMetrics parser asks of a value (text_fd_to_metric_families), by the sample's
+# suffix after its family's name: a bit each, checked on the fast path as the parser would.
+_NOT_NAN, _NOT_NEGATIVE, _INTEGER = 1, 2, 4
+_OM_CHECKS = {"_total": _NOT_NAN | _NOT_NEGATIVE, "_sum": _NOT_NAN | _NOT_NEGATIVE, "_gsum": _NOT_NAN,
+              "_count": _NOT_NAN | _NOT_NEGATIVE | _INTEGER, "_gcount": _NOT_NAN | _NOT_NEGATIVE | _INTEGER,
+              "_bucket": _NOT_NAN | _NOT_NEGATIVE | _INTEGER}
+# Families whose every value the parser or the mapping reads as more than a double (info must
+# be 1, a stateset 0 or 1; a gaugehistogram is dropped but checked): their values are shape.
+_OM_FIXED_TYPES = frozenset(("info", "stateset", "gaugehistogram"))
+# The parser's own check of a histogram's values (untyped there): the fast path runs it as is.
+_CHECK_HISTOGRAM: Callable[[list[Sample], str], None] = om_parser._check_histogram
+
+
+class EncodedRequest:
+    """An ExportMetricsServiceRequest the memo built, kept encoded: SerializeToString gives
+    the bytes as they are and `points` what count_items would count, so the runner spools it
+    without a decode and an encode; any other use of the Message API decodes it once."""
+
+    __slots__ = ("_decoded", "data", "points")
+
+    def __init__(self, data: bytes, points: int) -> None:
+        self.data = data
+        self.points = points
+        self._decoded: Message | None = None
+
+    def SerializeToString(self, **_: Any) -> bytes:
+        return self.data
+
+    def ByteSize(self) -> int:
+        return len(self.data)
+
+    def decoded(self) -> Message:
+        if self._decoded is None:
+            self._decoded = metrics_service_pb2.ExportMetricsServiceRequest.FromString(self.data)
+        return self._decoded
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # not the Message API (and _decoded before __init__, as copy asks)
+            raise AttributeError(name)
+        return getattr(self.decoded(), name)
 
 
 @dataclass
 class ScrapeReading:
-    request: Message
+    request: Message | EncodedRequest
     points: int
     families: int
     mapped_samples: int
@@ -139,6 +186,9 @@ class _Plan:
     mapped: int
     static_dropped: int
     longest_key: int  # bytes, of the longest line less its value
+    openmetrics: bool = False
+    fixed: list[tuple[int, bytes]] = field(default_factory=list)  # (token index, the token it must be)
+    checks: list[tuple[int, int]] = field(default_factory=list)  # (token index, _OM_CHECKS bits)
     hits: int = 0
 
     def size(self) -> int:
@@ -155,6 +205,7 @@ class Trace:
 
     def __init__(self) -> None:
         self.samples: list[Any] = []  # every sample in order: the n-th is the n-th value token
+        self.kinds: list[tuple[str, str]] = []  # each sample's family: (name, type)
         self.index: dict[int, int] = {}  # id(sample) -> its place
         self.created: list[Any] = []  # metrics in the order they were made
         self.by_metric: dict[int, int] = {}  # id(metric) -> creation index
@@ -168,11 +219,12 @@ class Trace:
     def builder(self, resource: dict[str, Any], scope: str, version: str) -> MetricsBuilder:
         return _TracingBuilder(self, resource, scope, version)
 
-    def sample(self, s: Any) -> None:
+    def sample(self, s: Any, fam: Any) -> None:
         if s.timestamp is not None or getattr(s, "exemplar", None):
             self.broken = self.broken or "a sample with a timestamp or exemplar"
         self.index[id(s)] = len(self.samples)
         self.samples.append(s)
+        self.kinds.append((str(fam.name), str(fam.type)))
 
     def value_from(self, s: Any, scale: float | None = None) -> None:
         """The next point's value is this sample's (times `scale`, when a rule scales it)."""
@@ -262,10 +314,11 @@ class ScrapeMemo:
     _unused: int = 0  # plans in a row that served no scrape
 
     def map(self, body: bytes, key: tuple[Any, ...], now_ns: int, deadline: Deadline | None,
-            max_line_length: int, full: FullMap, family: FamilyMap) -> ScrapeReading:
+            max_line_length: int, full: FullMap, family: FamilyMap, openmetrics: bool = False) -> ScrapeReading:
         """The reading for this body: from the plan when the shape matches, else the full path
         (which raises ExpositionError or ScrapeLimitExceeded exactly as without the memo).
         `key` holds the settings the mapping depends on; a plan made under others is not used."""
+        key = (openmetrics, *key)
         split = split_values(body)
         plan = self._plan
         if split is not None and plan is not None and plan.key == key and plan.shape == split[0]:
@@ -285,7 +338,7 @@ class ScrapeMemo:
         trace = Trace()
         reading = full(body.decode("utf-8", "replace"), trace)
         try:
-            self._plan = _make_plan(reading, trace, split, key, now_ns, family)
+            self._plan = _make_plan(reading, trace, split, key, now_ns, family, openmetrics)
             self.stats.plans += 1
         except Unplannable as e:
             self.stats.too_big += str(e) == "too big"
@@ -296,13 +349,27 @@ class ScrapeMemo:
 
 
 def _make_plan(reading: ScrapeReading, trace: Trace, split: tuple[bytes, list[bytes]], key: tuple[Any, ...],
-               now_ns: int, family: FamilyMap) -> _Plan:
+               now_ns: int, family: FamilyMap, openmetrics: bool = False) -> _Plan:
     shape, tokens = split
     if trace.broken:
         raise Unplannable(trace.broken)
     if len(trace.samples) != len(tokens):
         raise Unplannable("lines and samples do not pair up")
-    for s, token in zip(trace.samples, tokens, strict=True):
+    fixed: list[tuple[int, bytes]] = []
+    checks: list[tuple[int, int]] = []
+    for i, (s, token) in enumerate(zip(trace.samples, tokens, strict=True)):
+        if openmetrics:
+            name, kind = trace.kinds[i]
+            # A `_created` value is a start time (Timestamp-precise), not a double: shape, as
+            # are the values the parser only lets through as one or two numbers.
+            if kind in _OM_FIXED_TYPES or s.name.endswith("_created"):
+                fixed.append((i, token))
+                continue
+            bits = _OM_CHECKS.get(s.name[len(name):], 0) if s.name.startswith(name) else 0
+            if kind == "summary" and s.name == name:
+                bits = _NOT_NEGATIVE  # a quantile's value
+            if bits:
+                checks.append((i, bits))
         v = parse_value(token)
         if v is None or not _same(float(s.value), v):
             raise Unplannable("a value token not in plain form")
@@ -337,7 +404,7 @@ def _make_plan(reading: ScrapeReading, trace: Trace, split: tuple[bytes, list[by
         raise Unplannable("an encoding not walked") from None
     plan = _Plan(key, shape, len(tokens), head, scope, tail, template, cuts, points,
                  reading.points - family_points, reading.families, reading.mapped_samples,
-                 reading.dropped - family_dropped, max(map(len, shape.split(b"\n"))))
+                 reading.dropped - family_dropped, max(map(len, shape.split(b"\n"))), openmetrics, fixed, checks)
     if plan.size() > PLAN_MAX_BYTES:
         raise Unplannable("too big")
     return plan
@@ -419,6 +486,9 @@ def _fill(plan: _Plan, tokens: list[bytes], now_ns: int, deadline: Deadline | No
     could be past the line length limit (the full path then measures it, in characters)."""
     if tokens and plan.longest_key + 2 + max(map(len, tokens)) > max_line_length:
         return None
+    for i, token in plan.fixed:
+        if tokens[i] != token:
+            return None
     values: list[float] = []
     add = values.append
     for i, token in enumerate(tokens):
@@ -428,6 +498,9 @@ def _fill(plan: _Plan, tokens: list[bytes], now_ns: int, deadline: Deadline | No
         add(v)
         if deadline is not None and i % _DEADLINE_EVERY == 0:
             deadline.check()
+    for i, bits in plan.checks:
+        if not _om_value_ok(values[i], tokens[i], bits):
+            return None  # the full path fails this scrape, with the parser's error
     buf = bytearray(plan.template)
     pack_time, pack_value = _FIXED64.pack_into, _DOUBLE.pack_into
     for t_off, v_off, k, scale in plan.points:
@@ -440,6 +513,8 @@ def _fill(plan: _Plan, tokens: list[bytes], now_ns: int, deadline: Deadline | No
     for cut, fam in plan.cuts:
         parts.append(view[at:cut])
         samples = [Sample(name, labels, _full_value(tokens[i]), None) for i, name, labels in fam.samples]
+        if plan.openmetrics and fam.type == "histogram" and not _om_histogram_ok(samples, fam.name):
+            return None
         encoded, n, d = family(fam, samples, now_ns)
         parts.append(encoded)
         points += n
@@ -450,8 +525,27 @@ def _fill(plan: _Plan, tokens: list[bytes], now_ns: int, deadline: Deadline | No
     wire.emit(scope_metrics, 2, parts)
     resource_metrics: list[bytes | memoryview] = []
     wire.emit(resource_metrics, 1, [plan.head, *scope_metrics, plan.tail])
-    request = metrics_service_pb2.ExportMetricsServiceRequest.FromString(b"".join(resource_metrics))
-    return ScrapeReading(request, points, plan.families, plan.mapped, dropped)
+    return ScrapeReading(EncodedRequest(b"".join(resource_metrics), points), points, plan.families, plan.mapped,
+                         dropped)
+
+
+def _om_value_ok(value: float, token: bytes, bits: int) -> bool:
+    """Whether the OpenMetrics parser takes this value where its sample's suffix puts it."""
+    if bits & _NOT_NAN and value != value:
+        return False
+    if bits & _NOT_NEGATIVE and value < 0:
+        return False
+    return not bits & _INTEGER or value.is_integer() or token.isdigit()
+
+
+def _om_histogram_ok(samples: list[Sample], name: str) -> bool:
+    """The parser's own check of a histogram's values (buckets in order, _count equal to the
+    +Inf bucket): it raises ValueError where the full path fails the scrape."""
+    try:
+        _CHECK_HISTOGRAM(samples, name)
+    except ValueError:
+        return False
+    return True
 
 
 def _full_value(token: bytes) -> float | int:

@@ -53,27 +53,21 @@ def otlp(data: bytes) -> None:
 def exposition(data: bytes) -> None:
     """Prometheus text (first byte even) or OpenMetrics (odd), parsed and mapped with the
     shipped mapping rules, under the default limits, as a source does it (the scrape memo
-    included). Text is scraped twice more, with every value token changed and then as it
-    came, and each answer must equal the full path's: a memo that fills a plan wrongly is
-    a finding, not just one that raises."""
+    included). Each body is scraped three times, as it came, with every value token changed
+    and as it came again, and each answer must equal the full path's: a memo that fills a
+    plan wrongly is a finding, not just one that raises."""
     if not data:
         return
-    if data[0] & 1:
-        text = data[1:].decode("utf-8", "replace")  # as the source decodes a body
-        try:
-            map_exposition(text, True, MAPPINGS, {"service.name": "fuzz"}, limits=ExpositionLimits(URL))
-        except (ExpositionError, ScrapeLimitExceeded):
-            pass
-        return
+    openmetrics = bool(data[0] & 1)
     resource = {"service.name": "fuzz"}
     src = PrometheusSource(ScrapeTargetSettings(url=URL), None, MAPPINGS, PrometheusSettings(), resource)
     src.first_scrape_ns = _SCRAPE_NS - 10**9
     body = data[1:]
     for n, scraped in enumerate((body, _VALUE_TOKEN.sub(rb"\g<1>7\2", body), body)):
         now = _SCRAPE_NS + n
-        got = _outcome(src._map, scraped, False, now, ExpositionLimits(URL))
-        full = _outcome(map_exposition, scraped.decode("utf-8", "replace"), False, MAPPINGS, src.resource, now,
-                        src.first_scrape_ns, src.passthrough, limits=ExpositionLimits(URL))
+        got = _outcome(src._map, scraped, openmetrics, now, ExpositionLimits(URL))
+        full = _outcome(map_exposition, scraped.decode("utf-8", "replace"), openmetrics, MAPPINGS, src.resource,
+                        now, src.first_scrape_ns, src.passthrough, limits=ExpositionLimits(URL))
         if got != full:
             a, b = got[1] or b"", full[1] or b""
             at = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))

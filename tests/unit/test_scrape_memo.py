@@ -1,8 +1,10 @@
 """The scrape memo gives exactly what the full path gives: the same request bytes, counts and
-errors, on real bodies (first scrape, new values, a changed shape) and generated ones."""
+errors, on real bodies (first scrape, new values, a changed shape) and generated ones, in the
+Prometheus text format and in OpenMetrics."""
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from relay import mapping
+from relay.otlp import count_items
 from relay.source_settings import PrometheusSettings, ScrapeTargetSettings
 from relay.sources import scrape_memo
 from relay.sources.exposition import ExpositionLimits
@@ -23,11 +26,17 @@ URL = "http://127.0.0.1:9404/metrics"
 NOW = 1_700_000_000_000_000_000
 KAFKA = mapping.load(["kafka", "kraft", "jvm"])
 REAL = [("jmx_exporter_kafka-4.4_broker_EXCERPT.prom", KAFKA), ("node_exporter_1.5.0_linux.prom", None)]
+REAL_OM = "jmx_exporter_kafka-4.4_broker_EXCERPT.om.txt"  # the same broker's answer to the relay's Accept
 # The text-format files of the shared corpus (tests/fixtures/SOURCES.md), with the rules a broker uses.
 CORPUS = ["datadog_amazon_msk_jmx_metrics_EXCERPT.prom.txt", "promcommon_expfmt_testdata_text.prom",
           "prometheus_textparse_alltypes_237mfs.prom.txt", "promcommon_fuzz_parse_2_escapes_nan_inf_ts.prom",
           "promcommon_fuzz_parse_3_summary_weird.prom", "node_exporter_textfile_inconsistent_labels.prom",
           "promcommon_fuzz_error_2_newline_in_label.prom", "promcommon_fuzz_error_9_float_timestamp.prom"]
+# The OpenMetrics files: _created, exemplars, UNIT, histograms with negative bounds, escapes, timestamps.
+CORPUS_OM = ["prometheus_textparse_alltypes_5mfs.om.txt", "telegraf_openmetrics_multiple_summary_unit_created.om.txt",
+             "openmetrics_suite_roundtrip.om.txt", "openmetrics_suite_escaping.om.txt",
+             "openmetrics_suite_label_escaping.om.txt", "openmetrics_suite_timestamps.om.txt",
+             "openmetrics_suite_bad_text_after_eof_0.om.txt"]
 VALUE = re.compile(rb"^([^#\n][^\n]* )([-+0-9.eE]+)$", re.M)
 
 
@@ -49,13 +58,15 @@ def outcome(fn: Any) -> tuple[Any, ...]:
         r: ScrapeReading = fn()
     except (ExpositionError, ScrapeLimitExceeded) as e:
         return (type(e), str(e))
+    if isinstance(r.request, scrape_memo.EncodedRequest):  # what the runner would count, without decoding
+        assert r.request.points == count_items("metrics", r.request.decoded())
     return (r.request.SerializeToString(), r.points, r.families, r.mapped_samples, r.dropped)
 
 
-def full_path(src: PrometheusSource, body: bytes, now: int, lim: ExpositionLimits) -> tuple[Any, ...]:
+def full_path(src: PrometheusSource, body: bytes, now: int, lim: ExpositionLimits, om: bool = False) -> tuple[Any, ...]:
     def run() -> ScrapeReading:
         try:
-            return map_exposition(body.decode("utf-8", "replace"), False, src.mappings, src.resource, now,
+            return map_exposition(body.decode("utf-8", "replace"), om, src.mappings, src.resource, now,
                                   src.first_scrape_ns, src.passthrough, limits=lim,
                                   trim_suffixes=src.settings.trim_metric_suffixes)
         except ScrapeLimitExceeded:
@@ -67,17 +78,20 @@ def full_path(src: PrometheusSource, body: bytes, now: int, lim: ExpositionLimit
     return outcome(run)
 
 
-def scrape(src: PrometheusSource, body: bytes, now: int = NOW, deadline: Deadline | None = None) -> None:
+def scrape(src: PrometheusSource, body: bytes, now: int = NOW, deadline: Deadline | None = None,
+           om: bool = False) -> None:
     """One scrape through the source's own mapping (memo and all), checked against the full path."""
     lim = limits(src, deadline)
-    got = outcome(lambda: src._map(body, False, now, lim))
-    assert got == full_path(src, body, now, limits(src, deadline)), f"memo stats {src.memo.stats}"
+    got = outcome(lambda: src._map(body, om, now, lim))
+    assert got == full_path(src, body, now, limits(src, deadline), om), f"memo stats {src.memo.stats}"
 
 
-def moved(body: bytes, k: int) -> bytes:
+def moved(body: bytes, k: int, keep: bytes = b"") -> bytes:
     """The body with every plain value token changed, as the next scrape of a target has it
-    (a token float() refuses stays as it is)."""
+    (a token float() refuses stays as it is, as does one on a line with `keep` in it)."""
     def move(m: re.Match[bytes]) -> bytes:
+        if keep and keep in m.group(1):
+            return m.group(0)
         try:
             return m.group(1) + repr(float(m.group(2)) * (1 + k) + k).encode()
         except ValueError:
@@ -100,6 +114,28 @@ def test_corpus_bodies_come_out_the_same(name: str) -> None:
     src = source(KAFKA)
     for k in range(3):
         scrape(src, moved(body, k), NOW + k)
+
+
+def test_a_real_openmetrics_body_comes_out_the_same_and_hits_the_memo() -> None:
+    body = (FIX / REAL_OM).read_bytes()
+    src = source(KAFKA)
+    for k in range(4):  # info series stay 1 on a real target, as OpenMetrics asks
+        scrape(src, moved(body, k, keep=b"_info{"), NOW + k * 10**9, om=True)
+    assert src.memo.stats.fast == 3 and src.memo.stats.full == 1
+    # A memo hit hands the runner the request encoded, as the full path's message would encode.
+    hit = src._map(moved(body, 5, keep=b"_info{"), True, NOW, limits(src))
+    assert isinstance(hit.request, scrape_memo.EncodedRequest)
+    assert count_items("metrics", hit.request.decoded()) == hit.points == 1142
+    assert count_items("metrics", hit.request) == hit.points  # what the runner calls today
+
+
+@pytest.mark.parametrize("name", CORPUS_OM)
+def test_openmetrics_corpus_bodies_come_out_the_same(name: str) -> None:
+    body = (FIX / name).read_bytes()
+    for maps in (KAFKA, None):
+        src = source(maps)
+        for k in [0, 1, 2, 0, 3]:
+            scrape(src, moved(body, k), NOW + k, om=True)
 
 
 def _mutations(body: bytes) -> dict[str, bytes]:
@@ -251,3 +287,121 @@ def test_generated_expositions_come_out_the_same(first: tuple[list[str], list[st
     for k, body in enumerate([_render(lines, values), _render(lines, new_values), _render(lines, values),
                               _render(*other), _render(lines, new_values)]):
         scrape(src, body, NOW + k)
+
+
+# -- OpenMetrics ---------------------------------------------------------------------------------------
+
+OM_BASE = (b"# TYPE c counter\n# HELP c a counter\nc_total{a=\"1\"} 1\nc_created{a=\"1\"} 1700000000.5\n"
+           b"# TYPE g gauge\n# UNIT g_seconds seconds\ng_seconds 2\nu 3\n"
+           b"# TYPE s summary\ns{quantile=\"0.5\"} 1\ns_sum 5\ns_count 6\ns_created 1700000001\n"
+           b"# TYPE h histogram\nh_bucket{le=\"1.0\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_sum 3\nh_count 2\n"
+           b"h_created 1700000002.25\n"
+           b"# TYPE i info\ni_info{v=\"1\"} 1\n# TYPE st stateset\nst{st=\"a\"} 1\nst{st=\"b\"} 0\n"
+           b"# TYPE gh gaugehistogram\ngh_bucket{le=\"+Inf\"} 1\ngh_gcount 1\ngh_gsum 1\n# EOF\n")
+OM_TOKENS = [line.rpartition(b" ")[2] for line in OM_BASE.split(b"\n") if line and not line.startswith(b"#")]
+
+
+def _om_with(i: int, token: bytes) -> bytes:
+    it = iter([token if k == i else t for k, t in enumerate(OM_TOKENS)])
+    return b"\n".join(line if not line or line.startswith(b"#") else line.rpartition(b" ")[0] + b" " + next(it)
+                      for line in OM_BASE.split(b"\n"))
+
+
+def test_openmetrics_values_come_out_as_the_full_path_reads_them_or_fail_as_it_fails() -> None:
+    fast = 0
+    for i in range(len(OM_TOKENS)):  # each value in turn, against a fresh plan, and the scrape after it
+        for token in [b"NaN", b"-1", b"1.5", b"0", b"2", b"1e3", b"+Inf", b"-0", b"1700000000.75"]:
+            src = source(KAFKA)
+            scrape(src, OM_BASE, NOW, om=True)
+            scrape(src, _om_with(i, token), NOW + 1, om=True)
+            scrape(src, OM_BASE, NOW + 2, om=True)
+            fast += src.memo.stats.fast
+    assert fast > len(OM_TOKENS) * 5
+
+
+def test_openmetrics_created_is_shape_and_a_changed_one_takes_the_full_path() -> None:
+    src = source(None)
+    created = OM_TOKENS.index(b"1700000000.5")
+    later = _om_with(created, b"1700000010.5")  # the counter was reset
+    for k, body in enumerate([OM_BASE, _om_with(0, b"9"), later, later.replace(b"\"} 1\n", b"\"} 4\n", 1)]):
+        scrape(src, body, NOW + k, om=True)
+    assert src.memo.stats.full == 2 and src.memo.stats.fast == 2
+
+
+def test_openmetrics_exemplars_and_timestamps_take_the_full_path() -> None:
+    src = source(None)
+    with_exemplar = OM_BASE.replace(b"c_total{a=\"1\"} 1\n", b"c_total{a=\"1\"} 1 # {trace_id=\"ab\"} 1.0 1700000000\n")
+    with_stamp = OM_BASE.replace(b"g_seconds 2\n", b"g_seconds 2 1700000000.5\n")
+    for k, body in enumerate([OM_BASE, with_exemplar, with_exemplar, OM_BASE, with_stamp, with_stamp, OM_BASE]):
+        scrape(src, body, NOW + k, om=True)
+    assert src.memo.stats.fast == 0 and src.memo.stats.full == 7 and src.memo.stats.unplannable >= 1
+
+
+def test_a_text_plan_is_not_used_for_openmetrics() -> None:
+    body = b"# TYPE g gauge\ng 1\n# EOF\n"
+    src = source(None)
+    scrape(src, body)
+    scrape(src, body, om=True)
+    assert src.memo.stats.fast == 0
+
+
+_om_values = st.one_of(st.integers(-5, 10**6).map(str), st.floats(allow_nan=True).map(repr),
+                       st.sampled_from(["NaN", "+Inf", "-Inf", "-0", "1.5", "1700000000.5", "1", "0", "1e3"]))
+
+
+@st.composite
+def _om_exposition(draw: st.DrawFn) -> tuple[list[str], list[str]]:
+    """OpenMetrics lines, mostly well formed for their TYPE, with a `{v}` where each value goes."""
+    lines: list[str] = []
+    values: list[str] = []
+    used: set[str] = set()
+    for n in range(draw(st.integers(1, 6))):
+        kind = draw(st.sampled_from(["gauge", "counter", "unknown", "summary", "histogram", "info", "stateset",
+                                     "gaugehistogram", None]))
+        name = draw(st.sampled_from(["a", "b", "jvm_memory_bytes_used", "target", "h", "x_seconds"]))
+        name = f"{name}{n}" if name in used else name
+        used.add(name)
+        lines.append(f"# TYPE {name} {kind}" if kind else f"# HELP {name} help")
+        if kind and name.endswith("_seconds") and kind not in ("info", "stateset") and draw(st.booleans()):
+            lines.append(f"# UNIT {name} seconds")
+        suffixes = {"counter": ["_total", "_created"], "summary": ["", "_sum", "_count", "_created"],
+                    "histogram": ["_bucket", "_bucket", "_sum", "_count", "_created"],
+                    "gaugehistogram": ["_bucket", "_gcount", "_gsum"], "info": ["_info"]}.get(kind or "", [""])
+        for g in range(draw(st.integers(0, 3))):
+            for suffix in draw(st.lists(st.sampled_from(suffixes), min_size=1, max_size=4)):
+                labels = {"g": str(g)}
+                if suffix == "_bucket":
+                    labels["le"] = draw(st.sampled_from(["1.0", "+Inf"]))
+                if kind == "summary" and suffix == "":
+                    labels["quantile"] = draw(st.sampled_from(["0.5", "0.9"]))
+                if kind == "stateset":
+                    labels[name] = draw(st.sampled_from(["on", "off"]))
+                text = ",".join(f'{k}="{v}"' for k, v in labels.items())
+                tail = draw(st.sampled_from(["", "", "", "", "", " 1700000000", " # {t=\"1\"} 1.0"]))
+                lines.append(f"{name}{suffix}{{{text}}} {{v}}{tail}")
+                values.append(draw(_om_values))
+    lines.append("# EOF")
+    return lines, values
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_om_exposition(), st.lists(_om_values, min_size=30, max_size=30), _om_exposition(), st.booleans())
+def test_generated_openmetrics_come_out_the_same(first: tuple[list[str], list[str]], again: list[str],
+                                                 other: tuple[list[str], list[str]], maps: bool) -> None:
+    src = source(KAFKA if maps else None)
+    lines, values = first
+    new_values = (again * (len(values) // 30 + 1))[: len(values)]
+    for k, body in enumerate([_render(lines, values), _render(lines, new_values), _render(lines, values),
+                              _render(*other), _render(lines, new_values)]):
+        scrape(src, body, NOW + k, om=True)
+
+
+def test_an_encoded_request_reads_as_the_message_it_encodes_and_copies() -> None:
+    body = (FIX / REAL[1][0]).read_bytes()
+    src = source(None)
+    src._map(body, False, NOW, limits(src))
+    hit = src._map(moved(body, 1), False, NOW + 1, limits(src)).request
+    assert isinstance(hit, scrape_memo.EncodedRequest)
+    message = hit.decoded()
+    assert hit.resource_metrics == message.resource_metrics and hit.ByteSize() == message.ByteSize()
+    assert copy.copy(hit).SerializeToString() == message.SerializeToString() == hit.data
