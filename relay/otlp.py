@@ -252,8 +252,40 @@ def cumulative_buckets(buckets: Iterable[tuple[float, float]], count: float) -> 
     return bounds, counts
 
 
-def count_items(signal: Signal, message: Message) -> int:
+class EncodedRequest:
+    """An ExportMetricsServiceRequest built as bytes (the scrape memo builds them), kept encoded:
+    SerializeToString gives the bytes as they are and count_items takes `points`, so a source
+    runner spools it without a decode and an encode; any other use of the Message API decodes
+    it once."""
+
+    __slots__ = ("_decoded", "data", "points")
+
+    def __init__(self, data: bytes, points: int) -> None:
+        self.data = data
+        self.points = points
+        self._decoded: Message | None = None
+
+    def SerializeToString(self, **_: Any) -> bytes:
+        return self.data
+
+    def ByteSize(self) -> int:
+        return len(self.data)
+
+    def decoded(self) -> Message:
+        if self._decoded is None:
+            self._decoded = metrics_service_pb2.ExportMetricsServiceRequest.FromString(self.data)
+        return self._decoded
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # not the Message API (and _decoded before __init__, as copy asks)
+            raise AttributeError(name)
+        return getattr(self.decoded(), name)
+
+
+def count_items(signal: Signal, message: Message | EncodedRequest) -> int:
     """Data points, log records or spans in a request."""
+    if isinstance(message, EncodedRequest):
+        return message.points
     n = 0
     if signal == "metrics":
         for rm in message.resource_metrics:

@@ -223,6 +223,7 @@ class SourceRunners:
 
 
 def _encoded(signal: Signal, msg: Message) -> tuple[int, bytes]:
-    """How many items a collected message holds, and its bytes (none when it holds nothing)."""
+    """How many items a collected message holds, and its bytes (none when it holds nothing);
+    an EncodedRequest gives both without a decode."""
     n = count_items(signal, msg)
     return n, bytes(msg.SerializeToString()) if n else b""

@@ -426,7 +426,7 @@ class PrometheusSource(ScrapeSource):
         self.last_families = result.families
         self.last_dropped = result.dropped
         # A memo hit is an EncodedRequest: it has what the runner uses of a Message
-        # (SerializeToString; count_items reads it through a decode) without the round trip.
+        # (SerializeToString, and count_items takes its count) without the round trip.
         return [cast(Message, result.request)]
 
     def _map(self, body: bytes, openmetrics: bool, now: int, limits: ExpositionLimits) -> ScrapeReading:

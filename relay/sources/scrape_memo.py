@@ -41,12 +41,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf.message import Message
-from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from prometheus_client.openmetrics import parser as om_parser
 from prometheus_client.samples import Sample
 
 from relay import wire
-from relay.otlp import MetricsBuilder
+from relay.otlp import EncodedRequest, MetricsBuilder
 from relay.sources.scrape_bounds import Deadline
 
 PLAN_MAX_BYTES = 64 * 1024 * 1024  # the plan of a 100,000-series exposition is ~25 MiB
@@ -69,35 +68,6 @@ _OM_CHECKS = {"_total": _NOT_NAN | _NOT_NEGATIVE, "_sum": _NOT_NAN | _NOT_NEGATI
 _OM_FIXED_TYPES = frozenset(("info", "stateset", "gaugehistogram"))
 # The parser's own check of a histogram's values (untyped there): the fast path runs it as is.
 _CHECK_HISTOGRAM: Callable[[list[Sample], str], None] = om_parser._check_histogram
-
-
-class EncodedRequest:
-    """An ExportMetricsServiceRequest the memo built, kept encoded: SerializeToString gives
-    the bytes as they are and `points` what count_items would count, so the runner spools it
-    without a decode and an encode; any other use of the Message API decodes it once."""
-
-    __slots__ = ("_decoded", "data", "points")
-
-    def __init__(self, data: bytes, points: int) -> None:
-        self.data = data
-        self.points = points
-        self._decoded: Message | None = None
-
-    def SerializeToString(self, **_: Any) -> bytes:
-        return self.data
-
-    def ByteSize(self) -> int:
-        return len(self.data)
-
-    def decoded(self) -> Message:
-        if self._decoded is None:
-            self._decoded = metrics_service_pb2.ExportMetricsServiceRequest.FromString(self.data)
-        return self._decoded
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):  # not the Message API (and _decoded before __init__, as copy asks)
-            raise AttributeError(name)
-        return getattr(self.decoded(), name)
 
 
 @dataclass

@@ -114,3 +114,13 @@ def test_scraped_histogram_whose_buckets_go_down_is_clamped_and_still_valid_otlp
     assert list(dp.bucket_counts) == [5, 0, 3]  # type: ignore[attr-defined]
     assert not dp.HasField("sum")  # type: ignore[attr-defined]  # no _sum line: left unset, not 0
     req.SerializeToString()
+
+
+def test_an_encoded_request_is_counted_and_serialized_without_a_decode() -> None:
+    from relay.otlp import EncodedRequest
+
+    # Bytes that would not even decode: neither count_items nor SerializeToString may try.
+    req = EncodedRequest(b"\xff\xff\xff", 7)
+    assert count_items("metrics", req) == 7
+    assert req.SerializeToString() == b"\xff\xff\xff"
+    assert req._decoded is None

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from relay import mapping
+from relay import mapping, otlp
 from relay.otlp import count_items
 from relay.source_settings import PrometheusSettings, ScrapeTargetSettings
 from relay.sources import scrape_memo
@@ -58,7 +58,7 @@ def outcome(fn: Any) -> tuple[Any, ...]:
         r: ScrapeReading = fn()
     except (ExpositionError, ScrapeLimitExceeded) as e:
         return (type(e), str(e))
-    if isinstance(r.request, scrape_memo.EncodedRequest):  # what the runner would count, without decoding
+    if isinstance(r.request, otlp.EncodedRequest):  # what the runner would count, without decoding
         assert r.request.points == count_items("metrics", r.request.decoded())
     return (r.request.SerializeToString(), r.points, r.families, r.mapped_samples, r.dropped)
 
@@ -124,7 +124,7 @@ def test_a_real_openmetrics_body_comes_out_the_same_and_hits_the_memo() -> None:
     assert src.memo.stats.fast == 3 and src.memo.stats.full == 1
     # A memo hit hands the runner the request encoded, as the full path's message would encode.
     hit = src._map(moved(body, 5, keep=b"_info{"), True, NOW, limits(src))
-    assert isinstance(hit.request, scrape_memo.EncodedRequest)
+    assert isinstance(hit.request, otlp.EncodedRequest)
     assert count_items("metrics", hit.request.decoded()) == hit.points == 1142
     assert count_items("metrics", hit.request) == hit.points  # what the runner calls today
 
@@ -401,7 +401,7 @@ def test_an_encoded_request_reads_as_the_message_it_encodes_and_copies() -> None
     src = source(None)
     src._map(body, False, NOW, limits(src))
     hit = src._map(moved(body, 1), False, NOW + 1, limits(src)).request
-    assert isinstance(hit, scrape_memo.EncodedRequest)
+    assert isinstance(hit, otlp.EncodedRequest)
     message = hit.decoded()
     assert hit.resource_metrics == message.resource_metrics and hit.ByteSize() == message.ByteSize()
     assert copy.copy(hit).SerializeToString() == message.SerializeToString() == hit.data
