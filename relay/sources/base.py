@@ -79,7 +79,7 @@ class ScrapeSource(Source):
         self.interval = interval
         self.timeout = timeout
         self.url_parts = urlsplit(target.url)
-        self.name = name or f"{kind} {self.url_parts.hostname}:{self.url_parts.port}"
+        self.name = name or _default_name(kind, self.url_parts.hostname, self.url_parts.port, self.url_parts.path)
         self.host_name = base_resource.get("host.name", socket.gethostname())
         self._http = ScrapeSession(target.url, timeout, target.username, password, target.ca_file,
                                    target.insecure_skip_verify)
@@ -220,6 +220,16 @@ class SourceRunners:
         and the self-metrics with every broker restart."""
         await runner.stop()
         self.stats.forget_source(runner.source.name)
+
+
+# Paths the name leaves out: each agent's usual one. Another path is named, so that two targets
+# behind one host and port (a proxy, an exporter with several endpoints) get series of their own
+# in /status and the self-metrics.
+_USUAL_PATHS = frozenset(("", "/", "/metrics", "/jolokia", "/jolokia/"))
+
+
+def _default_name(kind: str, host: str | None, port: int | None, path: str) -> str:
+    return f"{kind} {host}:{port}" + ("" if path in _USUAL_PATHS else path)
 
 
 def _encoded(signal: Signal, msg: Message) -> tuple[int, bytes]:

@@ -72,3 +72,16 @@ def test_internal_source_maps_counters_gauges_and_histograms() -> None:
     assert hist.count == 2 and abs(hist.sum - 3.02) < 1e-9
     assert sum(hist.bucket_counts) == 2  # de-cumulated
     assert len(hist.bucket_counts) == len(hist.explicit_bounds) + 1
+
+
+def test_targets_behind_one_host_and_port_are_named_apart_by_path() -> None:
+    from relay.source_settings import PrometheusSettings, ScrapeTargetSettings
+    from relay.sources.prometheus import PrometheusSource
+
+    def name(url: str) -> str:
+        settings = ScrapeTargetSettings(url=url)
+        return PrometheusSource(settings, None, None, PrometheusSettings(), {"host.name": "h"}).name
+
+    assert name("http://127.0.0.1:9404/metrics") == "prometheus 127.0.0.1:9404"
+    assert name("http://127.0.0.1:9404/") == "prometheus 127.0.0.1:9404"
+    assert name("http://127.0.0.1:9404/relay/kafka") != name("http://127.0.0.1:9404/relay/node")
