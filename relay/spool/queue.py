@@ -5,13 +5,18 @@ header is written on commit, the state restored on error), and the read-only vie
 offline inspection opens beside a running relay.
 
 Layout of one queue (all in SQLite, never in side files, so one fsync covers it):
-  int seq > 0   -> the serialized OTLP request (raw bytes)
-  int -seq      -> entry meta: created time, items, size, byte and item offsets
+  int seq > 0   -> the serialized OTLP request, as one zstd frame (level 1, its content size
+                   in the frame header) or, if that would not be smaller, as it is. The first
+                   bytes tell them apart: a zstd frame starts 28 b5 2f fd, an OTLP request
+                   with a protobuf tag (0a: field 1), so spools written before entries were
+                   compressed read as they are. read_value() is the one way a value is read.
+  int -seq      -> entry meta: created time, items, size *as stored*, byte and item offsets
   "hdr"         -> head seq, next seq, bytes and items ever appended
   "cursor:<d>"  -> last seq destination d has accepted, with its offsets
   "ckpt:<k>"    -> a source's read position k (a tailed file's offset), written in the
                    same transaction as the entries read up to it
-Offsets make every backlog figure O(1): bytes waiting = appended - cursor offset.
+Offsets make every backlog figure O(1): bytes waiting = appended - cursor offset. Every
+byte figure (offsets, backlog, max_bytes) counts bytes as stored, that is, what the disk holds.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 import diskcache
+import zstandard
 
 from relay.config import SpoolSettings
 from relay.otlp import Signal
@@ -33,6 +39,12 @@ from relay.otlp import Signal
 _META = struct.Struct("<dIIQQ")  # created, items, size, byte offset, item offset
 _HDR = struct.Struct("<QQQQ")  # head seq, next seq, bytes appended, items appended
 _CUR = struct.Struct("<QQQ")  # seq, byte offset after it, item offset after it
+
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+ZSTD_LEVEL = 1  # 20x on scrape requests already; higher levels cost CPU for a few per cent
+# The most an entry may inflate to: a frame declaring more is damaged (or hostile), never
+# allocated. Appends larger than this are refused (Spool.append), so no real entry is.
+MAX_ENTRY_BYTES = 256 << 20
 
 DISK_ERRORS = (sqlite3.OperationalError, sqlite3.DatabaseError, OSError, diskcache.Timeout)
 
@@ -76,10 +88,20 @@ class EntryMeta(NamedTuple):
 
 @dataclass
 class Entry:
+    """One spooled request. payload is the request itself (decompressed); size is what it
+    takes on disk, which the offsets count. damaged: why the stored value does not
+    decompress (payload then holds the stored bytes as found, for the dead-letter area)."""
+
     seq: int
     payload: bytes
     items: int
     created: float
+    size: int = -1  # -1: len(payload), an entry stored as it is
+    damaged: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.size < 0:
+            self.size = len(self.payload)
 
 
 @dataclass
@@ -98,7 +120,8 @@ class Lease:
 
     @property
     def size(self) -> int:
-        return sum(len(e.payload) for e in self.entries)
+        """Bytes as stored (what the cursor offsets count)."""
+        return sum(e.size for e in self.entries)
 
     def halves(self) -> tuple[Lease, Lease]:
         """This batch split in two (for a 413, or to isolate an undecodable entry), each half a
@@ -109,7 +132,7 @@ class Lease:
         half = len(self.entries) // 2
         head, tail = self.entries[:half], self.entries[half:]
         after = self.cursor_after
-        head_cursor = Cursor(head[-1].seq, after.bytes_after - sum(len(e.payload) for e in tail),
+        head_cursor = Cursor(head[-1].seq, after.bytes_after - sum(e.size for e in tail),
                              after.items_after - sum(e.items for e in tail))
         return (Lease(self.signal, head[0].seq, head[-1].seq, head, head_cursor),
                 Lease(self.signal, tail[0].seq, tail[-1].seq, tail, after))
@@ -160,12 +183,51 @@ def read_meta(store: Store, seq: int) -> EntryMeta | None:
     return None if raw is None else decode_meta(raw)
 
 
+class DamagedValue(Exception):
+    """A stored value that does not decompress to a request (a damaged disk, or a hostile file)."""
+
+
+def encode_value(payload: bytes, compressor: zstandard.ZstdCompressor) -> bytes:
+    """An entry's value as stored: a zstd frame, or the payload itself if that is no smaller."""
+    frame = compressor.compress(payload)
+    # A payload that itself starts like a frame (never an OTLP request) is stored as a frame
+    # always, so the first bytes never mislead read_value().
+    return frame if len(frame) < len(payload) or payload.startswith(ZSTD_MAGIC) else payload
+
+
+def read_value(stored: bytes) -> bytes:
+    """The request an entry's stored value holds. Raises DamagedValue; never inflates past the
+    size the frame declares, nor past MAX_ENTRY_BYTES (a bomb is refused before allocation)."""
+    if not stored.startswith(ZSTD_MAGIC):
+        return stored  # stored as it is (and every entry written before compression)
+    try:
+        declared = zstandard.frame_content_size(stored)
+    except zstandard.ZstdError as e:
+        raise DamagedValue(f"bad zstd frame header: {e}") from None
+    if declared < 0 or declared > MAX_ENTRY_BYTES:  # -1: unknown; the spool always writes it
+        raise DamagedValue(f"zstd frame declares {declared} bytes (at most {MAX_ENTRY_BYTES})")
+    try:
+        # With a declared content size, python-zstandard allocates exactly that and fails if
+        # the data would inflate past it.
+        out = zstandard.ZstdDecompressor().decompress(stored, max_output_size=declared)
+    except zstandard.ZstdError as e:
+        raise DamagedValue(f"zstd frame does not decompress: {e}") from None
+    if len(out) != declared:
+        raise DamagedValue(f"zstd frame inflates to {len(out)} bytes, not the {declared} it declares")
+    return out
+
+
 def read_entry(store: Store, seq: int) -> tuple[EntryMeta, Entry] | None:
-    """One entry with its meta, or None if it is not (or no longer) there."""
-    meta, payload = read_meta(store, seq), store.get(seq)
-    if meta is None or payload is None:
+    """One entry with its meta, or None if it is not (or no longer) there. A value that does
+    not decompress comes back flagged `damaged`, with the bytes as stored."""
+    meta, stored = read_meta(store, seq), store.get(seq)
+    if meta is None or stored is None:
         return None
-    return meta, Entry(seq, payload, meta.items, meta.created)
+    try:
+        payload, damaged = read_value(stored), None
+    except DamagedValue as e:
+        payload, damaged = stored, str(e)
+    return meta, Entry(seq, payload, meta.items, meta.created, len(stored), damaged)
 
 
 def load_head(store: Store, s: QueueState) -> None:
@@ -207,6 +269,7 @@ class SignalQueue:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._sync = 2 if settings.fsync == "always" else 1
         self.cache = diskcache.Cache(str(directory), timeout=60, sqlite_synchronous=self._sync, **CACHE_SETTINGS)
+        self._compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)  # content size in each frame
         self.state = load_state(self.cache)
         with self.cache.transact():
             for dest in [d for d in self.state.cursors if d not in destinations]:
@@ -237,12 +300,13 @@ class SignalQueue:
     def append(self, payload: bytes, items: int, now: float) -> None:
         s = self.state
         seq = s.next_seq
-        self.cache.set(-seq, _META.pack(now, items, len(payload), s.appended_bytes, s.appended_items))
-        self.cache.set(seq, payload)
+        stored = encode_value(payload, self._compressor)
+        self.cache.set(-seq, _META.pack(now, items, len(stored), s.appended_bytes, s.appended_items))
+        self.cache.set(seq, stored)
         if s.head == s.next_seq:
             s.head_created = now
         s.next_seq += 1
-        s.appended_bytes += len(payload)
+        s.appended_bytes += len(stored)
         s.appended_items += items
 
     def set_checkpoint(self, key: str, value: bytes) -> None:
@@ -270,6 +334,9 @@ class SignalQueue:
         return seq, meta.items, meta.size, lost
 
     def read(self, after: int, max_bytes: int) -> list[Entry]:
+        """Consecutive entries after `after`, up to max_bytes of requests (decompressed: what
+        a destination's batch holds). A damaged entry comes alone, so the caller can put it
+        aside without holding back the good ones around it."""
         s = self.state
         seq = max(after + 1, s.head)
         out: list[Entry] = []
@@ -278,11 +345,13 @@ class SignalQueue:
             found = read_entry(self.cache, seq)
             if found is None:
                 break  # evicted under us; the caller re-reads from the new head
-            meta, entry = found
-            if out and total + meta.size > max_bytes:
+            _, entry = found
+            if out and (entry.damaged or total + len(entry.payload) > max_bytes):
                 break
             out.append(entry)
-            total += meta.size
+            if entry.damaged:
+                break
+            total += len(entry.payload)
             seq += 1
         return out
 
