@@ -6,7 +6,15 @@ reports the payload bytes beside what the process wrote (/proc/self/io write_byt
 under strace (`--strace`) it splits the writes by file: the write-ahead log, the main
 database (checkpoints), the rest.
 
-    .venv/bin/python -m bench.spool_writes [--cycles N] [--strace]
+    .venv/bin/python -m bench.spool_writes [--cycles N] [--points N] [--strace | --pages]
+
+--pages keeps the write-ahead log from being checkpointed during the run, then reads it:
+the pages each commit wrote, by what they hold (SQLite's dbstat: the Cache table's leaves,
+its overflow pages, which hold the entries, its indexes, diskcache's Settings row, the
+database header page, free pages).
+
+--points 10 gives the fixed cost of one append and its delivery (a target of 10 series);
+the default is a broker scrape of 5,000 points.
 """
 
 from __future__ import annotations
@@ -17,14 +25,17 @@ import collections
 import json
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-from bench.workload import otlp_requests, points_per_request
+from bench.workload import RESOURCE, otlp_requests, points_per_request
 from relay.config import SpoolSettings
+from relay.otlp import MetricsBuilder
 from relay.selfmetrics import SelfMetrics
 from relay.spool import Spool
 
@@ -36,9 +47,12 @@ def _write_bytes() -> int:
     raise RuntimeError("no write_bytes in /proc/self/io")
 
 
-async def _cycles(state: Path, reqs: list[bytes], items: int) -> dict[str, float]:
+async def _cycles(state: Path, reqs: list[bytes], items: int, pages: bool = False) -> dict[str, Any]:
     spool = Spool(state, SpoolSettings(max_bytes=512 << 20, fsync="always"), ["ingest"], SelfMetrics())
     await spool.open()
+    if pages:  # the harness alone: a log never checkpointed holds every frame of the run
+        await spool.append("metrics", reqs[0], items)
+        spool._queues["metrics"].cache.reset("sqlite_wal_autocheckpoint", 0, update=False)
     w0, t0 = _write_bytes(), time.process_time()
     for req in reqs:
         await spool.append("metrics", req, items)
@@ -46,6 +60,7 @@ async def _cycles(state: Path, reqs: list[bytes], items: int) -> dict[str, float
         assert lease is not None
         await spool.ack("ingest", lease)
     cpu = time.process_time() - t0
+    by_page = _wal_pages(state / "spool" / "metrics") if pages else None
     await spool.close()
     written = _write_bytes() - w0
     samples = items * len(reqs)
@@ -53,7 +68,37 @@ async def _cycles(state: Path, reqs: list[bytes], items: int) -> dict[str, float
     return {"requests": len(reqs), "samples": samples, "payload_bytes": raw,
             "write_bytes": written, "write_bytes_per_sample": written / samples,
             "payload_bytes_per_sample": raw / samples, "amplification": written / raw,
-            "cpu_s_per_1000_samples": cpu / samples * 1000}
+            "cpu_s_per_1000_samples": cpu / samples * 1000,
+            **({"wal_bytes_per_cycle_by_page_kind": {k: v / len(reqs) for k, v in by_page.items()}}
+               if by_page else {})}
+
+
+def _wal_pages(queue: Path) -> dict[str, int]:
+    """WAL bytes (frame headers included) by what their page holds now."""
+    wal = (queue / "cache.db-wal").read_bytes()
+    page_size = int.from_bytes(wal[8:12], "big")
+    con = sqlite3.connect(f"{(queue / 'cache.db').as_uri()}?mode=ro", uri=True)
+    try:
+        kind = {pageno: ("header page" if pageno == 1 else f"{name} {ptype}")
+                for name, pageno, ptype in con.execute("SELECT name, pageno, pagetype FROM dbstat")}
+    finally:
+        con.close()
+    out: collections.Counter[str] = collections.Counter()
+    frame = 24 + page_size
+    for off in range(32, len(wal) - frame + 1, frame):
+        out[kind.get(int.from_bytes(wal[off:off + 4], "big"), "free page")] += frame
+    return dict(out.most_common())
+
+
+def _small_requests(count: int, points: int) -> list[bytes]:
+    out = []
+    for i in range(count):
+        b = MetricsBuilder(RESOURCE, "telemetry-relay/prometheus", "0.1.0")
+        m = b.gauge("seq_value", "1")
+        for p in range(points):
+            b.point(m, float(i * points + p), time.time_ns(), 0, {"series": str(p)})
+        out.append(bytes(b.finish().SerializeToString()))
+    return out
 
 
 def _split(trace: Path) -> dict[str, int]:
@@ -71,20 +116,27 @@ def _split(trace: Path) -> dict[str, int]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cycles", type=int, default=60)
+    ap.add_argument("--points", type=int, default=0, help="points per request (default: a broker scrape)")
     ap.add_argument("--strace", action="store_true")
+    ap.add_argument("--pages", action="store_true")
     ap.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.strace:
         with tempfile.TemporaryDirectory() as tmp:
             trace = Path(tmp) / "trace"
             subprocess.run(["strace", "-f", "-y", "-qq", "-e", "trace=pwrite64,write", "-o", str(trace),
-                            sys.executable, "-m", "bench.spool_writes", "--inner", "--cycles", str(a.cycles)],
+                            sys.executable, "-m", "bench.spool_writes", "--inner", "--cycles", str(a.cycles),
+                            "--points", str(a.points)],
                            check=True)
             print(json.dumps({"bytes_by_file": _split(trace)}, indent=1))
         return
     state = Path(tempfile.mkdtemp(prefix="spool-writes-", dir="/var/tmp"))
     try:
-        print(json.dumps(asyncio.run(_cycles(state, otlp_requests(a.cycles), points_per_request())), indent=1))
+        if a.points:
+            reqs, items = _small_requests(a.cycles, a.points), a.points
+        else:
+            reqs, items = otlp_requests(a.cycles), points_per_request()
+        print(json.dumps(asyncio.run(_cycles(state, reqs, items, a.pages)), indent=1))
     finally:
         shutil.rmtree(state, ignore_errors=True)
 
