@@ -379,8 +379,8 @@ class Spool:
             if not entries:
                 return None
             lease = Lease(signal, entries[0].seq, entries[-1].seq, entries, q.cursor_after(entries[-1].seq))
-            self._eviction.leased(dest, signal, lease.last)
             if entries[0].damaged is None:
+                self._eviction.leased(dest, signal, lease.last)
                 return lease
             if after != q.state.cursors[dest].seq:
                 # Batches before it are still on the wire: moving the cursor past the damaged
