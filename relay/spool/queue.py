@@ -441,10 +441,17 @@ class SignalQueue:
         try:
             if not force and con.execute("PRAGMA freelist_count").fetchone()[0] * self.page_size < 1 << 20:
                 return  # under 1 MiB: the next appends reuse it
-            # executescript steps the pragma to completion (execute would free one page). The
-            # checkpoint then moves the result into the file and empties the write-ahead log.
-            con.executescript(f"PRAGMA synchronous = NORMAL; PRAGMA incremental_vacuum({int(pages)});"
-                              "PRAGMA wal_checkpoint(TRUNCATE);")
+            # On a full disk the write-ahead log may hold the very room the vacuum needs (a write
+            # that failed leaves it long): empty it first. Then the vacuum, in parts, each
+            # checkpointed, so the log never holds more than one part's pages: 1 MiB when the
+            # disk is full. executescript steps each pragma to completion (execute would free
+            # one page); the checkpoint moves the result into the file and empties the log.
+            con.executescript("PRAGMA synchronous = NORMAL; PRAGMA wal_checkpoint(TRUNCATE);")
+            part = max(1, (1 << 20) // self.page_size) if force else pages
+            for _ in range(0, pages, part):
+                if not con.execute("PRAGMA freelist_count").fetchone()[0]:
+                    break
+                con.executescript(f"PRAGMA incremental_vacuum({int(part)}); PRAGMA wal_checkpoint(TRUNCATE);")
         finally:
             con.close()
 
