@@ -3,12 +3,16 @@
 
 Owns: reading a spool directory without writing to it, while the relay may be running
 beside it (SQLite lets a `mode=ro` reader in beside the writer; see queue.ReadOnlyStore).
-The record format is decoded by the queue module, not here, so both read it one way.
+The record format is decoded by the queue module, not here, so both read it one way:
+every entry comes back as the request it holds, decompressed. An entry whose stored value
+does not decompress (damaged) is left out of the oldest entries, and a backlog stops short
+of it (the running relay puts it aside, to dead-letter, when it comes to ship it).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -45,7 +49,7 @@ def oldest_entries(state_dir: str | Path, signal: Signal, limit: int) -> list[En
         if store is None or s is None:
             return []
         found = (read_entry(store, seq) for seq in range(s.head, min(s.next_seq, s.head + limit)))
-        return [entry for _, entry in filter(None, found)]
+        return [entry for _, entry in filter(None, found) if entry.damaged is None]
 
 
 @contextlib.contextmanager
@@ -59,4 +63,4 @@ def backlog(state_dir: str | Path, signal: Signal, destination: str) -> Iterator
             yield iter(())
             return
         found = (read_entry(store, seq) for seq in range(max(cursor.seq + 1, s.head), s.next_seq))
-        yield (entry for _, entry in filter(None, found))
+        yield itertools.takewhile(lambda e: e.damaged is None, (entry for _, entry in filter(None, found)))

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from relay.otlp import SIGNALS, Signal, count_items, parse_request
-from relay.spool.queue import decode_meta
+from relay.spool.queue import decode_meta, read_value
 
 log = logging.getLogger("relay.spool")
 
@@ -197,10 +197,10 @@ def salvage(directory: Path) -> list[Salvaged]:
             (directory / name).unlink(missing_ok=True)
     out = []
     for seq in sorted(payloads):
-        payload = payloads[seq]
         try:  # a row can be readable and its bytes still damaged: keep only valid requests
+            payload = read_value(payloads[seq])
             parsed_items = count_items(signal, parse_request(signal, payload))
-        except Exception:
+        except Exception:  # DamagedValue, or not a request
             continue
         created, items = metas.get(seq, (time.time(), parsed_items))
         out.append(Salvaged(created, items, payload))

@@ -5,7 +5,7 @@ snapshot), when the byte cap and the age limit are enforced (eviction.Eviction s
 goes and counts it), the one thread all disk work runs on, and whether the spool takes new
 data (`writable`). The queues themselves are queue.SignalQueue, one per signal under
 <state_dir>/spool; data leaves them only when every destination has accepted it, or by a
-counted drop (max_bytes, max_age, dead_letter). It is a little over 450 lines: the one
+counted drop (max_bytes, max_age, dead_letter). It is near 500 lines: the one
 place where the writer thread, the recovery tick and the loop meet stays whole.
 
 A full disk is not damage and never stops delivery: the spool keeps a reserve
@@ -47,7 +47,7 @@ from relay.selfmetrics import SelfMetrics
 from relay.spool import recovery
 from relay.spool.deadletter import DeadLetters
 from relay.spool.eviction import Eviction, total_bytes
-from relay.spool.queue import DISK_ERRORS, Cursor, Lease, QueueState, SignalQueue
+from relay.spool.queue import DISK_ERRORS, MAX_ENTRY_BYTES, Cursor, Lease, QueueState, SignalQueue
 from relay.spool.reserve import Reserve, free_bytes, is_no_space
 
 log = logging.getLogger("relay.spool")
@@ -220,8 +220,11 @@ class Spool:
         data (reason "full") so a pushing client can keep it and retry later.
         checkpoint: (key, value) written in the same transaction (see checkpoints()); with
         an empty payload and no items, only the checkpoint is written."""
-        if len(payload) > self.settings.max_bytes // 2:
-            raise SpoolError("too_large", f"request of {len(payload)} bytes exceeds half the spool cap")
+        # Sizes here are the request's, before the spool compresses it: a bound on the disk
+        # bytes it will take (the cap's unit), never below them.
+        if len(payload) > min(self.settings.max_bytes // 2, MAX_ENTRY_BYTES):
+            raise SpoolError("too_large", f"request of {len(payload)} bytes exceeds half the spool cap "
+                                          f"(or {MAX_ENTRY_BYTES} bytes)")
         if refuse_when_full:
             # Queued and being-written batches count too: the batch on its way to disk is in
             # neither the queue state nor _pending until its write ends (counting it twice
@@ -371,11 +374,30 @@ class Spool:
         if q is None:
             return None
         after = max(after, q.state.cursors[dest].seq)
-        entries = q.read(after, max_bytes)
-        if not entries:
-            return None
-        self._eviction.leased(dest, signal, entries[-1].seq)
-        return Lease(signal, entries[0].seq, entries[-1].seq, entries, q.cursor_after(entries[-1].seq))
+        while True:
+            entries = q.read(after, max_bytes)
+            if not entries:
+                return None
+            lease = Lease(signal, entries[0].seq, entries[-1].seq, entries, q.cursor_after(entries[-1].seq))
+            if entries[0].damaged is None:
+                self._eviction.leased(dest, signal, lease.last)
+                return lease
+            if after != q.state.cursors[dest].seq:
+                # Batches before it are still on the wire: moving the cursor past the damaged
+                # entry would acknowledge them too. It is put aside once they are.
+                return None
+            self._put_damaged_aside(dest, q, lease)
+            after = lease.last
+
+    def _put_damaged_aside(self, dest: str, q: SignalQueue, lease: Lease) -> None:
+        """An entry whose stored value does not decompress (read() hands it over alone): to
+        dead-letter for this destination, as found, and counted, as the shipper does with an
+        entry that is not valid OTLP; the queue goes on past it."""
+        entry = lease.entries[0]
+        reason = f"spooled entry is damaged on disk: {entry.damaged}"
+        log.error("%s: %s entry %d: %s; moved to dead-letter", dest, q.signal, entry.seq, reason)
+        self._dead_letter_sync(dest, lease, 0, reason)
+        self._ack_sync(dest, q.signal, lease.cursor_after)
 
     async def ack(self, dest: str, lease: Lease) -> None:
         """The destination has accepted (or we dead-lettered) every entry up to lease.last."""

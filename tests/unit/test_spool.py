@@ -53,7 +53,7 @@ def test_entry_leaves_only_when_every_destination_accepted(tmp_path: Path) -> No
     async def main() -> None:
         s = await opened(tmp_path, ["a", "b"])
         for _i in range(4):
-            await s.append("metrics", b"x" * 100, 10)
+            await s.append("metrics", os.urandom(100), 10)  # incompressible: stored as they are
         la = await s.lease("a", "metrics", 0, MiB)
         assert la is not None
         await s.ack("a", la)
@@ -73,7 +73,7 @@ def test_byte_cap_evicts_oldest_and_counts_exactly(tmp_path: Path) -> None:
 
     async def main() -> None:
         s = await opened(tmp_path, ["a"], stats, max_bytes=MiB)
-        payload = b"y" * (50 * 1024)
+        payload = os.urandom(50 * 1024)  # incompressible: 50 KiB on disk each
         for _ in range(60):
             await s.append("metrics", payload, 7)
         snap = s.snapshot()
@@ -202,7 +202,7 @@ def test_refusing_when_full_never_evicts_what_was_accepted(tmp_path: Path) -> No
 
     async def main() -> None:
         s = await opened(tmp_path, ["a"], stats, max_bytes=MiB)
-        payload = b"z" * (40 * 1024)
+        payload = os.urandom(40 * 1024)  # incompressible: what it takes on disk is its length
         accepted = refused = 0
         done = asyncio.Event()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 
@@ -73,7 +74,7 @@ def test_lease_halves_carry_their_true_cursors_and_dead_letter_as_batches(tmp_pa
     async def main() -> None:
         s = Spool(tmp_path, SpoolSettings(), ["a"], stats)
         await s.open()
-        payloads = [b"a" * 10, b"b" * 20, b"c" * 30, b"d" * 40, b"e" * 50]
+        payloads = [os.urandom(n) for n in (10, 20, 30, 40, 50)]  # incompressible: stored as they are
         for i, p in enumerate(payloads):
             await s.append("metrics", p, i + 1)
         lease = await s.lease("a", "metrics", 0, MiB)
