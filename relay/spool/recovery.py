@@ -181,6 +181,9 @@ def salvage(directory: Path) -> list[Salvaged]:
                 continue
             if row is None:
                 break
+            if row[0] <= rowid:  # a damaged tree can answer out of order: never step back
+                rowid, misses = rowid + 1, misses + 1
+                continue
             rowid, misses = row[0], 0
             key, value = row[1], row[2]
             if not isinstance(key, int) or not isinstance(value, bytes):
