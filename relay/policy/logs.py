@@ -12,16 +12,25 @@ on the per-point path, which tests/unit/test_log_policy_fast.py holds this one t
 from __future__ import annotations
 
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.common.v1 import common_pb2
 
+from relay.otlp import Signal
 from relay.policy import fields
 from relay.policy.outcome import Outcome
 
-if TYPE_CHECKING:
-    from relay.policy.engine import Policy, ValueDecision
+# relay.policy.engine's: (new text, or None to drop it; drop the whole item?; (rule, action) events)
+ValueDecision = tuple[str | None, bool, tuple[tuple[str, str], ...]]
+
+
+class Policy(fields.Policy, Protocol):
+    """The engine's decisions this path applies (relay.policy.engine.Policy, which calls it)."""
+
+    def strip_unknown(self, msg: Any) -> None: ...
+
+    def decide(self, signal: Signal, metric: str | None, key: str, text: str) -> ValueDecision: ...
 
 BODY_MEMO_CHARS = 4 << 20
 _SERIALIZE_KV = common_pb2.KeyValue.SerializeToString
