@@ -24,6 +24,7 @@ from opentelemetry.proto.common.v1 import common_pb2
 from relay.otlp import SIGNAL_INFO, Signal
 from relay.policy import fields, logs, shapes
 from relay.policy.detectors import DETECTORS, Detector, regex_detector
+from relay.policy.literals import absent, required
 from relay.policy.outcome import Outcome
 from relay.policy.schema import KeyRule, PolicyFile, ValueRule
 
@@ -145,6 +146,8 @@ class Policy:
         for rule, det in rules:
             if out is None:
                 break
+            if absent(required(det.pattern), out):  # it cannot match: skip the regex
+                continue
             spans = det.spans(out)
             if not spans:
                 continue
