@@ -9,7 +9,10 @@ addresses and host names in some) is read whole by:
   read position (no storage extension), redacts nothing and signs nothing.
 Both ship to one sink on loopback that counts the records. Figures: lines per second from
 process start to the last record at the sink, and CPU seconds per 100,000 lines (the
-process's own user + system time). Also the parse alone, in this process.
+process's own user + system time), peak RSS beside USS, and the slowest answer to a liveness
+probe every 50 ms (the relay's /healthz, answered on its event loop, so its worst stall; the
+Collector's own /metrics beside it, as this build has no health_check extension). Also the
+parse alone, in this process.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import shutil
 import subprocess
 import threading
 import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -33,6 +37,7 @@ from relay.otlp import count_items
 
 LINES = int(os.environ.get("BENCH_LOG_LINES", "200000"))
 TRACE_EVERY = 100  # records
+PROBE_PERIOD = 0.05  # seconds between liveness probes
 TRACE = ("java.io.IOException: Connection to 3 was disconnected before the response was read\n"
          "\tat org.apache.kafka.clients.NetworkClientUtils.sendAndReceive(NetworkClientUtils.java:99)\n"
          "\tat kafka.server.ReplicaFetcherBlockingSend.sendRequest(ReplicaFetcherBlockingSend.scala:113)\n"
@@ -71,7 +76,9 @@ exporters:
 service:
   telemetry:
     logs: {{level: error}}
-    metrics: {{level: none}}
+    metrics:
+      level: basic
+      readers: [{{pull: {{exporter: {{prometheus: {{host: 127.0.0.1, port: {port}}}}}}}}}]
   pipelines:
     logs: {{receivers: [filelog], processors: [batch], exporters: [otlphttp]}}
 """
@@ -131,20 +138,54 @@ class Sink:
         self.server.shutdown()
 
 
+class Prober:
+    """Asks a process's liveness endpoint every PROBE_PERIOD seconds while in use; the slowest
+    answer after the first is its worst stall (the relay's /healthz is answered on its event
+    loop; the Collector's own /metrics, served beside its pipeline, is the same probe beside it)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.worst: float | None = None
+        self.answers = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(PROBE_PERIOD):
+            start = time.monotonic()
+            try:
+                with urllib.request.urlopen(self.url, timeout=60) as r:
+                    r.read()
+            except OSError:
+                continue  # not listening yet (or already gone): no answer, no stall measured
+            took = time.monotonic() - start
+            self.answers += 1
+            self.worst = took if self.worst is None else max(self.worst, took)
+
+    def __enter__(self) -> Prober:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(65)
+
+
 def _cpu(p: psutil.Process) -> float:
     t = p.cpu_times()
     return float(t.user + t.system)
 
 
-def _run(args: list[str], sink: Sink, records: int, log: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Start a process, wait until the sink has every record; its wall time, CPU, peak RSS and USS."""
+def _run(args: list[str], sink: Sink, records: int, log: Path, probe: str) -> dict[str, Any]:
+    """Start a process, wait until the sink has every record; its wall time, CPU, peak RSS and
+    USS, and its slowest answer to the liveness probe at `probe`."""
     sink.reset()
     started = time.monotonic()
     with open(log, "wb") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
     p = psutil.Process(proc.pid)
     try:
-        with MemorySampler(proc.pid) as mem:
+        with MemorySampler(proc.pid) as mem, Prober(probe) as prober:
             wait(lambda: sink.records >= records or proc.poll() is not None, 600, f"every record from {args[0]}")
             if proc.poll() is not None:
                 raise SystemExit(f"bench: {args[0]} exited; see {log}")
@@ -153,7 +194,7 @@ def _run(args: list[str], sink: Sink, records: int, log: Path, env: dict[str, st
         peak = mem.result()
         return {"seconds": wall, "cpu_s": cpu, "peak_rss_bytes": peak["peak_rss_bytes"],
                 "peak_uss_bytes": peak["peak_uss_bytes"], "peak_pss_bytes": peak["peak_pss_bytes"],
-                "records": sink.records}
+                "records": sink.records, "worst_probe_s": prober.worst, "probe_answers": prober.answers}
     finally:
         proc.terminate()
         try:
@@ -164,11 +205,11 @@ def _run(args: list[str], sink: Sink, records: int, log: Path, env: dict[str, st
 
 
 def _relay(work: Path, log: Path, sink: Sink, records: int) -> dict[str, Any]:
-    state = work / "relay-state"
+    state, port = work / "relay-state", free_port()
     shutil.rmtree(state, ignore_errors=True)
     cfg = {
         "state_dir": str(state), "log_level": "warning",
-        "server": {"listen": f"127.0.0.1:{free_port()}"},
+        "server": {"listen": f"127.0.0.1:{port}"},
         "policy": {"file": str(DEFAULT_POLICY)},
         "sources": {"host": {"enabled": False}, "internal": {"enabled": False}, "otlp": {"enabled": False},
                     "discovery": {"kafka": False},
@@ -178,7 +219,8 @@ def _relay(work: Path, log: Path, sink: Sink, records: int) -> dict[str, Any]:
     }
     path = work / "relay-logs.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    return _run([*CLI, "run", "--config", str(path)], sink, records, work / "relay-logs.log")
+    return _run([*CLI, "run", "--config", str(path)], sink, records, work / "relay-logs.log",
+                f"http://127.0.0.1:{port}/healthz")
 
 
 def _collector(work: Path, log: Path, sink: Sink, records: int) -> dict[str, Any] | None:
@@ -189,8 +231,10 @@ def _collector(work: Path, log: Path, sink: Sink, records: int) -> dict[str, Any
         return None
     os.chmod(binary, 0o755)
     path = work / "otelcol-logs.yaml"
-    path.write_text(COLLECTOR.format(log=log, endpoint=sink.url))
-    return _run([binary, "--config", str(path)], sink, records, work / "otelcol-logs.log")
+    port = free_port()
+    path.write_text(COLLECTOR.format(log=log, endpoint=sink.url, port=port))
+    return _run([binary, "--config", str(path)], sink, records, work / "otelcol-logs.log",
+                f"http://127.0.0.1:{port}/metrics")
 
 
 def _parse_only(log: Path) -> dict[str, Any]:
@@ -245,6 +289,11 @@ def rows(r: dict[str, Any]) -> list[dict[str, Any]]:
     def mem(r: dict[str, Any]) -> str:
         return f"RSS {r['peak_rss_bytes'] / 2**20:.1f} MiB (USS {r['peak_uss_bytes'] / 2**20:.1f})"
 
+    def probe(r: dict[str, Any]) -> str:
+        if r.get("worst_probe_s") is None:
+            return "no answer (the probe found nothing listening)"
+        return f"{r['worst_probe_s'] * 1000:.0f} ({r['probe_answers']} answers)"
+
     relay, col, parse = r["relay"], r["otelcol"], r["parse_only"]
     col_lines = fmt(col["lines_per_s"]) + " (otelcol filelog, no spool/redaction/signing)" if col else "-"
     col_cpu = f"{col['cpu_s_per_100k_lines']:.2f} (otelcol filelog)" if col else "-"
@@ -262,6 +311,11 @@ def rows(r: dict[str, Any]) -> list[dict[str, Any]]:
         {"figure": "  broker logs: peak memory", "value": mem(relay),
          "baseline": f"{mem(col)} (otelcol)" if col else "-",
          "ratio": f"{relay['peak_rss_bytes'] / col['peak_rss_bytes']:.2f}x" if col else "-",
+         "target": "-", "result": "-"},
+        {"figure": "  broker logs: slowest liveness answer during the run (ms; the relay's worst event-loop stall)",
+         "value": probe(relay), "baseline": f"{probe(col)} (otelcol /metrics)" if col else "-",
+         "ratio": f"{relay['worst_probe_s'] / col['worst_probe_s']:.2f}x"
+         if col and relay.get("worst_probe_s") and col.get("worst_probe_s") else "-",
          "target": "-", "result": "-"},
     ]
 

@@ -22,8 +22,9 @@ from typing import Any
 from opentelemetry.proto.common.v1 import common_pb2
 
 from relay.otlp import SIGNAL_INFO, Signal
-from relay.policy import fields, shapes
+from relay.policy import fields, logs, shapes
 from relay.policy.detectors import DETECTORS, Detector, regex_detector
+from relay.policy.literals import absent, required
 from relay.policy.outcome import Outcome
 from relay.policy.schema import KeyRule, PolicyFile, ValueRule
 
@@ -132,8 +133,12 @@ class Policy:
         """(new text or None to drop the attribute, drop the whole item?, (rule, action) events)."""
         ck = (signal, metric, key, text)
         hit = self._value_cache.get(ck)
-        if hit is not None:
-            return hit
+        if hit is None:
+            hit = self._bounded(self._value_cache)[ck] = self.decide(signal, metric, key, text)
+        return hit
+
+    def decide(self, signal: Signal, metric: str | None, key: str, text: str) -> ValueDecision:
+        """value() unmemoized: for texts that seldom recur (log bodies), which would crowd the memo."""
         rules = self._value_rules(signal, metric, key)
         events: list[tuple[str, str]] = []
         out: str | None = text
@@ -141,6 +146,8 @@ class Policy:
         for rule, det in rules:
             if out is None:
                 break
+            if absent(required(det.pattern), out):  # it cannot match: skip the regex
+                continue
             spans = det.spans(out)
             if not spans:
                 continue
@@ -156,9 +163,7 @@ class Policy:
                 repl = MASK if rule.action == "mask" else self.token(out[start:end])
                 out = out[:start] + repl + out[end:]
             events.append((rule.label, "masked" if rule.action == "mask" else "hashed"))
-        hit = (out, drop_item, tuple(events))
-        self._bounded(self._value_cache)[ck] = hit
-        return hit
+        return out, drop_item, tuple(events)
 
     def scan(self, signal: Signal, metric: str | None, key: str, text: str, o: Outcome) -> tuple[str | None, bool]:
         """The value rules over one text, counted: (new text or None to drop it, drop the item?)."""
@@ -196,6 +201,8 @@ class Policy:
                 return shapes.apply_metrics(self, self.shape_memo, body, outcome), outcome
             except shapes.Fallback:
                 pass
+        elif signal == "logs":
+            return logs.apply_logs(self, body)
         return self.apply_per_point(signal, body)
 
     def apply_per_point(self, signal: Signal, body: bytes) -> tuple[bytes, Outcome]:

@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 
 from google.protobuf.message import Message
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+from opentelemetry.proto.common.v1 import common_pb2
 
 from relay import __version__
 from relay.otlp import set_attributes
@@ -38,10 +39,14 @@ SEVERITY_NUMBERS = {
 _LEVELS = "|".join(sorted(SEVERITY_NUMBERS, key=len, reverse=True))
 _TIME = r"(\d{4})-(\d\d)-(\d\d)[ T](\d\d):(\d\d):(\d\d)(?:[,.](\d{1,9}))?\s?(Z|[+-]\d\d:?\d\d)?"
 _KAFKA = re.compile(rf"\[{_TIME}\] ({_LEVELS})\s+")
+# The stamp log4j's default `%d` writes, local time to the millisecond: nearly every Kafka
+# line. A strict case of _KAFKA (what it matches, _KAFKA matches alike), read without it.
+_KAFKA_MS = re.compile(rf"\[(\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{{3}})\] ({_LEVELS})\s+")
 _ZOOKEEPER = re.compile(rf"{_TIME} \[myid:[^\]]*\] - ({_LEVELS})\s+\[(.*?)\] - ")
 # `(%c)` at the end of a line: a dotted Java name, `$` for nested classes. A stack frame
 # ends in `(File.java:12)` with no space before it, so it never matches.
 _LOGGER_SUFFIX = re.compile(r" \(([A-Za-z_$][\w$.-]*)\)$")
+_LOGGER_TAIL = re.compile(r" \([A-Za-z_$][\w$.-]*\)")  # _LOGGER_SUFFIX, matched from a known start
 
 
 class Header(NamedTuple):
@@ -57,6 +62,18 @@ class Header(NamedTuple):
 
 def parse_header(line: str) -> Header | None:
     """The record a line starts, or None if it starts none (a continuation, or an unknown layout)."""
+    m = _KAFKA_MS.match(line)
+    if m is not None:
+        second = _SECONDS.get(m[1])
+        if second is None:
+            second = _local_second(m[1])
+        level = m[3]
+        return Header(second + int(m[2]) * 1_000_000, level, SEVERITY_NUMBERS[level], line[m.end():], "", "kafka")
+    return parse_header_general(line)
+
+
+def parse_header_general(line: str) -> Header | None:
+    """parse_header for every stamp form (zones, `T`, any fraction); the one it falls back to."""
     m = _KAFKA.match(line)
     if m is not None:
         return Header(_time_ns(m), m[9], SEVERITY_NUMBERS[m[9]], line[m.end():], "", "kafka")
@@ -71,15 +88,25 @@ def parse_header(line: str) -> Header | None:
 def logger_and_body(header: Header, continuation: list[str]) -> tuple[str, str]:
     """The logger and the body of a record: its message, then whatever followed (a stack trace),
     one text. In the Kafka layout the logger is taken off the first line that ends with one."""
-    lines = [header.rest, *continuation]
     if header.layout != "kafka":
-        return header.logger, "\n".join(lines)
-    for i, line in enumerate(lines):
-        m = _LOGGER_SUFFIX.search(line)
-        if m is not None:
-            lines[i] = line[:m.start()]
-            return m[1], "\n".join(lines)
+        return header.logger, "\n".join([header.rest, *continuation])
+    if not continuation:  # most records: one line
+        i = _logger_at(header.rest)
+        return ("", header.rest) if i < 0 else (header.rest[i + 2:-1], header.rest[:i])
+    lines = [header.rest, *continuation]
+    for n, line in enumerate(lines):
+        i = _logger_at(line)
+        if i >= 0:
+            lines[n] = line[:i]
+            return line[i + 2:-1], "\n".join(lines)
     return "", "\n".join(lines)
+
+
+def _logger_at(line: str) -> int:
+    """Where ` (logger)` starts at the end of a line, or -1. The logger holds no space and no
+    `(`, so a suffix _LOGGER_SUFFIX matches starts at the last ` (` of the line."""
+    i = line.rfind(" (")
+    return i if i >= 0 and _LOGGER_TAIL.fullmatch(line, i) is not None else -1
 
 
 def _time_ns(m: re.Match[str]) -> int:
@@ -91,6 +118,20 @@ def _time_ns(m: re.Match[str]) -> int:
     else:
         seconds = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0)) - _offset_seconds(zone)
     return seconds * 1_000_000_000 + fraction
+
+
+# Local second of a `yyyy-MM-dd HH:mm:ss` stamp -> its epoch nanosecond; lines come many a second.
+_SECONDS: dict[str, int] = {}
+_SECONDS_MAX = 4096
+
+
+def _local_second(stamp: str) -> int:
+    ns = (_local_hour(int(stamp[0:4]), int(stamp[5:7]), int(stamp[8:10]), int(stamp[11:13]))
+          + int(stamp[14:16]) * 60 + int(stamp[17:19])) * 1_000_000_000
+    if len(_SECONDS) >= _SECONDS_MAX:
+        _SECONDS.clear()
+    _SECONDS[stamp] = ns
+    return ns
 
 
 @functools.lru_cache(maxsize=256)
@@ -126,27 +167,27 @@ class RecordBatch:
         set_attributes(self._rl.resource.attributes, resource)
         self._scopes: dict[str, Any] = {}
         self.file_name = file_name
+        self._file_attribute = common_pb2.KeyValue(key="log.file.name",
+                                                   value=common_pb2.AnyValue(string_value=file_name))
         self.size = 0
         self._observed = time.time_ns()
 
     def add(self, r: Record) -> None:
-        scope = self._scopes.get(r.logger)
-        if scope is None:
+        records = self._scopes.get(r.logger)
+        if records is None:
             scope = self._rl.scope_logs.add()
             scope.scope.name = r.logger or SCOPE
             if not r.logger:
                 scope.scope.version = __version__
-            self._scopes[r.logger] = scope
-        lr = scope.log_records.add()
+            records = self._scopes[r.logger] = scope.log_records
+        lr = records.add()
         lr.time_unix_nano = r.time_ns
         lr.observed_time_unix_nano = self._observed
         if r.severity_number:
             lr.severity_number = r.severity_number
             lr.severity_text = r.severity_text
         lr.body.string_value = r.body
-        kv = lr.attributes.add()
-        kv.key = "log.file.name"
-        kv.value.string_value = self.file_name
+        lr.attributes.append(self._file_attribute)  # a copy
         self.size += len(r.body) + 64
 
     def finish(self) -> Message:

@@ -34,7 +34,7 @@ log = logging.getLogger("relay.sources")
 
 MULTILINE_WAIT = 1.0  # seconds without new data before a record's continuation is taken as complete
 CHUNK = 256 * 1024
-READ_BUDGET = 8 * 1024 * 1024  # bytes read from one file per collection; the rest waits for the next
+READ_BUDGET = 4 * 1024 * 1024  # bytes read from one file per collection; the rest waits for the next
 REQUEST_BYTES = 512 * 1024  # body bytes per spooled request
 
 # Why records were not shipped (`rotated_away` counts files, not records: what they still held is unknown).
