@@ -6,6 +6,7 @@ duplicates and explained gaps from unexplained ones."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import threading
@@ -89,7 +90,8 @@ def values_of(msgs: list[Any], name: str) -> list[float]:
 def push(relay: Relay, values: range, name: str, pad: int = 0) -> None:
     """One OTLP push per value, each acknowledged (200) by the relay."""
     for i in values:
-        b = MetricsBuilder({"service.name": "kafka-ingest-test", "pad": "x" * pad}, "test")
+        # Random padding: the spool counts bytes as stored, compressed, and "x" * pad would vanish.
+        b = MetricsBuilder({"service.name": "kafka-ingest-test", "pad": os.urandom(pad // 2).hex()}, "test")
         b.point(b.gauge(name, "1"), float(i), time.time_ns())
         req = urllib.request.Request(relay.otlp_url + "/v1/metrics", data=b.finish().SerializeToString(),
                                      headers={"Content-Type": "application/x-protobuf"}, method="POST")
