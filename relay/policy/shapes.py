@@ -122,8 +122,10 @@ class ShapeMemo:
 
     def remember_rewrite(self, metric: str, shape: bytes, plan: rewrite.Plan, events: Events) -> None:
         self._reserve(len(shape) + plan.size())
+        # The metric's attribute-set decisions are kept: a rewrite answers for this one shape,
+        # and a metric whose attribute sets vary from request to request (pushed OTLP) meets new
+        # shapes all the time, each decided from those cached decisions.
         self.rewrites[shape] = (plan, events)
-        self._release(metric)
 
     def intern(self) -> dict[Any, Any]:
         return self._intern
