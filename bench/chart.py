@@ -58,7 +58,8 @@ def draw(results: dict[str, Any], out: Path) -> None:
         ax3.set_ylabel("RSS and USS MiB (RSS budget 60, dotted)")
         ax3.set_ylim(0, max(80, max(s[2] for s in samples) * 1.2))
         broker = f"Kafka broker ({steady['partitions']:,} partitions)" if "partitions" in steady else "broker"
-        ax2.set_title(f"Reference load: host + {steady['series_per_broker_read']:,}-series {broker} + self")
+        series = steady["series_per_broker_read"]
+        ax2.set_title(f"Reference load: host + {series:,}-series {broker}\n+ self-metrics", fontsize=10)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
