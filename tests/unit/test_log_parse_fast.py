@@ -41,6 +41,20 @@ EDGES = [
 ]
 
 
+def general_logger_and_body(header: log_parse.Header, rest: list[str]) -> tuple[str, str]:
+    """The logger and body the general path gives a record: for the Kafka layout, the logger is
+    the first line's `(%c)` suffix that matches, taken off that line."""
+    lines = [header.rest, *rest]
+    if header.layout != "kafka":
+        return header.logger, "\n".join(lines)
+    for i, line in enumerate(lines):
+        m = SUFFIX.search(line)
+        if m is not None:
+            lines[i] = line[:m.start()]
+            return m[1], "\n".join(lines)
+    return "", "\n".join(lines)
+
+
 def general_records(text: str) -> list[dict[str, Any]]:
     """The records the general path makes of whole lines: a header starts one, other lines continue it."""
     out: list[dict[str, Any]] = []
@@ -50,16 +64,7 @@ def general_records(text: str) -> list[dict[str, Any]]:
         if current is None:
             return
         header, rest = current
-        lines = [header.rest, *rest]
-        logger, body = header.logger, "\n".join(lines)
-        if header.layout == "kafka":
-            logger = ""
-            for i, line in enumerate(lines):
-                m = SUFFIX.search(line)
-                if m is not None:
-                    lines[i], logger = line[:m.start()], m[1]
-                    break
-            body = "\n".join(lines)
+        logger, body = general_logger_and_body(header, rest)
         out.append({"time": header.time_ns, "severity": header.severity_number, "text": header.severity_text,
                     "logger": logger, "body": body})
 
@@ -134,11 +139,4 @@ def test_stamp_forms_and_near_misses(line: str) -> None:
     header = log_parse.parse_header(line)
     if header is not None and header.layout == "kafka":
         for continuation in ([], ["java.lang.Exception: x", "\tat a.B.c(B.java:1)"], ["more (x.Y)"]):
-            lines = [header.rest, *continuation]
-            logger = ""
-            for i, text in enumerate(lines):
-                m = SUFFIX.search(text)
-                if m is not None:
-                    lines[i], logger = text[:m.start()], m[1]
-                    break
-            assert log_parse.logger_and_body(header, continuation) == (logger, "\n".join(lines))
+            assert log_parse.logger_and_body(header, continuation) == general_logger_and_body(header, continuation)
