@@ -120,7 +120,7 @@ class ShapeMemo:
         self.shapes[shape] = events
         self._release(metric)
 
-    def remember_rewrite(self, metric: str, shape: bytes, plan: rewrite.Plan, events: Events) -> None:
+    def remember_rewrite(self, shape: bytes, plan: rewrite.Plan, events: Events) -> None:
         self._reserve(len(shape) + plan.size())
         # The metric's attribute-set decisions are kept: a rewrite answers for this one shape,
         # and a metric whose attribute sets vary from request to request (pushed OTLP) meets new
@@ -321,7 +321,7 @@ def _scope_metrics(engine: PerPointEngine, memo: ShapeMemo, view: memoryview,
         raw = bytes(value)
         new, events = _slow_metric(engine, raw, o)
         if new is None:
-            memo.remember_rewrite(shape.name, key, rewrite.dropped(points), events)
+            memo.remember_rewrite(key, rewrite.dropped(points), events)
             continue
         if new is raw:
             memo.remember_shape(shape.name, key, events)
@@ -329,7 +329,7 @@ def _scope_metrics(engine: PerPointEngine, memo: ShapeMemo, view: memoryview,
             # Changed: remembered when its shape alone decides what the engine makes of it.
             made = rewrite.plan_for(raw, shape, new, engine.strip_unknown, memo.intern())
             if made is not None:
-                memo.remember_rewrite(shape.name, key, made, events)
+                memo.remember_rewrite(key, made, events)
         wire.emit(metrics, field, [new])
     after = _envelope(engine, memo.scopes, memo.remember_scope, metrics_pb2.ScopeMetrics, head, o)
     return [after, *metrics] if metrics else []
