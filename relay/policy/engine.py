@@ -73,6 +73,7 @@ class Policy:
         self._set_cache: dict[tuple[str, Signal, str | None], dict[tuple[bytes, ...], Any]] = {}
         # What the metrics fast path remembers under this policy, and only this one.
         self.shape_memo = shapes.ShapeMemo(release=self._forget_attribute_sets)
+        self.body_memo = logs.BodyMemo()  # log bodies' decisions, bounded by their length
 
     # -- decisions (memoized) ----------------------------------------------------------------------
 
@@ -202,7 +203,7 @@ class Policy:
             except shapes.Fallback:
                 pass
         elif signal == "logs":
-            return logs.apply_logs(self, body)
+            return logs.apply_logs(self, body, self.body_memo)
         return self.apply_per_point(signal, body)
 
     def apply_per_point(self, signal: Signal, body: bytes) -> tuple[bytes, Outcome]:

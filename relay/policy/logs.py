@@ -11,7 +11,6 @@ on the per-point path, which tests/unit/test_log_policy_fast.py holds this one t
 
 from __future__ import annotations
 
-import weakref
 from typing import Any, Protocol
 
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
@@ -36,27 +35,32 @@ BODY_MEMO_CHARS = 4 << 20
 _SERIALIZE_KV = common_pb2.KeyValue.SerializeToString
 
 
-class _BodyMemo:
-    """Body text -> the engine's decision on it, dropped whole past BODY_MEMO_CHARS."""
+class BodyMemo:
+    """Body text -> the engine's decision on it, dropped whole past BODY_MEMO_CHARS. The engine
+    keeps one per policy, so a reloaded policy decides afresh."""
 
     def __init__(self) -> None:
         self.decisions: dict[str, ValueDecision] = {}
         self.size = 0
 
+    def decision(self, p: Policy, text: str) -> ValueDecision:
+        hit = self.decisions.get(text)
+        if hit is None:
+            hit = p.decide("logs", None, "body", text)
+            if self.size + len(text) > BODY_MEMO_CHARS:
+                self.decisions.clear()
+                self.size = 0
+            self.decisions[text] = hit
+            self.size += len(text)
+        return hit
 
-# One memo per policy: a reloaded policy decides afresh.
-_memos: weakref.WeakKeyDictionary[Policy, _BodyMemo] = weakref.WeakKeyDictionary()
 
-
-def apply_logs(p: Policy, body: bytes) -> tuple[bytes, Outcome]:
+def apply_logs(p: Policy, body: bytes, memo: BodyMemo) -> tuple[bytes, Outcome]:
     """Policy.apply_per_point("logs", body), the same bytes and the same outcome."""
     o = Outcome()
     msg = logs_service_pb2.ExportLogsServiceRequest()
     msg.ParseFromString(body)
     p.strip_unknown(msg)
-    memo = _memos.get(p)
-    if memo is None:
-        memo = _memos[p] = _BodyMemo()
     resources = msg.resource_logs
     for ri in range(len(resources) - 1, -1, -1):
         rx = resources[ri]
@@ -87,7 +91,7 @@ def _dropped(o: Outcome, n: int) -> None:
     o.add(fields.ENVELOPE_RULE, "dropped_item", n)
 
 
-def _records(p: Policy, items: Any, o: Outcome, memo: _BodyMemo) -> None:
+def _records(p: Policy, items: Any, o: Outcome, memo: BodyMemo) -> None:
     """fields._log_record over each record, in place; the ones it drops are deleted."""
     sets = p.set_cache_for("attributes", "logs", None)
     counts = o.counts
@@ -105,15 +109,7 @@ def _records(p: Policy, items: Any, o: Outcome, memo: _BodyMemo) -> None:
             av = lr.body
             if av.WhichOneof("value") == "string_value":
                 text = av.string_value
-                hit = memo.decisions.get(text)
-                if hit is None:
-                    hit = p.decide("logs", None, "body", text)
-                    if memo.size + len(text) > BODY_MEMO_CHARS:
-                        memo.decisions.clear()
-                        memo.size = 0
-                    memo.decisions[text] = hit
-                    memo.size += len(text)
-                new, drop_item, events = hit
+                new, drop_item, events = memo.decision(p, text)
                 for event in events:
                     counts[event] += 1
                 if drop_item:

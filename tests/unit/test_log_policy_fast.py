@@ -86,7 +86,7 @@ def crafted() -> bytes:
 
 def same(p: Policy, bodies: list[bytes]) -> None:
     for body in bodies:
-        fast, fast_outcome = logs.apply_logs(p, body)
+        fast, fast_outcome = logs.apply_logs(p, body, p.body_memo)
         slow, slow_outcome = p.apply_per_point("logs", body)
         assert fast == slow
         assert dict(fast_outcome.counts) == dict(slow_outcome.counts)
@@ -105,7 +105,7 @@ def test_the_shipped_policy_on_the_bench_log_and_a_real_broker_log(bench_log: Pa
     bodies = requests_of(bench_log) + requests_of(ROOT / "tests" / "fixtures" / "kafka_4.4_server.log")
     same(p, bodies)
     same(p, bodies)  # the second time from the memos
-    assert p.apply("logs", bodies[0])[0] == logs.apply_logs(p, bodies[0])[0]
+    assert p.apply("logs", bodies[0])[0] == logs.apply_logs(p, bodies[0], p.body_memo)[0]
 
 
 def test_drops_of_records_bodies_scopes_and_resources(tmp_path: Path) -> None:
@@ -113,7 +113,7 @@ def test_drops_of_records_bodies_scopes_and_resources(tmp_path: Path) -> None:
     path.write_text(HARSH)
     p = load_policy(path, SECRET)
     same(p, [crafted(), crafted()])
-    _, outcome = logs.apply_logs(p, crafted())
+    _, outcome = logs.apply_logs(p, crafted(), p.body_memo)
     assert outcome.items_out < outcome.items_in and outcome.counts[("envelope", "dropped_item")] > 0
 
 
@@ -122,8 +122,8 @@ def test_the_body_memo_stays_within_its_bound(bench_log: Path, monkeypatch: pyte
     p = load_policy(ROOT / "configs" / "policy.yaml", SECRET)
     bodies = requests_of(bench_log)
     for body in bodies:
-        logs.apply_logs(p, body)
-    memo = logs._memos[p]
+        logs.apply_logs(p, body, p.body_memo)
+    memo = p.body_memo
     assert 0 < memo.size <= 10_000 and sum(map(len, memo.decisions)) == memo.size
     assert not any(key[2] == "body" for key in p._value_cache)  # bodies do not crowd the engine's memo
     same(p, bodies)
